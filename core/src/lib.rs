@@ -1,0 +1,26 @@
+//! The concepts every part of Drover shares, each held exactly once:
+//!
+//! * [`gptprio`], [`slot`], [`selection`], [`table`], [`slots`]: the A/B
+//!   slot state in the GPT attribute bits and the rule that picks a slot.
+//! * [`verity`]: dm-verity hash trees, compatible with `veritysetup`.
+//! * [`keys`], [`manifest`], [`slot_image`]: the signed slot manifest and
+//!   the layout of a slot image.
+//!
+//! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
+//! all link this crate; none of them has GPT or verity code of its own.
+
+pub mod gptprio;
+pub mod keys;
+pub mod manifest;
+pub mod selection;
+pub mod slot;
+pub mod slot_image;
+pub mod slots;
+pub mod table;
+pub mod verity;
+
+pub use gptprio::GptPrio;
+pub use selection::{select, Decision, SlotView};
+pub use slot::SlotId;
+pub use slots::{SlotError, Slots};
+pub use table::PartitionTable;

@@ -1,0 +1,368 @@
+//! The A/B slot pair on a disk, and the transitions the update agent makes.
+//!
+//! Every transition changes the table in memory only and says so; nothing
+//! reaches the disk until [`Slots::write`]. The order the agent keeps (the
+//! one updog keeps) is: [`Slots::make_unbootable`] + write, write the image,
+//! [`Slots::mark_valid`] + write, [`Slots::upgrade`] + write.
+
+use std::path::Path;
+
+use crate::gptprio::GptPrio;
+use crate::selection::{select, Decision, SlotView};
+use crate::slot::{SlotId, USR_X86_64_TYPE};
+use crate::table::{Device, PartitionTable, TableError};
+
+/// Errors finding the slots or changing their state.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The partition table could not be read or written.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A slot partition is missing or not a `/usr` partition.
+    #[error("{disk}: no {slot} partition (a partition labelled {slot} of type {USR_X86_64_TYPE})")]
+    Missing {
+        /// The disk.
+        disk: String,
+        /// Which slot.
+        slot: SlotId,
+    },
+    /// Two partitions carry the same slot label.
+    #[error("{disk}: more than one partition is labelled {slot}")]
+    Duplicate {
+        /// The disk.
+        disk: String,
+        /// Which slot.
+        slot: SlotId,
+    },
+    /// The transition is not allowed from the slots' current state.
+    #[error("cannot {action} {slot}: {reason}")]
+    Illegal {
+        /// What was attempted.
+        action: &'static str,
+        /// The slot it was attempted on.
+        slot: SlotId,
+        /// Why not.
+        reason: String,
+    },
+    /// Nothing on the disk would boot, so there is no active slot to reason from.
+    #[error("{disk}: no slot would boot ({reason})")]
+    NothingBoots {
+        /// The disk.
+        disk: String,
+        /// The rule's reason.
+        reason: &'static str,
+    },
+}
+
+/// State of one slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotState {
+    /// Which slot.
+    pub slot: SlotId,
+    /// Its partition number.
+    pub partition: u32,
+    /// Its attribute bits.
+    pub prio: GptPrio,
+    /// Byte offset of the partition on the disk.
+    pub offset: u64,
+    /// Size of the partition in bytes.
+    pub size: u64,
+}
+
+/// The USR-A/USR-B pair of a disk and which of them is booted (active).
+#[derive(Clone, Debug)]
+pub struct Slots {
+    table: PartitionTable,
+    partitions: [u32; 2],
+    active: SlotId,
+}
+
+fn idx(slot: SlotId) -> usize {
+    match slot {
+        SlotId::A => 0,
+        SlotId::B => 1,
+    }
+}
+
+/// Finds USR-A and USR-B in a table by type and label.
+pub fn find_slot_partitions(table: &PartitionTable) -> Result<[u32; 2], SlotError> {
+    let usr_type: uuid::Uuid = USR_X86_64_TYPE.parse().expect("constant GUID");
+    let disk = table.path().display().to_string();
+    let mut found = [None, None];
+    for (&index, p) in table.entries() {
+        let Some(slot) = SlotId::from_label(&p.name) else {
+            continue;
+        };
+        if p.part_type_guid.guid != usr_type {
+            continue;
+        }
+        if found[idx(slot)].replace(index).is_some() {
+            return Err(SlotError::Duplicate { disk, slot });
+        }
+    }
+    let get = |slot: SlotId| {
+        found[idx(slot)].ok_or_else(|| SlotError::Missing {
+            disk: disk.clone(),
+            slot,
+        })
+    };
+    Ok([get(SlotId::A)?, get(SlotId::B)?])
+}
+
+impl Slots {
+    /// The slots of `table`, with `active` the slot that is running (on a
+    /// node: the one the boot stage chose; offline: see [`Slots::offline`]).
+    pub fn from_table(table: PartitionTable, active: SlotId) -> Result<Self, SlotError> {
+        let partitions = find_slot_partitions(&table)?;
+        Ok(Self {
+            table,
+            partitions,
+            active,
+        })
+    }
+
+    /// The slots of a disk image that is not running: the active slot is the
+    /// one that would boot next.
+    pub fn offline(table: PartitionTable) -> Result<Self, SlotError> {
+        let mut s = Self::from_table(table, SlotId::A)?;
+        match s.next_boot() {
+            Decision::Rescue { reason } => {
+                return Err(SlotError::NothingBoots {
+                    disk: s.table.path().display().to_string(),
+                    reason,
+                });
+            }
+            d => s.active = d.slot().expect("boot or fallback names a slot"),
+        }
+        Ok(s)
+    }
+
+    /// Opens a disk image file or block device (read-write when `writable`)
+    /// and its slots, offline.
+    pub fn open_offline(
+        path: impl AsRef<Path>,
+        writable: bool,
+    ) -> Result<(Self, std::fs::File), SlotError> {
+        let (table, file) = if writable {
+            PartitionTable::open_rw(path)?
+        } else {
+            PartitionTable::open(path)?
+        };
+        Ok((Self::offline(table)?, file))
+    }
+
+    /// The partition table underneath.
+    pub fn table(&self) -> &PartitionTable {
+        &self.table
+    }
+
+    /// The running slot.
+    pub fn active(&self) -> SlotId {
+        self.active
+    }
+
+    /// The slot that is not running, the one updates are written to.
+    pub fn inactive(&self) -> SlotId {
+        !self.active
+    }
+
+    /// State of one slot.
+    pub fn get(&self, slot: SlotId) -> SlotState {
+        let partition = self.partitions[idx(slot)];
+        let entry = self.table.entry(partition).expect("found at construction");
+        let (offset, size) = self.table.byte_range(partition).expect("found");
+        SlotState {
+            slot,
+            partition,
+            prio: GptPrio::from_raw(entry.flags),
+            offset,
+            size,
+        }
+    }
+
+    /// Both slots, as the selection rule sees them.
+    pub fn views(&self) -> [SlotView; 2] {
+        SlotId::ALL.map(|slot| {
+            let s = self.get(slot);
+            SlotView {
+                slot,
+                partition: s.partition,
+                prio: s.prio,
+            }
+        })
+    }
+
+    /// What the boot stage would do on the next boot. Changes nothing.
+    pub fn next_boot(&self) -> Decision {
+        select(&self.views())
+    }
+
+    /// Runs the rule as the boot stage does: the winner's try is used up in
+    /// memory. The caller writes the table before booting the slot.
+    pub fn select_for_boot(&mut self) -> Decision {
+        let d = self.next_boot();
+        if let Decision::Boot {
+            slot,
+            consume_try: true,
+        } = d
+        {
+            let p = self.get(slot).prio;
+            self.set(slot, p.with_tries(p.tries() - 1));
+        }
+        d
+    }
+
+    fn set(&mut self, slot: SlotId, prio: GptPrio) {
+        let partition = self.partitions[idx(slot)];
+        self.table
+            .set_attributes(partition, prio.raw())
+            .expect("slot partitions exist");
+    }
+
+    fn illegal(action: &'static str, slot: SlotId, reason: impl Into<String>) -> SlotError {
+        SlotError::Illegal {
+            action,
+            slot,
+            reason: reason.into(),
+        }
+    }
+
+    /// Makes the inactive slot unbootable (priority 0, no tries, not
+    /// successful) before an image is written to it. Memory only.
+    pub fn make_unbootable(&mut self) -> SlotId {
+        let slot = self.inactive();
+        let p = self.get(slot).prio;
+        self.set(
+            slot,
+            p.with_priority(0).with_tries(0).with_successful(false),
+        );
+        slot
+    }
+
+    /// Marks the freshly written inactive slot valid with `tries` boot
+    /// attempts. It must have been made unbootable first. Memory only.
+    pub fn mark_valid(&mut self, tries: u8) -> Result<SlotId, SlotError> {
+        let slot = self.inactive();
+        let p = self.get(slot).prio;
+        if tries == 0 || tries > crate::gptprio::MAX_FIELD {
+            return Err(Self::illegal("mark valid", slot, "tries must be 1–15"));
+        }
+        if p.priority() != 0 || p.successful() {
+            return Err(Self::illegal(
+                "mark valid",
+                slot,
+                format!("it was not made unbootable before the image was written ({p})"),
+            ));
+        }
+        self.set(slot, p.with_tries(tries).with_successful(false));
+        Ok(slot)
+    }
+
+    /// Makes the valid inactive slot the next to boot: its priority above
+    /// the active slot's, which stays the fallback. Memory only.
+    pub fn upgrade(&mut self) -> Result<SlotId, SlotError> {
+        let slot = self.inactive();
+        let p = self.get(slot).prio;
+        if p.tries() == 0 || p.successful() {
+            return Err(Self::illegal(
+                "upgrade to",
+                slot,
+                format!("it is not a freshly written, valid slot ({p})"),
+            ));
+        }
+        self.raise(slot);
+        Ok(slot)
+    }
+
+    /// Undoes an upgrade that has not booted yet: the inactive slot goes
+    /// back to unbootable. Memory only.
+    pub fn cancel_upgrade(&mut self) -> Result<SlotId, SlotError> {
+        let slot = self.inactive();
+        let p = self.get(slot).prio;
+        if p.successful() || p.priority() == 0 {
+            return Err(Self::illegal(
+                "cancel the upgrade to",
+                slot,
+                format!("no upgrade to it is pending ({p})"),
+            ));
+        }
+        self.set(slot, p.with_priority(0).with_tries(0));
+        Ok(slot)
+    }
+
+    /// Rolls back to the inactive slot: only when it would boot and has
+    /// booted successfully before. The active slot stays bootable below it,
+    /// so the rollback can itself be rolled back. Memory only.
+    pub fn rollback(&mut self) -> Result<SlotId, SlotError> {
+        let slot = self.inactive();
+        let p = self.get(slot).prio;
+        if !p.successful() {
+            return Err(Self::illegal(
+                "roll back to",
+                slot,
+                format!("it has never booted successfully ({p})"),
+            ));
+        }
+        if p.priority() == 0 {
+            return Err(Self::illegal(
+                "roll back to",
+                slot,
+                format!("it has priority 0 (made unbootable or failed) ({p})"),
+            ));
+        }
+        self.raise(slot);
+        Ok(slot)
+    }
+
+    /// Marks `slot` as having booted successfully: successful, no tries
+    /// left. On a node `slot` is the active one. Memory only.
+    pub fn mark_successful(&mut self, slot: SlotId) -> Result<(), SlotError> {
+        let p = self.get(slot).prio;
+        if p.priority() == 0 {
+            return Err(Self::illegal(
+                "mark successful",
+                slot,
+                format!("it has priority 0 and cannot have been booted by the rule ({p})"),
+            ));
+        }
+        self.set(slot, p.with_successful(true).with_tries(0));
+        Ok(())
+    }
+
+    /// Records a failed update: `slot` ran out of tries without success.
+    /// Its priority goes to 0 so it is never chosen again. Memory only.
+    pub fn mark_failed(&mut self, slot: SlotId) -> Result<(), SlotError> {
+        if slot == self.active {
+            return Err(Self::illegal("mark failed", slot, "it is the running slot"));
+        }
+        let p = self.get(slot).prio;
+        if p.successful() {
+            return Err(Self::illegal(
+                "mark failed",
+                slot,
+                format!("it booted successfully ({p})"),
+            ));
+        }
+        self.set(slot, p.with_priority(0).with_tries(0));
+        Ok(())
+    }
+
+    /// Gives `slot` priority 2 and the other slot priority 1 (when it is
+    /// bootable or has booted successfully), so `slot` wins and the other
+    /// remains the fallback.
+    fn raise(&mut self, slot: SlotId) {
+        let other = !slot;
+        let po = self.get(other).prio;
+        if po.priority() > 0 || po.successful() {
+            self.set(other, po.with_priority(1));
+        }
+        let p = self.get(slot).prio;
+        self.set(slot, p.with_priority(2));
+    }
+
+    /// Writes the table to `dev` (both headers, fsynced).
+    pub fn write<D: Device>(&mut self, dev: &mut D) -> Result<(), SlotError> {
+        self.table.write(dev, false)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! The `drover` build-host tool. Each subcommand is one file in
+//! [`commands`] with an `Args` struct and a `run` method; `main.rs` only
+//! parses arguments and dispatches.
+
+pub mod commands;

@@ -1,0 +1,44 @@
+//! `drover`: build, inspect and publish Drover images.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use drover_image_builder::commands;
+
+/// Build, inspect and sign Drover images (an immutable container-host OS).
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an ed25519 signing key pair.
+    Keygen(commands::keygen::Args),
+    /// Format or verify dm-verity hash trees (veritysetup compatible).
+    #[command(subcommand)]
+    Verity(commands::verity::Command),
+    /// Show and check the signed manifest of a slot or disk image.
+    Inspect(commands::inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(a) => a.run(),
+        Command::Verity(c) => c.run(),
+        Command::Inspect(a) => a.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!(" -> {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The node's declarative TOML config. Not built yet (issue 7).
