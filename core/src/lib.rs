@@ -11,6 +11,7 @@
 
 pub mod gptprio;
 pub mod keys;
+pub mod layout;
 pub mod manifest;
 pub mod selection;
 pub mod slot;

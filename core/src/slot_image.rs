@@ -48,7 +48,7 @@ pub const ALIGN: u64 = 4096;
 
 const LOCATOR_MAGIC: &[u8; 8] = b"DROVERSL";
 const ENVELOPE_MAGIC: &[u8; 8] = b"DRVRMNFT";
-const ENVELOPE_HEADER: usize = 28;
+const ENVELOPE_HEADER: usize = 24;
 const SIG_ENTRY: usize = 32 + 64;
 
 /// Errors reading, checking or sealing a slot image.
