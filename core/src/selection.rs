@@ -129,10 +129,13 @@ mod tests {
 
     use SlotId::{A, B};
 
+    /// (priority, tries, successful)
+    type Bits = (u8, u8, bool);
+
     #[test]
     fn every_combination_that_matters() {
         // (A: prio, tries, ok), (B: prio, tries, ok) -> decision
-        let cases: &[((u8, u8, bool), (u8, u8, bool), Decision)] = &[
+        let cases: &[(Bits, Bits, Decision)] = &[
             // Fresh install: A good, B empty.
             ((1, 0, true), (0, 0, false), boot(A, false)),
             // Update staged in B: B higher priority with one try.

@@ -100,6 +100,12 @@ impl Device for &File {
     }
 }
 
+impl Device for io::Cursor<Vec<u8>> {
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl<T: Device + ?Sized> Device for &mut T {
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
@@ -208,28 +214,51 @@ impl PartitionTable {
         lb_size: LogicalBlockSize,
     ) -> Result<Self, TableError> {
         let cfg = GptConfig::new().writable(false).logical_block_size(lb_size);
-        let primary_err = match cfg.clone().open_from_device(&mut *dev) {
-            Ok(disk) => match (disk.primary_header(), disk.backup_header()) {
-                (Ok(p), b) => {
-                    let primary = p.clone();
-                    let backup = match b {
-                        Ok(b) => b.clone(),
-                        Err(_) => rebuild(&primary, false, lb_size, path)?,
-                    };
-                    return Ok(Self {
-                        path: path.to_owned(),
-                        lb_size,
-                        primary,
-                        backup,
-                        source: HeaderSource::Primary,
-                        entries: disk.partitions().clone(),
-                    });
-                }
-                (Err(e), _) => describe(e),
-            },
-            Err(e) => describe(e),
-        };
         let lb = lb_size.as_u64();
+        // The gpt crate asserts on entry sizes other than 128 and allocates
+        // whatever the header asks for: check both headers first.
+        let io_err = |source| TableError::Io {
+            path: path.to_owned(),
+            what: "reading the GPT headers",
+            source,
+        };
+        let primary_sane = sane_header(dev, lb).map_err(io_err)?;
+        let end = dev.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let backup_sane = match end.checked_sub(lb) {
+            Some(at) if at >= 2 * lb => sane_header(dev, at).map_err(io_err)?,
+            _ => Err("the disk is too small for a backup GPT".to_string()),
+        };
+        let primary_err = match primary_sane {
+            Err(e) => e,
+            Ok(()) => match cfg.clone().open_from_device(&mut *dev) {
+                Ok(disk) => match (disk.primary_header(), disk.backup_header()) {
+                    (Ok(p), b) => {
+                        let primary = p.clone();
+                        let backup = match (b, &backup_sane) {
+                            (Ok(b), Ok(())) => b.clone(),
+                            _ => rebuild(&primary, false, lb_size, path)?,
+                        };
+                        return Ok(Self {
+                            path: path.to_owned(),
+                            lb_size,
+                            primary,
+                            backup,
+                            source: HeaderSource::Primary,
+                            entries: disk.partitions().clone(),
+                        });
+                    }
+                    (Err(e), _) => describe(e),
+                },
+                Err(e) => describe(e),
+            },
+        };
+        if let Err(backup) = backup_sane {
+            return Err(TableError::NoValidTable {
+                path: path.to_owned(),
+                primary: primary_err,
+                backup,
+            });
+        }
         let mut hidden = HidePrimary {
             inner: dev,
             lb,
@@ -450,6 +479,35 @@ impl PartitionTable {
         let lb = self.lb_size.as_u64();
         Some((p.first_lba * lb, (p.last_lba - p.first_lba + 1) * lb))
     }
+}
+
+/// Most partition entries Drover accepts in a table (the usual is 128).
+const MAX_ENTRIES: u32 = 1024;
+
+/// Checks the fields of the raw header at `offset` that the gpt crate
+/// trusts blindly. `Ok` also for a missing header (the crate reports that).
+fn sane_header<D: Device>(dev: &mut D, offset: u64) -> io::Result<Result<(), String>> {
+    let mut b = [0u8; 92];
+    dev.seek(SeekFrom::Start(offset))?;
+    if dev.read_exact(&mut b).is_err() {
+        return Ok(Err(format!(
+            "no GPT header at byte {offset}: the disk is too short"
+        )));
+    }
+    if &b[..8] != b"EFI PART" {
+        return Ok(Ok(()));
+    }
+    let num_parts = u32::from_le_bytes(b[80..84].try_into().expect("4 bytes"));
+    let part_size = u32::from_le_bytes(b[84..88].try_into().expect("4 bytes"));
+    if part_size != 128 {
+        return Ok(Err(format!("partition entry size {part_size} is not 128")));
+    }
+    if num_parts == 0 || num_parts > MAX_ENTRIES {
+        return Ok(Err(format!(
+            "{num_parts} partition entries is outside 1..={MAX_ENTRIES}"
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Builds the other header of a pair from a good one.

@@ -384,3 +384,49 @@ fn missing_slot_partitions_are_named() {
     let err = Slots::from_table(t, SlotId::A).unwrap_err().to_string();
     assert!(err.contains("no USR-A partition"), "{err}");
 }
+
+/// CRC-32 (IEEE), as GPT uses it; a test-local copy to forge headers.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Rewrites a header field and fixes the header CRC, as an attacker or a
+/// buggy tool could.
+fn forge_header(d: &Path, header_offset: u64, field: usize, value: u32) {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().read(true).write(true).open(d).unwrap();
+    let mut h = [0u8; 92];
+    f.read_exact_at(&mut h, header_offset).unwrap();
+    h[field..field + 4].copy_from_slice(&value.to_le_bytes());
+    h[16..20].fill(0);
+    let c = crc32(&h);
+    h[16..20].copy_from_slice(&c.to_le_bytes());
+    f.write_all_at(&h, header_offset).unwrap();
+}
+
+#[test]
+fn headers_the_gpt_crate_would_panic_on_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = disk(dir.path());
+    let size = std::fs::metadata(&d).unwrap().len();
+    // Primary claims 256-byte entries: the backup is used instead.
+    forge_header(&d, 512, 84, 256);
+    let (t, _) = PartitionTable::open(&d).unwrap();
+    assert_eq!(t.source(), HeaderSource::Backup);
+    // Backup claims four billion entries too: a clear error, no panic, no huge allocation.
+    forge_header(&d, size - 512, 80, u32::MAX);
+    let err = PartitionTable::open(&d).unwrap_err().to_string();
+    assert!(err.contains("entry size 256 is not 128"), "{err}");
+    assert!(err.contains("4294967295 partition entries"), "{err}");
+}

@@ -1,1 +1,120 @@
-fn main() {}
+//! `cargo xtask`: project automation.
+//!
+//! * `cargo xtask deps`: install the Debian packages the tests use.
+//! * `cargo xtask test`: install them, then run every test of the workspace.
+//! * `cargo xtask bench verity [--size-mib N]`: Drover vs `veritysetup format`.
+//! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
+
+mod bench;
+mod deps;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _};
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>
+
+commands:
+  deps                      install the Debian packages tests and benches need
+  test                      deps, then every test of the workspace (the README's test command)
+  bench verity [--size-mib N]
+                            format the same file with Drover and veritysetup, print times and ratio
+  fuzz [--seconds N]        run each cargo-fuzz target for N seconds (default 30; needs nightly)"
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("deps") => deps::install(),
+        Some("test") => test(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{}", usage());
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command '{other}'\n\n{}", usage())),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for c in e.chain().skip(1) {
+                eprintln!(" -> {c}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command, inheriting stdio; fails when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Every test of the workspace. Doc tests first, then everything else with
+/// cargo-nextest (installed when missing), whose summary line closes the run.
+fn test() -> anyhow::Result<()> {
+    deps::install()?;
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    let have_nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have_nextest {
+        run(cargo().args(["install", "--locked", "cargo-nextest"]))?;
+    }
+    run(cargo().args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--all-targets",
+        "--no-fail-fast",
+    ]))
+}
+
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let seconds = match args {
+        [] => 30,
+        [flag, n] if flag == "--seconds" => n.parse().context("--seconds takes a number")?,
+        _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+    };
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for target in [
+        "slot_header",
+        "manifest",
+        "locator_and_slot_reader",
+        "verity_superblock",
+        "gpt_table",
+    ] {
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
+    }
+    Ok(())
+}

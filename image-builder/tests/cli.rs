@@ -1,0 +1,118 @@
+//! `drover keygen`, `drover verity` and `drover inspect` as users run them.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::Command;
+
+fn drover(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_secret_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (sec, public) = (dir.path().join("k.pem"), dir.path().join("k.pub.pem"));
+    let (ok, _, err) = drover(&["keygen", "--secret", s(&sec), "--public", s(&public)]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::metadata(&sec).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&public)
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+    let before = std::fs::read(&sec).unwrap();
+    let (ok, _, err) = drover(&["keygen", "--secret", s(&sec), "--public", s(&public)]);
+    assert!(!ok && err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(before, std::fs::read(&sec).unwrap());
+}
+
+#[test]
+fn verity_format_json_and_verify_names_the_bad_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let hash = dir.path().join("hash");
+    let bytes: Vec<u8> = (0..4096 * 300u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&data, &bytes).unwrap();
+    let (ok, out, err) = drover(&[
+        "verity",
+        "format",
+        s(&data),
+        s(&hash),
+        "--salt",
+        "-",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["salt"], "");
+    let root = v["root_hash"].as_str().unwrap().to_string();
+    assert_eq!(root.len(), 64);
+    // veritysetup agrees.
+    let vs = Command::new("veritysetup")
+        .args(["verify", s(&data), s(&hash), &root])
+        .status()
+        .expect("veritysetup installed");
+    assert!(vs.success());
+    let (ok, out, _) = drover(&["verity", "verify", s(&data), s(&hash), &root]);
+    assert!(ok && out.contains("verified"), "{out}");
+    // Corrupt data block 123.
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(&data).unwrap();
+    f.write_all_at(&[0xff], 123 * 4096 + 17).unwrap();
+    let (ok, _, err) = drover(&["verity", "verify", s(&data), s(&hash), &root]);
+    assert!(!ok);
+    assert!(err.contains("data block 123 is corrupt"), "{err}");
+    // A random salt by default, printed as hex; an appended tree too.
+    let img = dir.path().join("img");
+    std::fs::write(&img, &bytes).unwrap();
+    let off = (bytes.len()).to_string();
+    let (ok, out, err) = drover(&[
+        "verity",
+        "format",
+        s(&img),
+        s(&img),
+        "--hash-offset",
+        &off,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["salt"].as_str().unwrap().len(), 64);
+    let root = v["root_hash"].as_str().unwrap();
+    let (ok, _, err) = drover(&[
+        "verity",
+        "verify",
+        s(&img),
+        s(&img),
+        root,
+        "--hash-offset",
+        &off,
+    ]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn verity_format_refuses_a_partial_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, vec![1u8; 5000]).unwrap();
+    let (ok, _, err) = drover(&["verity", "format", s(&data), s(&dir.path().join("h"))]);
+    assert!(
+        !ok && err.contains("not a multiple of the 4096-byte data block"),
+        "{err}"
+    );
+}

@@ -1,0 +1,188 @@
+//! Benchmarks that run a peer tool side by side and print the ratio.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use drover_core::verity::{self, DataFile, HashFile, VerityParams};
+
+const RUNS: usize = 3;
+const SALT: &str = "3b1f0e5d7c9a2b4d6f8e0a1c3e5f7a9b1d3f5e7a9c1b3d5f7e9a1c3b5d7f9e1a";
+const UUID: &str = "2f6a3c1e-8b4d-4e7f-9a0b-1c2d3e4f5a6b";
+
+/// `cargo xtask bench <what>`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("verity") => {
+            let mib = match &args[1..] {
+                [] => 1024,
+                [flag, n] if flag == "--size-mib" => {
+                    n.parse().context("--size-mib takes a number")?
+                }
+                _ => bail!("usage: cargo xtask bench verity [--size-mib N]"),
+            };
+            verity_bench(mib)
+        }
+        _ => bail!("usage: cargo xtask bench verity [--size-mib N]"),
+    }
+}
+
+fn bench_dir() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes `mib` MiB of pseudo-random data (xorshift, fixed seed) unless a
+/// file of that size is already there.
+fn data_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("verity-{mib}m.data"));
+    if std::fs::metadata(&path)
+        .map(|m| m.len() == mib << 20)
+        .unwrap_or(false)
+    {
+        return Ok(path);
+    }
+    eprintln!(
+        "bench: writing {mib} MiB of test data to {}",
+        path.display()
+    );
+    let mut f = File::create(&path)?;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for c in buf.chunks_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            c.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    Ok(path)
+}
+
+fn best(times: &[Duration]) -> Duration {
+    *times.iter().min().expect("at least one run")
+}
+
+fn verity_bench(mib: u64) -> anyhow::Result<()> {
+    let dir = bench_dir()?;
+    let data = data_file(&dir, mib)?;
+    let ours = dir.join("verity-drover.hash");
+    let theirs = dir.join("verity-veritysetup.hash");
+    // Warm the page cache so both read from memory.
+    std::io::copy(&mut File::open(&data)?, &mut std::io::sink())?;
+    let salt = hex::decode(SALT)?;
+    let uuid: [u8; 16] = hex::decode(UUID.replace('-', ""))?
+        .try_into()
+        .expect("16 bytes");
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    let mut drover_times = Vec::new();
+    let mut drover_root = String::new();
+    for _ in 0..RUNS {
+        let _ = std::fs::remove_file(&ours);
+        let d = File::open(&data)?;
+        let h = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&ours)?;
+        let t = Instant::now();
+        let out = verity::format(
+            DataFile {
+                file: &d,
+                path: &data,
+                offset: 0,
+            },
+            HashFile {
+                file: &h,
+                path: &ours,
+                offset: 0,
+            },
+            &VerityParams::new((mib << 20) / 4096, salt.clone()),
+            uuid,
+        )?;
+        drover_times.push(t.elapsed());
+        drover_root = hex::encode(out.root_hash);
+    }
+
+    let mut vs_times = Vec::new();
+    let mut vs_root = String::new();
+    for _ in 0..RUNS {
+        let _ = std::fs::remove_file(&theirs);
+        let t = Instant::now();
+        let out = Command::new("veritysetup")
+            .args([
+                "format",
+                data.to_str().unwrap(),
+                theirs.to_str().unwrap(),
+                "--hash=sha256",
+                "--data-block-size=4096",
+                "--hash-block-size=4096",
+            ])
+            .arg(format!("--salt={SALT}"))
+            .arg(format!("--uuid={UUID}"))
+            .output()
+            .context("running veritysetup (cargo xtask deps installs it)")?;
+        vs_times.push(t.elapsed());
+        if !out.status.success() {
+            bail!(
+                "veritysetup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        vs_root = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Root hash:").map(|r| r.trim().to_string()))
+            .unwrap_or_default();
+    }
+    let same_bytes = std::fs::read(&ours)? == std::fs::read(&theirs)?;
+    let (d, v) = (best(&drover_times), best(&vs_times));
+    let gib = mib as f64 / 1024.0;
+    println!("verity format, {mib} MiB of data, 4 KiB blocks, sha256, best of {RUNS}, page cache warm, {threads} cores:");
+    println!(
+        "  drover       {:>8.3} s  {:>6.2} GiB/s",
+        d.as_secs_f64(),
+        gib / d.as_secs_f64()
+    );
+    println!(
+        "  veritysetup  {:>8.3} s  {:>6.2} GiB/s",
+        v.as_secs_f64(),
+        gib / v.as_secs_f64()
+    );
+    println!(
+        "  ratio        {:>8.2}x  (veritysetup time / drover time)",
+        v.as_secs_f64() / d.as_secs_f64()
+    );
+    println!(
+        "  root hashes  {}",
+        if drover_root == vs_root {
+            "equal"
+        } else {
+            "DIFFER"
+        }
+    );
+    println!(
+        "  hash files   {}",
+        if same_bytes {
+            "byte-identical"
+        } else {
+            "DIFFER"
+        }
+    );
+    if drover_root != vs_root || !same_bytes {
+        bail!("drover and veritysetup disagree: {drover_root} vs {vs_root}");
+    }
+    let _ = std::fs::remove_file(&ours);
+    let _ = std::fs::remove_file(&theirs);
+    Ok(())
+}
