@@ -366,3 +366,129 @@ impl Slots {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{self, LayoutSpec};
+    use std::io::Cursor;
+
+    fn fresh() -> (Slots, Cursor<Vec<u8>>) {
+        let spec = LayoutSpec {
+            esp_mib: 1,
+            usr_mib: 2,
+            oem_mib: 1,
+            root_mib: 1,
+            disk_guid: uuid::Uuid::nil(),
+        };
+        let mut dev = Cursor::new(vec![0u8; spec.disk_size() as usize]);
+        let table = layout::create(&mut dev, Path::new("mem"), &spec).unwrap();
+        (Slots::from_table(table, SlotId::A).unwrap(), dev)
+    }
+
+    fn bits(s: &Slots, slot: SlotId) -> (u8, u8, bool) {
+        let p = s.get(slot).prio;
+        (p.priority(), p.tries(), p.successful())
+    }
+
+    /// Boots the machine: the stage's rule and the agent's view afterwards.
+    fn reboot(s: &mut Slots, dev: &mut Cursor<Vec<u8>>) -> SlotId {
+        s.write(dev).unwrap();
+        let mut stage = Slots::from_table(
+            PartitionTable::read(dev, Path::new("mem")).unwrap(),
+            SlotId::A,
+        )
+        .unwrap();
+        let booted = stage.select_for_boot().slot().unwrap();
+        stage.write(dev).unwrap();
+        *s = Slots::from_table(PartitionTable::read(dev, Path::new("mem")).unwrap(), booted)
+            .unwrap();
+        booted
+    }
+
+    #[test]
+    fn happy_path_update_then_manual_rollback() {
+        let (mut s, mut dev) = fresh();
+        assert_eq!(s.make_unbootable(), SlotId::B);
+        assert_eq!(s.mark_valid(1).unwrap(), SlotId::B);
+        assert_eq!(s.upgrade().unwrap(), SlotId::B);
+        assert_eq!(bits(&s, SlotId::B), (2, 1, false));
+        assert_eq!(bits(&s, SlotId::A), (1, 0, true));
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::B);
+        assert_eq!(bits(&s, SlotId::B), (2, 0, false));
+        s.mark_successful(SlotId::B).unwrap();
+        assert_eq!(bits(&s, SlotId::B), (2, 0, true));
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::B);
+        // Manual rollback to A, and back again.
+        assert_eq!(s.rollback().unwrap(), SlotId::A);
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::A);
+        assert_eq!(s.rollback().unwrap(), SlotId::B);
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::B);
+    }
+
+    #[test]
+    fn failed_update_falls_back_and_is_marked_failed() {
+        let (mut s, mut dev) = fresh();
+        s.make_unbootable();
+        s.mark_valid(1).unwrap();
+        s.upgrade().unwrap();
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::B);
+        // B never reached boot-complete: the next boot is A again.
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::A);
+        assert_eq!(bits(&s, SlotId::B), (2, 0, false));
+        s.mark_failed(SlotId::B).unwrap();
+        assert_eq!(bits(&s, SlotId::B), (0, 0, false));
+        assert!(s.rollback().is_err(), "a failed slot is no rollback target");
+        assert_eq!(reboot(&mut s, &mut dev), SlotId::A);
+    }
+
+    #[test]
+    fn illegal_transitions_are_typed_errors_and_change_nothing() {
+        let (mut s, _) = fresh();
+        let before = s.views();
+        let illegal = |r: Result<SlotId, SlotError>| {
+            assert!(matches!(r, Err(SlotError::Illegal { .. })), "{r:?}");
+        };
+        illegal(s.rollback()); // B never booted
+        illegal(s.upgrade()); // B not written
+        illegal(s.cancel_upgrade()); // nothing pending
+        assert!(matches!(
+            s.mark_successful(SlotId::B),
+            Err(SlotError::Illegal { .. })
+        ));
+        assert!(matches!(
+            s.mark_failed(SlotId::A),
+            Err(SlotError::Illegal { .. })
+        ));
+        assert_eq!(before, s.views());
+        // mark_valid only after make_unbootable, and with 1-15 tries.
+        s.make_unbootable();
+        illegal(s.mark_valid(0));
+        illegal(s.mark_valid(16));
+        s.mark_valid(2).unwrap();
+        s.upgrade().unwrap();
+        illegal(s.mark_valid(1)); // priority is no longer 0
+        assert_eq!(s.cancel_upgrade().unwrap(), SlotId::B);
+        assert_eq!(bits(&s, SlotId::B), (0, 0, false));
+        assert_eq!(
+            s.next_boot(),
+            Decision::Boot {
+                slot: SlotId::A,
+                consume_try: false
+            }
+        );
+        let msg = s.rollback().unwrap_err().to_string();
+        assert!(msg.starts_with("cannot roll back to USR-B"), "{msg}");
+    }
+
+    #[test]
+    fn offline_active_is_the_next_boot() {
+        let (mut s, mut dev) = fresh();
+        s.make_unbootable();
+        s.mark_valid(1).unwrap();
+        s.upgrade().unwrap();
+        s.write(&mut dev).unwrap();
+        let t = PartitionTable::read(&mut dev, Path::new("mem")).unwrap();
+        assert_eq!(Slots::offline(t).unwrap().active(), SlotId::B);
+    }
+}
