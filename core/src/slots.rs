@@ -200,7 +200,19 @@ impl Slots {
     /// Runs the rule as the boot stage does: the winner's try is used up in
     /// memory. The caller writes the table before booting the slot.
     pub fn select_for_boot(&mut self) -> Decision {
-        let d = self.next_boot();
+        self.select_for_boot_excluding(&[])
+    }
+
+    /// The same, leaving out slots the boot stage already refused in this
+    /// boot (their bits are not changed; a refused slot keeps its
+    /// decremented tries).
+    pub fn select_for_boot_excluding(&mut self, excluded: &[SlotId]) -> Decision {
+        let views: Vec<SlotView> = self
+            .views()
+            .into_iter()
+            .filter(|v| !excluded.contains(&v.slot))
+            .collect();
+        let d = select(&views);
         if let Decision::Boot {
             slot,
             consume_try: true,

@@ -2,4 +2,6 @@
 //! [`commands`] with an `Args` struct and a `run` method; `main.rs` only
 //! parses arguments and dispatches.
 
+pub mod build;
 pub mod commands;
+pub mod spec;

@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build a slot image and a bootable disk image from an image spec.
+    Build(commands::build::Args),
     /// Generate an ed25519 signing key pair.
     Keygen(commands::keygen::Args),
     /// Format or verify dm-verity hash trees (veritysetup compatible).
@@ -27,6 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => a.run(),
         Command::Keygen(a) => a.run(),
         Command::Verity(c) => c.run(),
         Command::Inspect(a) => a.run(),

@@ -1,5 +1,6 @@
 //! The subcommands of `drover`.
 
+pub mod build;
 pub mod inspect;
 pub mod keygen;
 pub mod verity;

@@ -1,0 +1,59 @@
+//! `drover-boot`: `/init` of Drover's initramfs images.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use drover_boot::{early, stage};
+use drover_core::keys::TrustedKeys;
+
+fn run(start: Instant) -> anyhow::Result<()> {
+    early::mount_pseudo_filesystems()?;
+    let n = early::load_modules(Path::new("/etc/drover/modules"))?;
+    stage::step(start, &format!("loaded {n} kernel modules"));
+    let mode = std::fs::read_to_string("/etc/drover/mode").unwrap_or_default();
+    match mode.trim() {
+        "stage" => {
+            let keys = TrustedKeys::load(&[Path::new("/etc/drover/keys").to_path_buf()])?;
+            stage::step(start, &format!("{} trusted key(s)", keys.keys().len()));
+            let disk = stage::find_disk(start)?;
+            let chosen = stage::choose(&disk, &keys, start)?;
+            stage::step(
+                start,
+                &format!(
+                    "{} verified (root hash {}); opening it with dm-verity and kexec are not built yet (issue 4)",
+                    chosen.slot,
+                    chosen.verified.verified.manifest.verity.root_hash
+                ),
+            );
+            anyhow::bail!("the boot stage stops here in this version")
+        }
+        "slot" => anyhow::bail!(
+            "slot mode (mount /usr with dm-verity, ROOT, switch root) is not built yet (issue 4)"
+        ),
+        other => {
+            anyhow::bail!("unknown mode '{other}' in /etc/drover/mode (expected stage or slot)")
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    println!("drover-boot {}: starting", env!("CARGO_PKG_VERSION"));
+    match run(start) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("drover-boot: RESCUE: {e}");
+            for c in e.chain().skip(1) {
+                println!("drover-boot:  -> {c}");
+            }
+            if std::process::id() == 1 {
+                // PID 1 must not exit: keep the message on the console.
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! `drover build`: image spec → root file system → /usr tree → EROFS →
+//! signed slot image → ESP → disk image (raw and qcow2), with `build.json`.
+//!
+//! Everything is built in a scratch directory inside the output directory
+//! and renamed into place only at the end, `build.json` last: a build that
+//! fails leaves no output that looks complete.
+
+pub mod cpio;
+pub mod disk;
+pub mod esp;
+pub mod initramfs;
+pub mod rootfs;
+pub mod usr;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use drover_core::keys::SigningKey;
+use drover_core::layout::LayoutSpec;
+use drover_core::manifest::{BootFiles, FileRef, OsRelease, ReferenceValue};
+use drover_core::slot_image::{self, SealInput};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::spec::ImageSpec;
+
+/// Everything a build needs besides the spec.
+#[derive(Debug)]
+pub struct BuildOptions {
+    /// Signing key.
+    pub key: SigningKey,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Bring-your-own root file system instead of mmdebstrap.
+    pub rootfs: Option<PathBuf>,
+    /// The `drover-boot` binary for both initramfs images.
+    pub boot_binary: PathBuf,
+    /// Package cache directory.
+    pub cache: PathBuf,
+    /// `SOURCE_DATE_EPOCH`.
+    pub epoch: u64,
+    /// Skip the disk images (slot image and manifest only).
+    pub slot_only: bool,
+    /// Progress output.
+    pub progress: Progress,
+}
+
+/// How much to tell the user while building.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Spinners and a line per finished stage, on stderr.
+    Normal,
+    /// Nothing but errors.
+    Quiet,
+}
+
+/// A file in the output, described in `build.json`.
+#[derive(Debug, Serialize)]
+pub struct Artifact {
+    /// File name in the output directory.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// One stage and how long it took.
+#[derive(Debug, Serialize)]
+pub struct StageTime {
+    /// Stage name.
+    pub stage: &'static str,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// `build.json`.
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    /// OS name.
+    pub os: String,
+    /// Release version.
+    pub version: String,
+    /// Security version.
+    pub security_version: u64,
+    /// `SOURCE_DATE_EPOCH` used.
+    pub source_date_epoch: u64,
+    /// Kernel version in the slot.
+    pub kernel_version: String,
+    /// Verity root hash of the slot.
+    pub root_hash: String,
+    /// SHA-256 of the signed manifest bytes.
+    pub manifest_sha256: String,
+    /// Output files.
+    pub artifacts: Vec<Artifact>,
+    /// Reference values of the boot stage on the ESP (what the firmware
+    /// measures): systemd-boot, stage kernel, stage initramfs.
+    pub boot_stage: Vec<ReferenceValue>,
+    /// Time per stage.
+    pub stages: Vec<StageTime>,
+}
+
+struct Stages {
+    progress: Progress,
+    times: Vec<StageTime>,
+}
+
+impl Stages {
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        what: &str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let bar = if self.progress == Progress::Normal {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix:>9} {msg} {elapsed}")
+                    .expect("valid template"),
+            );
+            b.set_prefix(name);
+            b.set_message(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            Some(b)
+        } else {
+            None
+        };
+        let t = Instant::now();
+        let r = f().with_context(|| format!("stage {name}: {what}"));
+        let secs = t.elapsed().as_secs_f64();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+            let mark = if r.is_ok() { "done" } else { "FAILED" };
+            eprintln!("{name:>9} {mark} in {secs:.1} s: {what}");
+        }
+        self.times.push(StageTime {
+            stage: name,
+            seconds: (secs * 10.0).round() / 10.0,
+        });
+        r
+    }
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+fn derive(tag: &str, spec: &ImageSpec, epoch: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"drover build\0");
+    h.update(tag.as_bytes());
+    h.update([0]);
+    h.update(spec.os.name.as_bytes());
+    h.update([0]);
+    h.update(spec.os.version.as_bytes());
+    h.update([0]);
+    h.update(epoch.to_le_bytes());
+    h.finalize().into()
+}
+
+fn uuid_from(b: [u8; 32]) -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(b[..16].try_into().expect("16 bytes")).into_uuid()
+}
+
+fn file_ref(usr: &Path, rel: &str) -> anyhow::Result<FileRef> {
+    let (size, sha256) = sha256_file(&usr.join(rel))?;
+    Ok(FileRef {
+        path: rel.to_string(),
+        size,
+        sha256,
+    })
+}
+
+fn mkfs_erofs(usr: &Path, out: &Path, epoch: u64, uuid: uuid::Uuid) -> anyhow::Result<()> {
+    let o = Command::new("mkfs.erofs")
+        .arg("-zlz4hc")
+        // Block-aligned file data: unchanged files keep their 4 KiB blocks
+        // between releases, which is what block-level deltas need.
+        .arg("-Enoinline_data")
+        .arg(format!("-T{epoch}"))
+        .arg(format!("-U{uuid}"))
+        .arg("--quiet")
+        .arg(out)
+        .arg(usr)
+        .output()
+        .context("running mkfs.erofs (Debian package erofs-utils)")?;
+    if !o.status.success() {
+        bail!(
+            "mkfs.erofs failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs a whole build. Returns the report that is also `build.json`.
+pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildReport> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".drover-build-")
+        .tempdir_in(&opts.out)
+        .with_context(|| format!("creating a scratch directory in {}", opts.out.display()))?;
+    let w = work.path();
+    let mut st = Stages {
+        progress: opts.progress,
+        times: Vec::new(),
+    };
+    let epoch = opts.epoch;
+
+    let root = w.join("root");
+    std::fs::create_dir_all(&root)?;
+    let source = match &opts.rootfs {
+        Some(p) => rootfs::Source::Given(p),
+        None => rootfs::Source::Debian(&spec.debian),
+    };
+    let what = match &opts.rootfs {
+        Some(p) => format!("copying the root file system from {}", p.display()),
+        None => format!(
+            "mmdebstrap {} ({} packages, cache {})",
+            spec.debian.suite,
+            spec.debian.packages.len(),
+            opts.cache.display()
+        ),
+    };
+    st.run("rootfs", &what, || {
+        rootfs::create(&source, &root, &opts.cache, epoch, &w.join("rootfs.log"))
+    })?;
+
+    let tree = st.run("usr", "making a /usr-only tree", || {
+        usr::prepare(&root, spec)
+    })?;
+
+    let trusted_pem: Vec<(String, Vec<u8>)> = spec
+        .trust
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let key = drover_core::keys::PublicKey::load(k)?;
+            Ok((
+                format!("etc/drover/keys/{i:02}-{}.pem", key.short_id()),
+                key.to_pem().into_bytes(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let stage_initrd = w.join("stage-initrd.img");
+    st.run(
+        "initramfs",
+        "assembling the slot and stage initramfs (drover-boot + modules)",
+        || {
+            let slot = initramfs::build(&initramfs::InitramfsInput {
+                boot_binary: &opts.boot_binary,
+                mode: "slot",
+                modules_dir: &tree.modules_dir(),
+                modules: &spec.kernel.modules,
+                extra: Vec::new(),
+                mtime: epoch,
+            })?;
+            std::fs::write(tree.usr.join(tree.initramfs_rel()), slot)?;
+            let stage = initramfs::build(&initramfs::InitramfsInput {
+                boot_binary: &opts.boot_binary,
+                mode: "stage",
+                modules_dir: &tree.modules_dir(),
+                modules: &spec.kernel.modules,
+                extra: trusted_pem.clone(),
+                mtime: epoch,
+            })?;
+            std::fs::write(&stage_initrd, stage)?;
+            Ok(())
+        },
+    )?;
+
+    let boot = BootFiles {
+        kernel: file_ref(&tree.usr, &tree.kernel_rel())?,
+        initramfs: file_ref(&tree.usr, &tree.initramfs_rel())?,
+        cmdline: spec.kernel.cmdline.clone(),
+    };
+    let reference = vec![
+        ReferenceValue {
+            component: "slot-kernel".into(),
+            sha256: boot.kernel.sha256.clone(),
+        },
+        ReferenceValue {
+            component: "slot-initramfs".into(),
+            sha256: boot.initramfs.sha256.clone(),
+        },
+        ReferenceValue {
+            component: "slot-cmdline".into(),
+            sha256: hex::encode(Sha256::digest(boot.cmdline.as_bytes())),
+        },
+    ];
+
+    let usr_img = w.join("usr.img");
+    st.run(
+        "erofs",
+        "mkfs.erofs of /usr (lz4hc, block-aligned data)",
+        || {
+            mkfs_erofs(
+                &tree.usr,
+                &usr_img,
+                epoch,
+                uuid_from(derive("erofs uuid", spec, epoch)),
+            )
+        },
+    )?;
+
+    let (manifest, signed) = st.run("seal", "verity tree and signed manifest", || {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&usr_img)?;
+        Ok(slot_image::seal(
+            &f,
+            &usr_img,
+            SealInput {
+                os: OsRelease {
+                    name: spec.os.name.clone(),
+                    version: spec.os.version.clone(),
+                    security_version: spec.os.security_version,
+                },
+                fs_kind: "erofs".into(),
+                created: epoch,
+                salt: derive("verity salt", spec, epoch).to_vec(),
+                boot: Some(boot.clone()),
+                reference,
+            },
+            &[&opts.key],
+        )?)
+    })?;
+    let manifest_path = w.join("manifest.json");
+    std::fs::write(&manifest_path, &signed.bytes)?;
+
+    let mut outputs = vec![
+        ("usr.img", usr_img.clone()),
+        ("manifest.json", manifest_path),
+    ];
+    let mut boot_stage = Vec::new();
+    if !opts.slot_only {
+        let systemd_boot = [root.join(esp::SYSTEMD_BOOT), Path::new("/").join(esp::SYSTEMD_BOOT)]
+            .into_iter()
+            .find(|p| p.is_file())
+            .context("no systemd-boot EFI binary in the image (add systemd-boot-efi to debian.packages) or on this host")?;
+        let esp_img = w.join("esp.img");
+        let stage_cmdline = format!("{} drover.stage", spec.kernel.cmdline);
+        let kernel = tree.usr.join(tree.kernel_rel());
+        st.run(
+            "esp",
+            "FAT32 ESP with systemd-boot and the boot stage",
+            || {
+                let id = derive("esp volume id", spec, epoch);
+                esp::build(
+                    &esp_img,
+                    spec.disk.esp_mib,
+                    &esp::EspInput {
+                        systemd_boot: &systemd_boot,
+                        kernel: &kernel,
+                        initramfs: &stage_initrd,
+                        cmdline: &stage_cmdline,
+                        volume_id: u32::from_le_bytes(id[..4].try_into().expect("4 bytes")),
+                    },
+                )
+            },
+        )?;
+        for (component, path) in [
+            ("systemd-boot", systemd_boot.as_path()),
+            ("stage-kernel", kernel.as_path()),
+            ("stage-initramfs", stage_initrd.as_path()),
+        ] {
+            boot_stage.push(ReferenceValue {
+                component: component.into(),
+                sha256: sha256_file(path)?.1,
+            });
+        }
+        boot_stage.push(ReferenceValue {
+            component: "stage-cmdline".into(),
+            sha256: hex::encode(Sha256::digest(stage_cmdline.as_bytes())),
+        });
+        let layout = LayoutSpec {
+            esp_mib: spec.disk.esp_mib,
+            usr_mib: spec.disk.usr_mib,
+            oem_mib: spec.disk.oem_mib,
+            root_mib: spec.disk.root_mib,
+            disk_guid: uuid_from(derive("disk guid", spec, epoch)),
+        };
+        let raw = w.join("disk.raw");
+        st.run(
+            "disk",
+            "GPT disk image (ESP, USR-A, USR-B, OEM, ROOT)",
+            || {
+                disk::build(
+                    &raw,
+                    &layout,
+                    &disk::DiskInput {
+                        esp: &esp_img,
+                        usr: &usr_img,
+                        work: w,
+                    },
+                )
+            },
+        )?;
+        let qcow = w.join("disk.qcow2");
+        st.run("qcow2", "qcow2 copy of the disk image", || {
+            disk::qcow2(&raw, &qcow)
+        })?;
+        outputs.push(("disk.raw", raw));
+        outputs.push(("disk.qcow2", qcow));
+    }
+
+    let mut artifacts = Vec::new();
+    st.run("digests", "sha256 of the outputs", || {
+        for (name, path) in &outputs {
+            let (size, sha256) = sha256_file(path)?;
+            artifacts.push(Artifact {
+                file: name.to_string(),
+                size,
+                sha256,
+            });
+        }
+        Ok(())
+    })?;
+
+    let report = BuildReport {
+        os: spec.os.name.clone(),
+        version: spec.os.version.clone(),
+        security_version: spec.os.security_version,
+        source_date_epoch: epoch,
+        kernel_version: tree.kernel_version.clone(),
+        root_hash: manifest.verity.root_hash.clone(),
+        manifest_sha256: hex::encode(Sha256::digest(&signed.bytes)),
+        artifacts,
+        boot_stage,
+        stages: st.times,
+    };
+    // Publish: old build.json first out, new build.json last in.
+    let build_json = opts.out.join("build.json");
+    let _ = std::fs::remove_file(&build_json);
+    for (name, path) in &outputs {
+        std::fs::rename(path, opts.out.join(name))
+            .with_context(|| format!("moving {name} into place"))?;
+    }
+    let tmp = w.join("build.json");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::rename(&tmp, &build_json)?;
+    Ok(report)
+}

@@ -1,0 +1,129 @@
+//! The root file system: from Debian packages with mmdebstrap (and a
+//! package cache that survives between builds), or brought by the user.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::spec::DebianSection;
+
+/// Where the tree comes from.
+#[derive(Debug)]
+pub enum Source<'a> {
+    /// Debian packages, fetched with mmdebstrap.
+    Debian(&'a DebianSection),
+    /// A directory or tar archive the user brings (`--rootfs`).
+    Given(&'a Path),
+}
+
+/// The package cache: `$DROVER_CACHE_DIR`, else `$XDG_CACHE_HOME/drover`,
+/// else `~/.cache/drover`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DROVER_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("drover");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/drover")
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Creates the tree in `target` (an empty directory). Output of the tools
+/// goes to `log`.
+pub fn create(
+    source: &Source<'_>,
+    target: &Path,
+    cache: &Path,
+    epoch: u64,
+    log: &Path,
+) -> anyhow::Result<()> {
+    match source {
+        Source::Debian(d) => mmdebstrap(d, target, cache, epoch, log),
+        Source::Given(p) if p.is_dir() => {
+            let status = Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(format!("{}/.", p.display()))
+                .arg(target)
+                .status()
+                .context("running cp")?;
+            if !status.success() {
+                bail!("copying the root file system from {} failed", p.display());
+            }
+            Ok(())
+        }
+        Source::Given(p) => {
+            let status = Command::new("tar")
+                .args(["--numeric-owner", "-xpf"])
+                .arg(p)
+                .arg("-C")
+                .arg(target)
+                .status()
+                .context("running tar")?;
+            if !status.success() {
+                bail!("unpacking the root file system {} failed", p.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn mmdebstrap(
+    d: &DebianSection,
+    target: &Path,
+    cache: &Path,
+    epoch: u64,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let archives = cache.join("apt-archives");
+    std::fs::create_dir_all(&archives)
+        .with_context(|| format!("creating the package cache {}", archives.display()))?;
+    let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let arch = archives.display();
+    let status = Command::new("mmdebstrap")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        // The kernel package would build an initramfs with initramfs-tools;
+        // Drover assembles its own.
+        .env("INITRD", "No")
+        .args(["--mode=root", "--variant=minbase", "--format=directory"])
+        .arg(format!("--include={}", d.packages.join(",")))
+        .args([
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--skip=download/empty",
+            "--skip=essential/unlink",
+            "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+        ])
+        .arg(format!(
+            "--setup-hook=sync-in {arch} /var/cache/apt/archives/"
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {arch}"
+        ))
+        .arg(&d.suite)
+        .arg(target)
+        .arg(&d.mirror)
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .status()
+        .context(
+            "running mmdebstrap (Debian package mmdebstrap; `cargo xtask deps` installs it)",
+        )?;
+    if !status.success() {
+        bail!(
+            "mmdebstrap failed ({status}); the end of {}:\n{}",
+            log.display(),
+            tail(log, 15)
+        );
+    }
+    Ok(())
+}

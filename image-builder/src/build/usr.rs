@@ -1,0 +1,162 @@
+//! Turning a Debian root file system into a /usr-only OS tree.
+//!
+//! * the kernel moves to `/usr/lib/modules/VERSION/vmlinuz`;
+//! * `/etc` becomes the factory copy `/usr/share/factory/etc`, which the
+//!   slot's initramfs copies to ROOT on first boot;
+//! * everything outside `/usr` is dropped (it lives on ROOT);
+//! * os-release, the trusted keys and the extra files of the spec go in.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+
+use crate::spec::ImageSpec;
+
+/// Facts about the prepared tree.
+#[derive(Debug)]
+pub struct UsrTree {
+    /// The `/usr` directory to turn into the file system.
+    pub usr: PathBuf,
+    /// Kernel version (`6.1.0-50-amd64`).
+    pub kernel_version: String,
+}
+
+impl UsrTree {
+    /// Kernel path relative to `/usr`.
+    pub fn kernel_rel(&self) -> String {
+        format!("lib/modules/{}/vmlinuz", self.kernel_version)
+    }
+
+    /// Slot initramfs path relative to `/usr`.
+    pub fn initramfs_rel(&self) -> String {
+        format!("lib/modules/{}/drover-initramfs.img", self.kernel_version)
+    }
+
+    /// The kernel's modules directory.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.usr.join("lib/modules").join(&self.kernel_version)
+    }
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    if path.is_symlink() {
+        std::fs::remove_file(path)?;
+    }
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Prepares `root` in place.
+pub fn prepare(root: &Path, spec: &ImageSpec) -> anyhow::Result<UsrTree> {
+    let usr = root.join("usr");
+    if !usr.is_dir() {
+        bail!("{} has no /usr: not a root file system", root.display());
+    }
+    // The kernel.
+    let boot = root.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)
+        .with_context(|| {
+            format!(
+                "reading {}: is a linux-image package installed?",
+                boot.display()
+            )
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+                .map(String::from)
+        })
+        .collect();
+    kernels.sort();
+    let kernel_version = match kernels.as_slice() {
+        [k] => k.clone(),
+        [] => bail!(
+            "no kernel in {}: the spec must install linux-image-amd64",
+            boot.display()
+        ),
+        many => bail!("several kernels in {}: {}", boot.display(), many.join(", ")),
+    };
+    let modules = usr.join("lib/modules").join(&kernel_version);
+    if !modules.join("modules.dep").is_file() {
+        bail!("{} has no modules.dep", modules.display());
+    }
+    std::fs::rename(
+        boot.join(format!("vmlinuz-{kernel_version}")),
+        modules.join("vmlinuz"),
+    )
+    .context("moving the kernel into /usr")?;
+
+    // /etc becomes the factory copy.
+    let factory = usr.join("share/factory");
+    std::fs::create_dir_all(&factory)?;
+    let factory_etc = factory.join("etc");
+    if factory_etc.exists() {
+        std::fs::remove_dir_all(&factory_etc)?;
+    }
+    std::fs::rename(root.join("etc"), &factory_etc).context("moving /etc to the factory copy")?;
+    // First boot generates the machine id (systemd's "uninitialized").
+    write_file(&factory_etc.join("machine-id"), b"uninitialized\n", 0o444)?;
+    write_file(
+        &factory_etc.join("fstab"),
+        b"# /usr (dm-verity) and / (ROOT) are mounted by the initramfs.\n",
+        0o644,
+    )?;
+    let _ = std::fs::remove_file(factory_etc.join("os-release"));
+    std::os::unix::fs::symlink("../usr/lib/os-release", factory_etc.join("os-release"))?;
+
+    // os-release.
+    let os = &spec.os;
+    let os_release = format!(
+        "NAME=\"Drover\"\nPRETTY_NAME=\"Drover {v}\"\nID={id}\nID_LIKE=debian\nVERSION=\"{v}\"\nVERSION_ID={v}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\nDROVER_SECURITY_VERSION={s}\nHOME_URL=\"https://example.invalid/drover\"\n",
+        id = os.name,
+        v = os.version,
+        s = os.security_version
+    );
+    write_file(&usr.join("lib/os-release"), os_release.as_bytes(), 0o644)?;
+
+    // Trusted keys.
+    let keys_dir = usr.join("lib/drover/keys");
+    std::fs::create_dir_all(&keys_dir)?;
+    for (i, k) in spec.trust.keys.iter().enumerate() {
+        let key = drover_core::keys::PublicKey::load(k)?;
+        write_file(
+            &keys_dir.join(format!("{i:02}-{}.pem", key.short_id())),
+            key.to_pem().as_bytes(),
+            0o644,
+        )?;
+    }
+    write_file(
+        &usr.join("lib/drover/cmdline"),
+        spec.kernel.cmdline.as_bytes(),
+        0o644,
+    )?;
+
+    // Extra files.
+    for f in &spec.files {
+        let mode = u32::from_str_radix(&f.mode, 8).expect("checked when the spec was loaded");
+        let data = match (&f.contents, &f.source) {
+            (Some(c), None) => c.as_bytes().to_vec(),
+            (None, Some(s)) => {
+                std::fs::read(s).with_context(|| format!("reading {}", s.display()))?
+            }
+            _ => unreachable!("checked when the spec was loaded"),
+        };
+        let dest = match f.path.strip_prefix("/etc/") {
+            Some(rest) => factory_etc.join(rest),
+            None => root.join(f.path.trim_start_matches('/')),
+        };
+        write_file(&dest, &data, mode)?;
+    }
+    Ok(UsrTree {
+        usr,
+        kernel_version,
+    })
+}

@@ -1,0 +1,351 @@
+//! The image spec: a TOML file that says what goes into an image.
+//!
+//! Unknown keys are rejected with the key's path (`debian.pakages`), so a
+//! typo never silently builds the wrong image. Relative paths in the spec
+//! (extra files' sources, trusted keys) are relative to the spec file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A whole image spec.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageSpec {
+    /// The release.
+    pub os: OsSection,
+    /// Where the packages come from.
+    pub debian: DebianSection,
+    /// Kernel command line and modules of the slot.
+    #[serde(default)]
+    pub kernel: KernelSection,
+    /// Public keys (PEM files) the image trusts for updates; installed to
+    /// `/usr/lib/drover/keys/` and built into the boot stage.
+    #[serde(default)]
+    pub trust: TrustSection,
+    /// Extra files placed into the image.
+    #[serde(default)]
+    pub files: Vec<ExtraFile>,
+    /// Partition sizes of the disk image.
+    #[serde(default)]
+    pub disk: DiskSection,
+}
+
+/// `[os]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OsSection {
+    /// OS name, lower case, e.g. `drover`.
+    pub name: String,
+    /// Release version, e.g. `1.0.0`.
+    pub version: String,
+    /// Monotonic security version.
+    pub security_version: u64,
+}
+
+/// `[debian]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DebianSection {
+    /// Suite, e.g. `bookworm`.
+    pub suite: String,
+    /// Mirror URL.
+    #[serde(default = "default_mirror")]
+    pub mirror: String,
+    /// Packages on top of the minimal base (`linux-image-amd64` is required).
+    pub packages: Vec<String>,
+}
+
+fn default_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+
+/// `[kernel]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KernelSection {
+    /// Kernel command line of the slot (Drover adds the verity arguments).
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Modules the initramfs loads, dependencies resolved from modules.dep.
+    #[serde(default = "default_modules")]
+    pub modules: Vec<String>,
+}
+
+impl Default for KernelSection {
+    fn default() -> Self {
+        Self {
+            cmdline: default_cmdline(),
+            modules: default_modules(),
+        }
+    }
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0,115200 console=tty0 quiet".into()
+}
+
+/// Modules the boot stage and the slot's initramfs need on a VM or a
+/// typical server: device-mapper verity, EROFS, ext4, virtio, NVMe, SATA.
+pub fn default_modules() -> Vec<String> {
+    [
+        "dm-verity",
+        "erofs",
+        "ext4",
+        "virtio_blk",
+        "virtio_pci",
+        "virtio_scsi",
+        "sd_mod",
+        "nvme",
+        "ahci",
+        "vfat",
+        "nls_cp437",
+        "nls_iso8859-1",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `[trust]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrustSection {
+    /// PEM public key files.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+}
+
+/// `[[files]]`: one extra file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExtraFile {
+    /// Absolute path in the image; must be under `/usr` or `/etc` (which
+    /// is shipped as a factory copy under `/usr/share/factory/etc`).
+    pub path: String,
+    /// Octal mode, e.g. `"0644"`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Literal contents.
+    pub contents: Option<String>,
+    /// Or a file to copy (relative to the spec).
+    pub source: Option<PathBuf>,
+}
+
+fn default_mode() -> String {
+    "0644".into()
+}
+
+/// `[disk]`: sizes in MiB.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskSection {
+    /// EFI system partition.
+    #[serde(default = "default_esp")]
+    pub esp_mib: u64,
+    /// Each USR slot; must hold the slot image of future releases too.
+    #[serde(default = "default_usr")]
+    pub usr_mib: u64,
+    /// OEM partition.
+    #[serde(default = "default_oem")]
+    pub oem_mib: u64,
+    /// ROOT as built (it grows on first boot).
+    #[serde(default = "default_root")]
+    pub root_mib: u64,
+}
+
+fn default_esp() -> u64 {
+    128
+}
+fn default_usr() -> u64 {
+    1024
+}
+fn default_oem() -> u64 {
+    32
+}
+fn default_root() -> u64 {
+    256
+}
+
+impl Default for DiskSection {
+    fn default() -> Self {
+        Self {
+            esp_mib: default_esp(),
+            usr_mib: default_usr(),
+            oem_mib: default_oem(),
+            root_mib: default_root(),
+        }
+    }
+}
+
+/// A spec that failed to load; the message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SpecError {
+    /// The spec file.
+    pub path: PathBuf,
+    /// What is wrong, with the key's path.
+    pub message: String,
+}
+
+impl ImageSpec {
+    /// Reads, parses and checks a spec file.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            path: path.to_owned(),
+            message: format!("cannot read the spec: {e}"),
+        })?;
+        let mut spec = Self::parse(&text).map_err(|message| SpecError {
+            path: path.to_owned(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for k in &mut spec.trust.keys {
+            *k = base.join(&*k);
+        }
+        for f in &mut spec.files {
+            if let Some(s) = &mut f.source {
+                *s = base.join(&*s);
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Parses spec text and checks its values. Errors name the key path.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let de = toml::Deserializer::new(text);
+        let spec: ImageSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            if path == "." || path.is_empty() {
+                msg
+            } else {
+                format!("at `{path}`: {msg}")
+            }
+        })?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        };
+        if !name_ok(&self.os.name) {
+            return Err(format!(
+                "at `os.name`: '{}' must be lower-case letters, digits, '-', '_' or '.'",
+                self.os.name
+            ));
+        }
+        if !name_ok(&self.os.version.to_ascii_lowercase()) {
+            return Err(format!(
+                "at `os.version`: '{}' is not a version",
+                self.os.version
+            ));
+        }
+        if !self
+            .debian
+            .packages
+            .iter()
+            .any(|p| p.starts_with("linux-image-"))
+        {
+            return Err("at `debian.packages`: a kernel package (linux-image-amd64) is required: the slot boots its own kernel".into());
+        }
+        for (i, p) in self.debian.packages.iter().enumerate() {
+            if p.is_empty() || p.contains(char::is_whitespace) || p.starts_with('-') {
+                return Err(format!(
+                    "at `debian.packages[{i}]`: '{p}' is not a package name"
+                ));
+            }
+        }
+        for (i, f) in self.files.iter().enumerate() {
+            if !(f.path.starts_with("/usr/") || f.path.starts_with("/etc/"))
+                || f.path.contains("/../")
+            {
+                return Err(format!(
+                    "at `files[{i}].path`: '{}' must be an absolute path under /usr or /etc",
+                    f.path
+                ));
+            }
+            if u32::from_str_radix(&f.mode, 8)
+                .map(|m| m > 0o7777)
+                .unwrap_or(true)
+            {
+                return Err(format!(
+                    "at `files[{i}].mode`: '{}' is not an octal mode",
+                    f.mode
+                ));
+            }
+            if f.contents.is_some() == f.source.is_some() {
+                return Err(format!(
+                    "at `files[{i}]`: give exactly one of `contents` and `source`"
+                ));
+            }
+        }
+        let d = &self.disk;
+        if d.esp_mib < 34 || d.usr_mib < 16 || d.oem_mib < 1 || d.root_mib < 16 {
+            return Err("at `disk`: sizes too small (esp-mib ≥ 34 for FAT32, usr-mib ≥ 16, oem-mib ≥ 1, root-mib ≥ 16)".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[os]
+name = "drover"
+version = "1.0.0"
+security-version = 1
+
+[debian]
+suite = "bookworm"
+packages = ["systemd", "linux-image-amd64"]
+"#;
+
+    #[test]
+    fn a_minimal_spec_gets_defaults() {
+        let s = ImageSpec::parse(GOOD).unwrap();
+        assert_eq!(s.disk.usr_mib, 1024);
+        assert!(s.kernel.modules.contains(&"dm-verity".to_string()));
+        assert_eq!(s.debian.mirror, "http://deb.debian.org/debian");
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let bad = GOOD.replace("packages =", "pakages =");
+        let e = ImageSpec::parse(&bad).unwrap_err();
+        assert!(e.contains("debian") && e.contains("pakages"), "{e}");
+        let bad = format!("{GOOD}\n[disk]\nusr-mb = 5\n");
+        let e = ImageSpec::parse(&bad).unwrap_err();
+        assert!(e.contains("at `disk`") && e.contains("usr-mb"), "{e}");
+        let bad = format!("{GOOD}\n[[files]]\npath = \"/usr/x\"\ncontents = \"\"\nowner = \"x\"\n");
+        let e = ImageSpec::parse(&bad).unwrap_err();
+        assert!(e.contains("files[0]") && e.contains("owner"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let e = ImageSpec::parse(&GOOD.replace("security-version = 1", "security-version = -1"))
+            .unwrap_err();
+        assert!(e.contains("os.security-version"), "{e}");
+        let e = ImageSpec::parse(&GOOD.replace(", \"linux-image-amd64\"", "")).unwrap_err();
+        assert!(e.contains("kernel package"), "{e}");
+        let e = ImageSpec::parse(&format!(
+            "{GOOD}\n[[files]]\npath = \"/var/x\"\ncontents = \"\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("files[0].path"), "{e}");
+        let e = ImageSpec::parse(&format!(
+            "{GOOD}\n[[files]]\npath = \"/usr/x\"\nmode = \"999\"\ncontents = \"\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("files[0].mode"), "{e}");
+        let e = ImageSpec::parse(&GOOD.replace("drover\"", "Drover OS\"")).unwrap_err();
+        assert!(e.contains("os.name"), "{e}");
+    }
+}
