@@ -39,7 +39,8 @@ pub fn mount_pseudo_filesystems() -> anyhow::Result<()> {
 }
 
 /// Loads the modules listed in `list` (one path a line, dependencies
-/// first). A module that is already loaded is not an error.
+/// first; a leading `-` marks a soft dependency whose failure is ignored).
+/// A module that is already loaded is not an error.
 pub fn load_modules(list: &Path) -> anyhow::Result<usize> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
@@ -48,6 +49,10 @@ pub fn load_modules(list: &Path) -> anyhow::Result<usize> {
     };
     let mut n = 0;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (line, optional) = match line.strip_prefix('-') {
+            Some(rest) => (rest, true),
+            None => (line, false),
+        };
         let f = std::fs::File::open(line).with_context(|| format!("opening module {line}"))?;
         let mut flags = ModuleInitFlags::empty();
         if !line.ends_with(".ko") {
@@ -57,6 +62,7 @@ pub fn load_modules(list: &Path) -> anyhow::Result<usize> {
         match finit_module(&f, &CString::default(), flags) {
             Ok(()) => n += 1,
             Err(nix::errno::Errno::EEXIST) => {}
+            Err(_) if optional => {}
             Err(e) => return Err(e).with_context(|| format!("loading module {line}")),
         }
     }

@@ -82,7 +82,7 @@ impl Default for KernelSection {
 }
 
 fn default_cmdline() -> String {
-    "console=ttyS0,115200 console=tty0 quiet".into()
+    "console=tty0 console=ttyS0,115200".into()
 }
 
 /// Modules the boot stage and the slot's initramfs need on a VM or a
@@ -322,7 +322,7 @@ packages = ["systemd", "linux-image-amd64"]
         assert!(e.contains("debian") && e.contains("pakages"), "{e}");
         let bad = format!("{GOOD}\n[disk]\nusr-mb = 5\n");
         let e = ImageSpec::parse(&bad).unwrap_err();
-        assert!(e.contains("at `disk`") && e.contains("usr-mb"), "{e}");
+        assert!(e.contains("at `disk.usr-mb`"), "{e}");
         let bad = format!("{GOOD}\n[[files]]\npath = \"/usr/x\"\ncontents = \"\"\nowner = \"x\"\n");
         let e = ImageSpec::parse(&bad).unwrap_err();
         assert!(e.contains("files[0]") && e.contains("owner"), "{e}");

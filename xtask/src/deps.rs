@@ -8,9 +8,26 @@ const NEEDED: &[(&str, &str)] = &[
     ("cgpt", "cgpt"),
     ("sgdisk", "gdisk"),
     ("mkfs.erofs", "erofs-utils"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.fat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("cpio", "cpio"),
+    ("qemu-img", "qemu-utils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("swtpm", "swtpm"),
+    ("swtpm_setup", "swtpm-tools"),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    (
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        "systemd-boot-efi",
+    ),
 ];
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd} || test -x /sbin/{cmd}")])
         .status()
@@ -18,26 +35,45 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs whatever is missing with apt-get (needs root).
-pub fn install() -> anyhow::Result<()> {
-    let missing: Vec<&str> = NEEDED
+fn missing() -> Vec<&'static str> {
+    let mut v: Vec<&str> = NEEDED
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
-    if missing.is_empty() {
-        eprintln!(
-            "xtask: test tools present ({})",
-            NEEDED.iter().map(|n| n.1).collect::<Vec<_>>().join(", ")
-        );
-        return Ok(());
+    v.dedup();
+    v
+}
+
+/// Installs whatever is missing with apt-get (needs root). Two rounds:
+/// installing Debian's qemu-system-x86 can remove a newer qemu-utils that
+/// the machine came with, and the second round puts Debian's back.
+pub fn install() -> anyhow::Result<()> {
+    let mut updated = false;
+    for _round in 0..2 {
+        let missing = missing();
+        if missing.is_empty() {
+            eprintln!(
+                "xtask: tools present ({})",
+                NEEDED.iter().map(|n| n.1).collect::<Vec<_>>().join(", ")
+            );
+            return Ok(());
+        }
+        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+        if !updated {
+            crate::run(Command::new("apt-get").args(["update", "-q"]))?;
+            updated = true;
+        }
+        crate::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing),
+        )?;
     }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    crate::run(Command::new("apt-get").args(["update", "-q"]))?;
-    crate::run(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing),
-    )
+    let still = missing();
+    if !still.is_empty() {
+        anyhow::bail!("still missing after installing: {}", still.join(" "));
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //!
 //! * `/etc/drover/mode`: `stage` (the ESP initramfs) or `slot` (the slot's own);
 //! * `/etc/drover/modules`: module files to load, one absolute path a line,
-//!   dependencies first;
+//!   dependencies first; a line starting with `-` is a soft dependency whose
+//!   failure to load is ignored;
 //! * `/etc/drover/keys/*.pem`: trusted public keys (stage mode).
 
 use std::collections::{BTreeSet, HashMap};
@@ -49,18 +50,65 @@ fn module_name(path: &str) -> String {
     normalize(stem)
 }
 
-/// Resolves module names to files in load order (dependencies first).
-/// Built-in modules are skipped; unknown ones are an error.
-pub fn resolve_modules(modules_dir: &Path, wanted: &[String]) -> anyhow::Result<Vec<String>> {
+/// A module file to load, relative to the modules directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleFile {
+    /// Path relative to `lib/modules/VERSION`.
+    pub path: String,
+    /// A soft dependency (`softdep … pre:`): loaded when it can be, its
+    /// failure (say, `crc32c_intel` on a CPU without SSE 4.2) ignored.
+    pub optional: bool,
+}
+
+struct ModuleDb {
+    deps: HashMap<String, (String, Vec<String>)>,
+    softdeps: HashMap<String, Vec<String>>,
+    aliases: HashMap<String, Vec<String>>,
+    builtin: BTreeSet<String>,
+}
+
+impl ModuleDb {
+    fn visit(
+        &self,
+        name: &str,
+        optional: bool,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<ModuleFile>,
+    ) {
+        if self.builtin.contains(name) || !seen.insert(name.to_string()) {
+            return;
+        }
+        for pre in self.softdeps.get(name).into_iter().flatten() {
+            let targets = match self.aliases.get(&normalize(pre)) {
+                Some(t) => t.clone(),
+                None => vec![normalize(pre)],
+            };
+            for t in targets {
+                self.visit(&t, true, seen, order);
+            }
+        }
+        if let Some((path, list)) = self.deps.get(name) {
+            for d in list {
+                self.visit(&module_name(d), optional, seen, order);
+            }
+            order.push(ModuleFile {
+                path: path.clone(),
+                optional,
+            });
+        }
+    }
+}
+
+/// Resolves module names to files in load order: soft dependencies and
+/// dependencies first. Built-in modules are skipped; unknown ones are an
+/// error.
+pub fn resolve_modules(modules_dir: &Path, wanted: &[String]) -> anyhow::Result<Vec<ModuleFile>> {
     let dep_file = modules_dir.join("modules.dep");
     let deps_text = std::fs::read_to_string(&dep_file)
         .with_context(|| format!("reading {}", dep_file.display()))?;
-    let builtin: BTreeSet<String> = std::fs::read_to_string(modules_dir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .map(module_name)
-        .collect();
-    let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    let read = |name: &str| std::fs::read_to_string(modules_dir.join(name)).unwrap_or_default();
+    let builtin: BTreeSet<String> = read("modules.builtin").lines().map(module_name).collect();
+    let mut deps = HashMap::new();
     for line in deps_text.lines() {
         let Some((path, rest)) = line.split_once(':') else {
             continue;
@@ -68,36 +116,60 @@ pub fn resolve_modules(modules_dir: &Path, wanted: &[String]) -> anyhow::Result<
         let list = rest.split_whitespace().map(String::from).collect();
         deps.insert(module_name(path), (path.to_string(), list));
     }
-    let mut order = Vec::new();
-    let mut seen = BTreeSet::new();
-    fn visit(
-        name: &str,
-        deps: &HashMap<String, (String, Vec<String>)>,
-        seen: &mut BTreeSet<String>,
-        order: &mut Vec<String>,
-    ) {
-        if !seen.insert(name.to_string()) {
-            return;
-        }
-        if let Some((path, list)) = deps.get(name) {
-            for d in list {
-                visit(&module_name(d), deps, seen, order);
-            }
-            order.push(path.clone());
-        }
-    }
-    for w in wanted {
-        let n = normalize(w);
-        if builtin.contains(&n) {
+    let mut softdeps: HashMap<String, Vec<String>> = HashMap::new();
+    for line in read("modules.softdep").lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("softdep") {
             continue;
         }
-        if !deps.contains_key(&n) {
+        let Some(module) = words.next() else { continue };
+        let mut in_pre = false;
+        for w in words {
+            match w {
+                "pre:" => in_pre = true,
+                "post:" => in_pre = false,
+                _ if in_pre => softdeps
+                    .entry(normalize(module))
+                    .or_default()
+                    .push(w.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
+    for line in read("modules.alias").lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("alias"), Some(alias), Some(module)) =
+            (words.next(), words.next(), words.next())
+        {
+            if !alias.contains(['*', '?', '[']) {
+                aliases
+                    .entry(normalize(alias))
+                    .or_default()
+                    .push(normalize(module));
+            }
+        }
+    }
+    let db = ModuleDb {
+        deps,
+        softdeps,
+        aliases,
+        builtin,
+    };
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    for w in wanted {
+        let n = normalize(w);
+        if db.builtin.contains(&n) {
+            continue;
+        }
+        if !db.deps.contains_key(&n) {
             bail!(
                 "kernel module '{w}' is neither built in nor in {} (check `kernel.modules` in the spec)",
                 dep_file.display()
             );
         }
-        visit(&n, &deps, &mut seen, &mut order);
+        db.visit(&n, false, &mut seen, &mut order);
     }
     Ok(order)
 }
@@ -183,13 +255,14 @@ pub fn build(input: &InitramfsInput<'_>) -> anyhow::Result<Vec<u8>> {
         c.file(&name, 0o755, &data)?;
     }
     let mut list = String::new();
-    for rel in &modules {
-        let src = input.modules_dir.join(rel);
+    for m in &modules {
+        let src = input.modules_dir.join(&m.path);
         let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        let name = format!("usr/lib/modules/{kver}/{rel}");
+        let name = format!("usr/lib/modules/{kver}/{}", m.path);
         add_parents(&mut c, &mut dirs, &name)?;
         c.file(&name, 0o644, &data)?;
-        list.push_str(&format!("/{name}\n"));
+        let mark = if m.optional { "-" } else { "" };
+        list.push_str(&format!("{mark}/{name}\n"));
     }
     c.file("etc/drover/modules", 0o644, list.as_bytes())?;
     c.file(

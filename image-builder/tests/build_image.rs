@@ -1,0 +1,400 @@
+//! `drover build` end to end: a small image (minimal package set, for
+//! speed) checked with outside tools. Needs root, network access to the
+//! Debian mirror (or a warm package cache) and the Debian packages that
+//! `cargo xtask deps` installs.
+//!
+//! Images are built once per test: the checks on one build share it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin(name: &str) -> PathBuf {
+    let drover = PathBuf::from(env!("CARGO_BIN_EXE_drover"));
+    let p = drover.with_file_name(name);
+    if !p.is_file() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "drover-boot"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "building drover-boot");
+    }
+    p
+}
+
+fn run(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+fn must(cmd: &str, args: &[&str]) -> String {
+    let (ok, out) = run(cmd, args);
+    assert!(ok, "{cmd} {args:?} failed:\n{out}");
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const SPEC: &str = r#"
+[os]
+name = "drover"
+version = "0.1.0"
+security-version = 4
+
+[debian]
+suite = "bookworm"
+packages = ["systemd", "systemd-boot-efi", "linux-image-amd64"]
+
+[trust]
+keys = ["release.pub.pem"]
+
+[[files]]
+path = "/etc/motd"
+contents = "hello from a drover test image\n"
+
+[[files]]
+path = "/usr/lib/drover/test-marker"
+contents = "marker\n"
+mode = "0600"
+
+[disk]
+esp-mib = 64
+usr-mib = 512
+oem-mib = 8
+root-mib = 32
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
+        let (sec, public) = (
+            dir.path().join("release.pem"),
+            dir.path().join("release.pub.pem"),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args(["keygen", "--secret", s(&sec), "--public", s(&public)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        Self { dir }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn build(&self, spec: &str, out: &str, extra: &[&str]) -> (bool, String) {
+        let out_dir = self.p(out);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000")
+            .args([
+                "build",
+                "--quiet",
+                "--spec",
+                s(&self.p(spec)),
+                "--key",
+                s(&self.p("release.pem")),
+            ])
+            .args([
+                "--out",
+                s(&out_dir),
+                "--boot-binary",
+                s(&bin("drover-boot")),
+            ])
+            .args(extra);
+        let o = cmd.output().unwrap();
+        let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), text)
+    }
+}
+
+#[test]
+fn builds_a_disk_that_outside_tools_accept_and_the_slot_image_is_reproducible() {
+    let fx = Fixture::new();
+    let (ok, log) = fx.build("spec.toml", "out", &["--json"]);
+    assert!(ok, "build failed:\n{log}");
+    let out = fx.p("out");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("build.json")).unwrap()).unwrap();
+    for f in ["usr.img", "manifest.json", "disk.raw", "disk.qcow2"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+        assert!(
+            report["artifacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["file"] == f),
+            "{f} not in build.json"
+        );
+    }
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "rootfs",
+            "usr",
+            "initramfs",
+            "erofs",
+            "seal",
+            "esp",
+            "disk",
+            "qcow2",
+            "digests"
+        ]
+    );
+    assert_eq!(report["security_version"], 4);
+    let disk = out.join("disk.raw");
+    let usr = out.join("usr.img");
+
+    // GPT: sgdisk and cgpt.
+    let v = must("sgdisk", &["-v", s(&disk)]);
+    assert!(v.contains("No problems found"), "{v}");
+    let p = must("sgdisk", &["-p", s(&disk)]);
+    for (n, label) in [
+        ("1", "EFI-SYSTEM"),
+        ("3", "USR-A"),
+        ("4", "USR-B"),
+        ("6", "OEM"),
+        ("9", "ROOT"),
+    ] {
+        assert!(
+            p.lines()
+                .any(|l| l.split_whitespace().next() == Some(n) && l.ends_with(label)),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        must("cgpt", &["show", "-i", "3", "-P", s(&disk)]).trim(),
+        "1"
+    );
+    assert_eq!(
+        must("cgpt", &["show", "-i", "3", "-S", s(&disk)]).trim(),
+        "1"
+    );
+    assert_eq!(
+        must("cgpt", &["show", "-i", "4", "-P", s(&disk)]).trim(),
+        "0"
+    );
+
+    // The slot image: manifest, veritysetup, fsck.erofs.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["verity"]["root_hash"], report["root_hash"]);
+    let m = &manifest["verity"];
+    must(
+        "veritysetup",
+        &[
+            "verify",
+            s(&usr),
+            s(&usr),
+            m["root_hash"].as_str().unwrap(),
+            &format!("--hash-offset={}", m["hash_offset"]),
+            &format!("--data-blocks={}", m["data_blocks"]),
+        ],
+    );
+    must("fsck.erofs", &[s(&usr)]);
+    let tree = fx.p("extracted");
+    must("fsck.erofs", &[&format!("--extract={}", s(&tree)), s(&usr)]);
+    let kver = report["kernel_version"].as_str().unwrap();
+    assert!(tree.join(format!("lib/modules/{kver}/vmlinuz")).is_file());
+    assert!(tree
+        .join(format!("lib/modules/{kver}/drover-initramfs.img"))
+        .is_file());
+    assert_eq!(
+        std::fs::read_to_string(tree.join("share/factory/etc/motd")).unwrap(),
+        "hello from a drover test image\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("lib/drover/test-marker")).unwrap(),
+        "marker\n"
+    );
+    let os_release = std::fs::read_to_string(tree.join("lib/os-release")).unwrap();
+    assert!(os_release.contains("IMAGE_VERSION=0.1.0"), "{os_release}");
+    assert_eq!(
+        std::fs::read_dir(tree.join("lib/drover/keys"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // The manifest's boot digests are those of the files in /usr.
+    let kernel_sha = must(
+        "sha256sum",
+        &[s(&tree.join(format!("lib/modules/{kver}/vmlinuz")))],
+    );
+    assert!(kernel_sha.starts_with(manifest["boot"]["kernel"]["sha256"].as_str().unwrap()));
+    // The slot initramfs is a cpio that GNU cpio lists, with drover-boot as /init.
+    let listing = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cpio -t < {}",
+            s(&tree.join(format!("lib/modules/{kver}/drover-initramfs.img")))
+        ))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "init"), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.ends_with("dm-verity.ko")),
+        "{listing}"
+    );
+
+    // Signature: the right key holds, a wrong key does not, a tampered byte fails --verify.
+    let drover = env!("CARGO_BIN_EXE_drover");
+    let (ok, text) = run(
+        drover,
+        &[
+            "inspect",
+            s(&disk),
+            "--public",
+            s(&fx.p("release.pub.pem")),
+            "--verify",
+        ],
+    );
+    assert!(ok && text.contains("verified"), "{text}");
+    let (wrong, wrong_pub) = (fx.p("other.pem"), fx.p("other.pub.pem"));
+    must(
+        drover,
+        &["keygen", "--secret", s(&wrong), "--public", s(&wrong_pub)],
+    );
+    let (ok, text) = run(drover, &["inspect", s(&usr), "--public", s(&wrong_pub)]);
+    assert!(
+        !ok && text.contains("not signed by a trusted key"),
+        "{text}"
+    );
+    let tampered = fx.p("tampered.img");
+    std::fs::copy(&usr, &tampered).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tampered)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, 5 * 1024 * 1024 + 3).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], 5 * 1024 * 1024 + 3).unwrap();
+    }
+    let (ok, text) = run(
+        drover,
+        &[
+            "inspect",
+            s(&tampered),
+            "--public",
+            s(&fx.p("release.pub.pem")),
+            "--verify",
+        ],
+    );
+    assert!(!ok && text.contains("data block 1280 is corrupt"), "{text}");
+
+    // The qcow2 holds the same disk.
+    must(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            s(&disk),
+            s(&out.join("disk.qcow2")),
+        ],
+    );
+
+    // Same inputs and SOURCE_DATE_EPOCH: the same usr.img, byte for byte.
+    let (ok, log) = fx.build("spec.toml", "again", &["--slot-only"]);
+    assert!(ok, "second build failed:\n{log}");
+    assert!(
+        std::fs::read(&usr).unwrap() == std::fs::read(fx.p("again").join("usr.img")).unwrap(),
+        "usr.img differs between two builds of the same inputs"
+    );
+}
+
+#[test]
+fn bad_specs_fail_fast_and_leave_no_output_that_looks_complete() {
+    let fx = Fixture::new();
+    let good = SPEC.to_string();
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "unknown-key",
+            good.replace("[disk]", "[disk]\nusr-size = 3"),
+            "at `disk.usr-size`: unknown field",
+        ),
+        (
+            "typo-section",
+            good.replace("[trust]", "[trusts]"),
+            "trusts",
+        ),
+        (
+            "no-kernel",
+            good.replace(", \"linux-image-amd64\"", ""),
+            "kernel package",
+        ),
+        (
+            "bad-key-file",
+            good.replace("release.pub.pem", "missing.pub.pem"),
+            "missing.pub.pem",
+        ),
+    ];
+    for (name, text, want) in cases {
+        std::fs::write(fx.p(&format!("{name}.toml")), text).unwrap();
+        let t = std::time::Instant::now();
+        let (ok, log) = fx.build(&format!("{name}.toml"), name, &[]);
+        assert!(!ok, "{name}: the build succeeded");
+        assert!(log.contains(want), "{name}: wanted '{want}' in:\n{log}");
+        assert!(t.elapsed().as_secs() < 5, "{name}: not fast");
+        assert!(!fx.p(name).join("build.json").exists(), "{name}");
+    }
+    // An unreadable signing key.
+    let (ok, log) = {
+        let o = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .args([
+                "build",
+                "--spec",
+                s(&fx.p("spec.toml")),
+                "--key",
+                "/nonexistent/key.pem",
+                "--out",
+                s(&fx.p("k")),
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && log.contains("/nonexistent/key.pem"), "{log}");
+    // A package that does not exist: mmdebstrap fails, the message says which.
+    std::fs::write(
+        fx.p("nopkg.toml"),
+        good.replace("\"systemd\",", "\"no-such-package-drover\","),
+    )
+    .unwrap();
+    let cache = fx.p("cache");
+    let (ok, log) = fx.build("nopkg.toml", "nopkg", &["--cache-dir", s(&cache)]);
+    assert!(!ok);
+    assert!(log.contains("no-such-package-drover"), "{log}");
+    let left: Vec<_> = std::fs::read_dir(fx.p("nopkg"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "a failed build left {left:?}");
+}
