@@ -54,3 +54,11 @@ pub fn slot_disk(parts: &[PartitionInfo]) -> Option<PathBuf> {
         .any(|p| p.label == "USR-B" && p.disk == a.disk)
         .then(|| a.disk.clone())
 }
+
+/// The device node of the partition labelled `label` on `disk`.
+pub fn partition_node(disk: &Path, label: &str) -> Option<PathBuf> {
+    partitions(Path::new("/sys/class/block"))
+        .into_iter()
+        .find(|p| p.disk == disk && p.label == label)
+        .map(|p| p.dev)
+}

@@ -1,17 +1,25 @@
-//! `drover-boot`, the early-boot stage, run as `/init` of an initramfs.
+//! `drover-boot`, run as `/init` of Drover's two kinds of initramfs.
 //!
-//! What it does today (stage mode): set up `/proc`, `/sys`, `/dev`, load
-//! the kernel modules the image builder listed, find the disk that holds
-//! USR-A and USR-B, apply the gptprio rule from [`drover_core::selection`]
-//! (using up a try and writing the table before anything of the slot runs),
-//! and check the chosen slot's signed manifest against the keys built into
-//! the initramfs, falling back by the rule when it does not verify.
+//! * **Stage mode** (the initramfs on the ESP): load modules, find the disk
+//!   with USR-A and USR-B, pick the slot with the shared gptprio rule (a
+//!   used-up try is written before anything of the slot runs), check its
+//!   signed manifest against the keys built into the initramfs (and every
+//!   block, before a slot's first successful boot), open it with dm-verity,
+//!   read its kernel and initramfs and check their digests, and
+//!   `kexec_file_load` into it with the verity arguments on the command
+//!   line. A slot that fails any check is not booted; the rule runs again
+//!   without it. With nothing left, a rescue message says why.
+//! * **Slot mode** (the slot's own initramfs): open `/usr` with dm-verity
+//!   (restart on corruption), mount ROOT, populate `/etc` on first boot,
+//!   switch root to systemd.
 //!
-//! Not built yet (issue 4): opening the slot with dm-verity, reading and
-//! measuring its kernel, `kexec_file_load`, and slot mode (mount ROOT,
-//! populate `/etc`, switch root). Until then the stage stops with a message
-//! saying so.
+//! Not built yet: TPM measurement (the boot record says the boot was not
+//! measured), growing ROOT on first boot.
 
 pub mod devices;
+pub mod dm;
 pub mod early;
+pub mod kexec;
+pub mod record;
+pub mod slot_mode;
 pub mod stage;

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use drover_boot::{early, stage};
+use anyhow::Context as _;
+use drover_boot::{early, kexec, slot_mode, stage};
 use drover_core::keys::TrustedKeys;
 
 fn run(start: Instant) -> anyhow::Result<()> {
@@ -17,20 +18,21 @@ fn run(start: Instant) -> anyhow::Result<()> {
             let keys = TrustedKeys::load(&[Path::new("/etc/drover/keys").to_path_buf()])?;
             stage::step(start, &format!("{} trusted key(s)", keys.keys().len()));
             let disk = stage::find_disk(start)?;
-            let chosen = stage::choose(&disk, &keys, start)?;
+            let p = stage::choose_and_prepare(&disk, &keys, start)?;
+            let kernel = std::fs::File::open(&p.kernel)?;
+            let initrd = std::fs::File::open(&p.initrd)?;
+            kexec::load(&kernel, &initrd, &p.cmdline).context("loading the slot kernel")?;
             stage::step(
                 start,
-                &format!(
-                    "{} verified (root hash {}); opening it with dm-verity and kexec are not built yet (issue 4)",
-                    chosen.slot,
-                    chosen.verified.verified.manifest.verity.root_hash
-                ),
+                &format!("kexec into {} {} ({})", p.slot, p.record.version, p.cmdline),
             );
-            anyhow::bail!("the boot stage stops here in this version")
+            kexec::exec()?;
+            Ok(())
         }
-        "slot" => anyhow::bail!(
-            "slot mode (mount /usr with dm-verity, ROOT, switch root) is not built yet (issue 4)"
-        ),
+        "slot" => {
+            slot_mode::run(start)?;
+            Ok(())
+        }
         other => {
             anyhow::bail!("unknown mode '{other}' in /etc/drover/mode (expected stage or slot)")
         }

@@ -1,13 +1,18 @@
-//! Stage mode: choose the slot and check it before anything of it runs.
+//! Stage mode: choose the slot, check it, and hand over to its kernel.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
 use drover_core::slot_image::{self, ReadAt, VerifiedSlot};
 use drover_core::{Decision, PartitionTable, SlotId, Slots};
+use sha2::{Digest, Sha256};
+
+use crate::dm::{self, VerityTable};
+use crate::record::{BootRecord, Event};
 
 /// A partition of an open disk, read at offsets.
 struct Partition<'a> {
@@ -21,7 +26,7 @@ impl ReadAt for Partition<'_> {
     }
 }
 
-/// Prints one step with the time it took, the way the stage reports.
+/// Prints one step with the time since the stage started.
 pub fn step(start: Instant, msg: &str) {
     println!(
         "drover-boot: [{:>7.3}s] {msg}",
@@ -29,21 +34,53 @@ pub fn step(start: Instant, msg: &str) {
     );
 }
 
-/// The chosen, signature-checked slot.
+/// Everything needed to kexec into a checked slot.
 #[derive(Debug)]
-pub struct Chosen {
+pub struct Prepared {
     /// Which slot.
     pub slot: SlotId,
-    /// How it was chosen.
-    pub decision: Decision,
-    /// Its verified manifest and verity parameters.
-    pub verified: VerifiedSlot,
+    /// The slot's kernel, read from its verified /usr.
+    pub kernel: PathBuf,
+    /// Its initramfs with the boot record appended.
+    pub initrd: PathBuf,
+    /// The command line for it.
+    pub cmdline: String,
+    /// What is handed on.
+    pub record: BootRecord,
 }
 
-/// Chooses a slot on `disk` by the rule, writes the used-up try, and checks
-/// the slot's manifest signature. A slot that fails the check is not
-/// booted: the rule runs again without it (it keeps its decremented tries).
-pub fn choose(disk: &Path, keys: &TrustedKeys, start: Instant) -> anyhow::Result<Chosen> {
+/// The dm-verity arguments slot mode reads from the command line:
+/// `drover.verity=DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH` (salt `-` when empty).
+pub fn verity_arg(v: &VerifiedSlot) -> String {
+    let salt = if v.params.salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(&v.params.salt)
+    };
+    format!(
+        "drover.verity={}:{}:{}:{}",
+        v.params.data_blocks,
+        v.locator.hash_offset,
+        salt,
+        hex::encode(v.root_hash)
+    )
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Chooses a slot on `disk` by the rule (the used-up try is written before
+/// anything of the slot runs), and checks it: manifest signature, a full
+/// verity check before a slot's first successful boot, the kernel and
+/// initramfs read through dm-verity against the manifest's digests. A slot
+/// that fails is not booted: the rule runs again without it (it keeps its
+/// decremented tries). With no slot left, the error says why.
+pub fn choose_and_prepare(
+    disk: &Path,
+    keys: &TrustedKeys,
+    start: Instant,
+) -> anyhow::Result<Prepared> {
     let mut refused: Vec<(SlotId, String)> = Vec::new();
     loop {
         let (table, mut file) = PartitionTable::open_rw(disk)?;
@@ -53,15 +90,15 @@ pub fn choose(disk: &Path, keys: &TrustedKeys, start: Instant) -> anyhow::Result
         let Some(slot) = decision.slot() else {
             let why = match decision {
                 Decision::Rescue { reason } => reason.to_string(),
-                _ => unreachable!(),
+                _ => "no slot".to_string(),
             };
-            let refused: Vec<String> = refused.iter().map(|(s, e)| format!("{s}: {e}")).collect();
-            anyhow::bail!(
-                "nothing to boot: {why}; refused: {}",
-                if refused.is_empty() {
-                    "none".into()
+            let r: Vec<String> = refused.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+            bail!(
+                "nothing to boot: {why}; refused in this boot: {}",
+                if r.is_empty() {
+                    "none".to_string()
                 } else {
-                    refused.join("; ")
+                    r.join("; ")
                 }
             );
         };
@@ -77,46 +114,200 @@ pub fn choose(disk: &Path, keys: &TrustedKeys, start: Instant) -> anyhow::Result
         }
         step(start, &format!("chose {slot} ({})", decision.kind()));
         let st = slots.get(slot);
-        let part = Partition {
-            file: &file,
-            offset: st.offset,
-        };
-        match slot_image::open_verified(&part, st.size, disk, keys) {
-            Ok(verified) => {
-                step(
-                    start,
-                    &format!(
-                        "{slot}: manifest of {} {} signed by {}",
-                        verified.verified.manifest.os.name,
-                        verified.verified.manifest.os.version,
-                        verified.verified.key.short_id()
-                    ),
-                );
-                return Ok(Chosen {
-                    slot,
-                    decision,
-                    verified,
-                });
+        let res = check_and_prepare(
+            disk,
+            &file,
+            slot,
+            st.offset,
+            st.size,
+            !st.prio.successful(),
+            keys,
+            start,
+        );
+        match res {
+            Ok(mut p) => {
+                p.record.decision = decision.kind().to_string();
+                p.record.refused = refused
+                    .iter()
+                    .map(|(s, e)| (s.to_string(), e.clone()))
+                    .collect();
+                return Ok(p);
             }
             Err(e) => {
-                step(start, &format!("{slot} REFUSED: {e}"));
-                refused.push((slot, e.to_string()));
-                if refused.len() >= 2 {
-                    anyhow::bail!(
-                        "no slot verifies: {}",
-                        refused
-                            .iter()
-                            .map(|(s, e)| format!("{s}: {e}"))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    );
-                }
+                let msg = format!("{e:#}");
+                step(start, &format!("{slot} REFUSED: {msg}"));
+                refused.push((slot, msg));
             }
         }
     }
 }
 
-/// Finds the disk with the slots, retrying while devices appear.
+#[allow(clippy::too_many_arguments)]
+fn check_and_prepare(
+    disk: &Path,
+    file: &File,
+    slot: SlotId,
+    offset: u64,
+    size: u64,
+    full_check: bool,
+    keys: &TrustedKeys,
+    start: Instant,
+) -> anyhow::Result<Prepared> {
+    let part = Partition { file, offset };
+    let v = slot_image::open_verified(&part, size, disk, keys)?;
+    let m = &v.verified.manifest;
+    step(
+        start,
+        &format!(
+            "{slot}: manifest of {} {} signed by {}",
+            m.os.name,
+            m.os.version,
+            v.verified.key.short_id()
+        ),
+    );
+    if full_check {
+        slot_image::verify_data(file, disk, offset, &v)?;
+        step(
+            start,
+            &format!("{slot}: never booted successfully, so every block was checked: verity holds"),
+        );
+    }
+    let boot = m
+        .boot
+        .as_ref()
+        .context("the manifest names no kernel: this slot cannot be booted")?;
+    let node = crate::devices::partition_node(disk, slot.label())
+        .with_context(|| format!("no device node for {slot} on {}", disk.display()))?;
+    let name = "drover-stage-usr";
+    let _ = dm::remove(name);
+    let dev = dm::create_verity(
+        name,
+        &VerityTable {
+            data_dev: node.display().to_string(),
+            hash_dev: node.display().to_string(),
+            data_blocks: v.params.data_blocks,
+            hash_offset: v.locator.hash_offset,
+            salt: v.params.salt.clone(),
+            root_hash: v.root_hash,
+            restart_on_corruption: false,
+        },
+    )?;
+    let mnt = Path::new("/run/drover/stage-usr");
+    std::fs::create_dir_all(mnt)?;
+    nix::mount::mount(
+        Some(&dev),
+        mnt,
+        Some("erofs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting {} (erofs) on {}", dev.display(), mnt.display()))?;
+    let result = (|| {
+        let kernel = std::fs::read(mnt.join(&boot.kernel.path))
+            .with_context(|| format!("reading the slot kernel {}", boot.kernel.path))?;
+        let initramfs = std::fs::read(mnt.join(&boot.initramfs.path))
+            .with_context(|| format!("reading the slot initramfs {}", boot.initramfs.path))?;
+        for (what, data, want) in [
+            ("kernel", &kernel, &boot.kernel.sha256),
+            ("initramfs", &initramfs, &boot.initramfs.sha256),
+        ] {
+            let got = sha256_hex(data);
+            if &got != want {
+                bail!("the slot {what} has sha256 {got}, the signed manifest says {want}");
+            }
+        }
+        step(
+            start,
+            &format!("{slot}: kernel and initramfs read through dm-verity match the manifest"),
+        );
+        Ok((kernel, initramfs))
+    })();
+    let _ = nix::mount::umount(mnt);
+    let _ = dm::remove(name);
+    let (kernel, initramfs) = result?;
+
+    let cmdline = format!(
+        "{} drover.slot={} {}",
+        boot.cmdline,
+        slot.label(),
+        verity_arg(&v)
+    );
+    let events = vec![
+        Event {
+            component: "slot".into(),
+            sha256: sha256_hex(slot.label().as_bytes()),
+            description: slot.label().into(),
+        },
+        Event {
+            component: "manifest".into(),
+            sha256: hex::encode(v.verified.digest),
+            description: format!(
+                "{} {} (security version {})",
+                m.os.name, m.os.version, m.os.security_version
+            ),
+        },
+        Event {
+            component: "root-hash".into(),
+            sha256: sha256_hex(&v.root_hash),
+            description: hex::encode(v.root_hash),
+        },
+        Event {
+            component: "slot-kernel".into(),
+            sha256: boot.kernel.sha256.clone(),
+            description: boot.kernel.path.clone(),
+        },
+        Event {
+            component: "slot-initramfs".into(),
+            sha256: boot.initramfs.sha256.clone(),
+            description: boot.initramfs.path.clone(),
+        },
+        Event {
+            component: "slot-cmdline".into(),
+            sha256: sha256_hex(cmdline.as_bytes()),
+            description: cmdline.clone(),
+        },
+    ];
+    let record = BootRecord {
+        slot: slot.label().into(),
+        decision: String::new(),
+        version: m.os.version.clone(),
+        refused: Vec::new(),
+        measured: false,
+        not_measured_reason: Some("TPM measurement is not built yet (issue 4)".into()),
+        events,
+    };
+    let dir = Path::new("/run/drover");
+    std::fs::create_dir_all(dir)?;
+    let kpath = dir.join("slot-kernel");
+    std::fs::write(&kpath, &kernel)?;
+    Ok(Prepared {
+        slot,
+        kernel: kpath,
+        initrd: dir.join("slot-initrd"),
+        cmdline,
+        record: {
+            let r = record;
+            write_initrd(&dir.join("slot-initrd"), &initramfs, &r)?;
+            r
+        },
+    })
+}
+
+/// The slot initramfs with a second cpio archive appended that holds the
+/// boot record (the kernel unpacks concatenated archives in order).
+fn write_initrd(path: &Path, initramfs: &[u8], record: &BootRecord) -> anyhow::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(initramfs)?;
+    let json = serde_json::to_vec_pretty(record)?;
+    let mut c = drover_core::cpio::Cpio::new(Vec::new(), 0);
+    c.dir("etc")?;
+    c.dir("etc/drover")?;
+    c.file(crate::record::IN_INITRAMFS, 0o644, &json)?;
+    f.write_all(&c.finish()?)?;
+    Ok(())
+}
+
+/// Finds the disk with the slots, waiting up to 10 s for devices to appear.
 pub fn find_disk(start: Instant) -> anyhow::Result<PathBuf> {
     for _ in 0..100 {
         let parts = crate::devices::partitions(Path::new("/sys/class/block"));
@@ -126,5 +317,5 @@ pub fn find_disk(start: Instant) -> anyhow::Result<PathBuf> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    anyhow::bail!("no disk with USR-A and USR-B partitions appeared within 10 s")
+    bail!("no disk with USR-A and USR-B partitions appeared within 10 s")
 }

@@ -9,6 +9,7 @@
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
+pub mod cpio;
 pub mod gptprio;
 pub mod keys;
 pub mod layout;

@@ -26,8 +26,160 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             };
             verity_bench(mib)
         }
-        _ => bail!("usage: cargo xtask bench verity [--size-mib N]"),
+        Some("image") => image_bench(),
+        _ => bail!("usage: cargo xtask bench verity [--size-mib N] | image"),
     }
+}
+
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed()))
+}
+
+/// Builds the default image (examples/container-host.toml) with release
+/// binaries, prints the time of every stage, then times the /usr → slot
+/// image step against mkfs.erofs + veritysetup format on the same tree.
+fn image_bench() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    crate::run(
+        crate::cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "drover-image-builder",
+                "-p",
+                "drover-boot",
+            ])
+            .current_dir(&root),
+    )?;
+    let dir = bench_dir()?.join("image");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let drover = root.join("target/release/drover");
+    let (key, public) = (dir.join("bench.pem"), dir.join("bench.pub.pem"));
+    crate::run(
+        Command::new(&drover)
+            .args(["keygen", "--secret"])
+            .arg(&key)
+            .arg("--public")
+            .arg(&public),
+    )?;
+    let out = dir.join("out");
+    let o = Command::new(&drover)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["build", "--quiet", "--json", "--spec"])
+        .arg(root.join("examples/container-host.toml"))
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "drover build failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    println!("drover build of examples/container-host.toml, stage by stage:");
+    for s in report["stages"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<10} {:>7.1} s",
+            s["stage"].as_str().unwrap_or("?"),
+            s["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    // The same /usr tree for both sides of the comparison.
+    let tree = dir.join("usr-tree");
+    let st = Command::new("fsck.erofs")
+        .arg(format!("--extract={}", tree.display()))
+        .arg(out.join("usr.img"))
+        .status()?;
+    if !st.success() {
+        bail!("fsck.erofs --extract failed");
+    }
+    let epoch = 1_700_000_000;
+    let uuid = uuid::Uuid::from_u128(0x2f6a3c1e_8b4d_4e7f_9a0b_1c2d3e4f5a6b);
+    let key = drover_core::keys::SigningKey::load(&key)?;
+
+    let ours = dir.join("drover-usr.img");
+    let (_, d_erofs) =
+        timed(|| drover_image_builder::build::mkfs_erofs(&tree, &ours, epoch, uuid))?;
+    let (_, d_seal) = timed(|| {
+        let f = OpenOptions::new().read(true).write(true).open(&ours)?;
+        drover_core::slot_image::seal(
+            &f,
+            &ours,
+            drover_core::slot_image::SealInput {
+                os: drover_core::manifest::OsRelease {
+                    name: "drover".into(),
+                    version: "bench".into(),
+                    security_version: 1,
+                },
+                fs_kind: "erofs".into(),
+                created: epoch,
+                salt: hex::decode(SALT)?,
+                boot: None,
+                reference: Vec::new(),
+            },
+            &[&key],
+        )?;
+        Ok(())
+    })?;
+
+    let theirs = dir.join("peer-usr.img");
+    let (_, p_erofs) = timed(|| {
+        let st = Command::new("mkfs.erofs")
+            .args(drover_image_builder::build::erofs_args(epoch, uuid))
+            .arg("--quiet")
+            .arg(&theirs)
+            .arg(&tree)
+            .status()?;
+        if !st.success() {
+            bail!("mkfs.erofs failed");
+        }
+        Ok(())
+    })?;
+    let size = std::fs::metadata(&theirs)?.len();
+    let blocks = size.div_ceil(4096);
+    let (_, p_verity) = timed(|| {
+        let st = Command::new("veritysetup")
+            .args([
+                "format",
+                "--hash=sha256",
+                "--data-block-size=4096",
+                "--hash-block-size=4096",
+            ])
+            .arg(format!("--salt={SALT}"))
+            .arg(format!("--hash-offset={}", blocks * 4096))
+            .arg(format!("--data-blocks={blocks}"))
+            .arg(&theirs)
+            .arg(&theirs)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("veritysetup format failed");
+        }
+        Ok(())
+    })?;
+    let d = d_erofs + d_seal;
+    let p = p_erofs + p_verity;
+    println!("/usr tree -> slot image ({} MiB file system):", size >> 20);
+    println!("  drover     {:>7.2} s  (mkfs.erofs {:.2} s + verity, locator and signed manifest {:.2} s)", d.as_secs_f64(), d_erofs.as_secs_f64(), d_seal.as_secs_f64());
+    println!(
+        "  peer tools {:>7.2} s  (mkfs.erofs {:.2} s + veritysetup format {:.2} s)",
+        p.as_secs_f64(),
+        p_erofs.as_secs_f64(),
+        p_verity.as_secs_f64()
+    );
+    println!(
+        "  ratio      {:>7.2}x  (peer time / drover time)",
+        p.as_secs_f64() / d.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 fn bench_dir() -> anyhow::Result<PathBuf> {

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use super::cpio::Cpio;
+use drover_core::cpio::Cpio;
 
 /// What goes into one initramfs.
 #[derive(Debug)]

@@ -5,7 +5,6 @@
 //! and renamed into place only at the end, `build.json` last: a build that
 //! fails leaves no output that looks complete.
 
-pub mod cpio;
 pub mod disk;
 pub mod esp;
 pub mod initramfs;
@@ -176,14 +175,11 @@ fn file_ref(usr: &Path, rel: &str) -> anyhow::Result<FileRef> {
     })
 }
 
-fn mkfs_erofs(usr: &Path, out: &Path, epoch: u64, uuid: uuid::Uuid) -> anyhow::Result<()> {
+/// Runs mkfs.erofs the way Drover does: lz4hc, block-aligned file data,
+/// fixed timestamps and UUID.
+pub fn mkfs_erofs(usr: &Path, out: &Path, epoch: u64, uuid: uuid::Uuid) -> anyhow::Result<()> {
     let o = Command::new("mkfs.erofs")
-        .arg("-zlz4hc")
-        // Block-aligned file data: unchanged files keep their 4 KiB blocks
-        // between releases, which is what block-level deltas need.
-        .arg("-Enoinline_data")
-        .arg(format!("-T{epoch}"))
-        .arg(format!("-U{uuid}"))
+        .args(erofs_args(epoch, uuid))
         .arg("--quiet")
         .arg(out)
         .arg(usr)
@@ -196,6 +192,18 @@ fn mkfs_erofs(usr: &Path, out: &Path, epoch: u64, uuid: uuid::Uuid) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// The mkfs.erofs options Drover uses (also for the benchmark's peer run).
+pub fn erofs_args(epoch: u64, uuid: uuid::Uuid) -> Vec<String> {
+    vec![
+        "-zlz4hc".into(),
+        // Block-aligned file data: unchanged files keep their 4 KiB blocks
+        // between releases, which is what block-level deltas need.
+        "-Enoinline_data".into(),
+        format!("-T{epoch}"),
+        format!("-U{uuid}"),
+    ]
 }
 
 /// Runs a whole build. Returns the report that is also `build.json`.

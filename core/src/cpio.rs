@@ -1,4 +1,6 @@
 //! A newc ("070701") cpio writer: the initramfs format the kernel unpacks.
+//! The image builder writes whole initramfs images with it; the boot stage
+//! appends the boot record to the slot initramfs with it.
 //!
 //! Entries are written in the order given, with fixed metadata (owner 0,
 //! mtime from `SOURCE_DATE_EPOCH`, inode numbers counting up), so the same

@@ -1,0 +1,224 @@
+//! Slot mode: the slot's own initramfs opens `/usr` with dm-verity and the
+//! root hash from the command line the stage measured, mounts ROOT,
+//! populates `/etc` on first boot and switches root to systemd.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use nix::mount::{mount, MsFlags};
+
+use crate::dm::{self, VerityTable};
+use crate::early::cmdline_value;
+use crate::stage::step;
+
+/// The parsed `drover.verity=` argument.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerityArg {
+    /// Data blocks.
+    pub data_blocks: u64,
+    /// Hash offset in bytes.
+    pub hash_offset: u64,
+    /// Salt.
+    pub salt: Vec<u8>,
+    /// Root hash.
+    pub root_hash: [u8; 32],
+}
+
+/// Parses `DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH`.
+pub fn parse_verity_arg(s: &str) -> anyhow::Result<VerityArg> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [blocks, offset, salt, root] = parts.as_slice() else {
+        bail!("drover.verity='{s}' is not DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH");
+    };
+    let root: [u8; 32] = hex::decode(root)
+        .ok()
+        .and_then(|r| r.try_into().ok())
+        .with_context(|| format!("drover.verity root hash '{root}' is not 64 hex digits"))?;
+    Ok(VerityArg {
+        data_blocks: blocks.parse().context("drover.verity data blocks")?,
+        hash_offset: offset.parse().context("drover.verity hash offset")?,
+        salt: if *salt == "-" {
+            Vec::new()
+        } else {
+            hex::decode(salt).context("drover.verity salt")?
+        },
+        root_hash: root,
+    })
+}
+
+/// Copies a directory tree with modes, owners and symlinks (the factory
+/// `/etc` onto ROOT on first boot).
+pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+    } else if meta.is_dir() {
+        std::fs::create_dir(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    } else {
+        std::fs::copy(from, to)?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    Ok(())
+}
+
+/// Runs slot mode; on success it execs systemd and does not return.
+pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let slot = cmdline_value(&cmdline, "drover.slot").context(
+        "no drover.slot= on the command line: was this kernel started by the boot stage?",
+    )?;
+    let verity = parse_verity_arg(
+        &cmdline_value(&cmdline, "drover.verity")
+            .context("no drover.verity= on the command line")?,
+    )?;
+    let disk = crate::stage::find_disk(start)?;
+    let usr_part = crate::devices::partition_node(&disk, &slot)
+        .with_context(|| format!("no {slot} partition"))?;
+    let root_part = crate::devices::partition_node(&disk, "ROOT").context("no ROOT partition")?;
+    let dev = dm::create_verity(
+        "usr",
+        &VerityTable {
+            data_dev: usr_part.display().to_string(),
+            hash_dev: usr_part.display().to_string(),
+            data_blocks: verity.data_blocks,
+            hash_offset: verity.hash_offset,
+            salt: verity.salt,
+            root_hash: verity.root_hash,
+            restart_on_corruption: true,
+        },
+    )?;
+    step(
+        start,
+        &format!(
+            "/usr: {slot} opened with dm-verity as {} (restart on corruption)",
+            dev.display()
+        ),
+    );
+
+    let sysroot = Path::new("/sysroot");
+    std::fs::create_dir_all(sysroot)?;
+    mount(
+        Some(&root_part),
+        sysroot,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting ROOT ({}) on /sysroot", root_part.display()))?;
+    std::fs::create_dir_all(sysroot.join("usr"))?;
+    mount(
+        Some(&dev),
+        &sysroot.join("usr"),
+        Some("erofs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .context("mounting /usr")?;
+    step(
+        start,
+        &format!(
+            "ROOT ({}) mounted on /, /usr read-only from dm-verity",
+            root_part.display()
+        ),
+    );
+
+    let etc = sysroot.join("etc");
+    if !etc.exists() {
+        copy_tree(&sysroot.join("usr/share/factory/etc"), &etc)
+            .context("populating /etc from the factory copy")?;
+        step(
+            start,
+            "first boot: /etc populated from /usr/share/factory/etc",
+        );
+    }
+    for d in [
+        "var", "home", "root", "proc", "sys", "dev", "run", "tmp", "mnt", "srv", "opt", "media",
+    ] {
+        std::fs::create_dir_all(sysroot.join(d))?;
+    }
+    std::fs::set_permissions(sysroot.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    std::fs::set_permissions(sysroot.join("root"), std::fs::Permissions::from_mode(0o700))?;
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        let l = sysroot.join(link);
+        if std::fs::symlink_metadata(&l).is_err() && sysroot.join(target).exists() {
+            std::os::unix::fs::symlink(target, &l)?;
+        }
+    }
+
+    // /run with the boot record, handed to systemd already mounted.
+    mount(
+        Some("tmpfs"),
+        &sysroot.join("run"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    std::fs::create_dir_all(sysroot.join("run/drover"))?;
+    let record = Path::new("/").join(crate::record::IN_INITRAMFS);
+    if record.exists() {
+        std::fs::copy(
+            &record,
+            sysroot.join(crate::record::ON_SYSTEM.trim_start_matches('/')),
+        )?;
+    }
+    for m in ["/dev", "/proc", "/sys"] {
+        mount(
+            Some(m),
+            &sysroot.join(&m[1..]),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .with_context(|| format!("moving {m} into /sysroot"))?;
+    }
+    step(start, "switching root to systemd");
+    nix::unistd::chdir(sysroot)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving /sysroot to /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    nix::unistd::chdir("/")?;
+    let init = ["/usr/lib/systemd/systemd", "/sbin/init"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("no /usr/lib/systemd/systemd or /sbin/init in the slot")?;
+    let prog = CString::new(init)?;
+    let args = [
+        prog.clone(),
+        CString::new("--switched-root")?,
+        CString::new("--system")?,
+    ];
+    nix::unistd::execv(&prog, &args).with_context(|| format!("executing {init}"))?;
+    unreachable!("execv returned without an error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verity_argument_round_trip() {
+        let root = "ab".repeat(32);
+        let v = parse_verity_arg(&format!("100:409600:-:{root}")).unwrap();
+        assert_eq!(v.data_blocks, 100);
+        assert_eq!(v.hash_offset, 409_600);
+        assert!(v.salt.is_empty());
+        assert_eq!(v.root_hash, [0xab; 32]);
+        assert!(parse_verity_arg("1:2:3").is_err());
+        assert!(parse_verity_arg(&format!("x:2:-:{root}")).is_err());
+        assert!(parse_verity_arg("1:2:-:abcd").is_err());
+    }
+}
