@@ -129,6 +129,10 @@ pub struct ExtraFile {
     pub contents: Option<String>,
     /// Or a file to copy (relative to the spec).
     pub source: Option<PathBuf>,
+    /// Or a symbolic link to this target (e.g. to enable a unit:
+    /// `path = "/usr/lib/systemd/system/multi-user.target.wants/x.service"`,
+    /// `link = "../x.service"`).
+    pub link: Option<String>,
 }
 
 fn default_mode() -> String {
@@ -278,9 +282,10 @@ impl ImageSpec {
                     f.mode
                 ));
             }
-            if f.contents.is_some() == f.source.is_some() {
+            let given = [f.contents.is_some(), f.source.is_some(), f.link.is_some()];
+            if given.iter().filter(|g| **g).count() != 1 {
                 return Err(format!(
-                    "at `files[{i}]`: give exactly one of `contents` and `source`"
+                    "at `files[{i}]`: give exactly one of `contents`, `source` and `link`"
                 ));
             }
         }

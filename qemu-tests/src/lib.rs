@@ -1,2 +1,13 @@
-//! QEMU life-cycle tests. Not built yet (issues 4 and 6): they need the
-//! image builder and the boot stage first.
+//! The QEMU test harness: real Drover images booted in QEMU.
+//!
+//! * [`image`]: the test image, built once per test run and shared by every
+//!   test (a lock file keeps parallel test processes from building twice).
+//! * [`guest`]: a guest builder; the console is captured, tests wait for a
+//!   marker the guest prints instead of sleeping, and the console is shown
+//!   only when a test fails.
+//! * [`accel`]: KVM when a short probe shows a KVM guest actually runs, TCG
+//!   otherwise.
+
+pub mod accel;
+pub mod guest;
+pub mod image;

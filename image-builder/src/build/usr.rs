@@ -142,16 +142,25 @@ pub fn prepare(root: &Path, spec: &ImageSpec) -> anyhow::Result<UsrTree> {
     // Extra files.
     for f in &spec.files {
         let mode = u32::from_str_radix(&f.mode, 8).expect("checked when the spec was loaded");
+        let dest = match f.path.strip_prefix("/etc/") {
+            Some(rest) => factory_etc.join(rest),
+            None => root.join(f.path.trim_start_matches('/')),
+        };
+        if let Some(target) = &f.link {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let _ = std::fs::remove_file(&dest);
+            std::os::unix::fs::symlink(target, &dest)
+                .with_context(|| format!("linking {} to {target}", dest.display()))?;
+            continue;
+        }
         let data = match (&f.contents, &f.source) {
             (Some(c), None) => c.as_bytes().to_vec(),
             (None, Some(s)) => {
                 std::fs::read(s).with_context(|| format!("reading {}", s.display()))?
             }
             _ => unreachable!("checked when the spec was loaded"),
-        };
-        let dest = match f.path.strip_prefix("/etc/") {
-            Some(rest) => factory_etc.join(rest),
-            None => root.join(f.path.trim_start_matches('/')),
         };
         write_file(&dest, &data, mode)?;
     }

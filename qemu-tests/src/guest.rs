@@ -1,0 +1,165 @@
+//! A QEMU guest whose serial console is captured.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the guest starts.
+#[derive(Clone, Debug)]
+pub enum Firmware {
+    /// `-kernel`/`-initrd`/`-append`: the boot stage started directly.
+    Direct {
+        /// Stage kernel.
+        kernel: PathBuf,
+        /// Stage initramfs.
+        initrd: PathBuf,
+        /// Kernel command line.
+        append: String,
+    },
+    /// OVMF from the disk's ESP (systemd-boot), with a private copy of the
+    /// variable store.
+    Ovmf {
+        /// Where to keep this guest's copy of OVMF_VARS.
+        vars: PathBuf,
+    },
+}
+
+/// Builds a guest.
+#[derive(Clone, Debug)]
+pub struct GuestBuilder {
+    disk: PathBuf,
+    firmware: Firmware,
+    memory_mib: u32,
+    name: String,
+}
+
+/// A running guest. Dropping it stops QEMU (by its PID, nothing else).
+#[derive(Debug)]
+pub struct Guest {
+    child: Child,
+    console: Arc<Mutex<Vec<u8>>>,
+    name: String,
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl GuestBuilder {
+    /// A guest booting `disk` (raw) with the given firmware.
+    pub fn new(name: &str, disk: &Path, firmware: Firmware) -> Self {
+        Self {
+            disk: disk.to_owned(),
+            firmware,
+            memory_mib: 1024,
+            name: name.to_string(),
+        }
+    }
+
+    /// Starts QEMU.
+    pub fn start(self) -> anyhow::Result<Guest> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", crate::accel::accel(), "-machine", "q35", "-m", &self.memory_mib.to_string()])
+            .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio,cache=unsafe", self.disk.display()));
+        match &self.firmware {
+            Firmware::Direct { kernel, initrd, append } => {
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
+            }
+            Firmware::Ovmf { vars } => {
+                std::fs::copy(OVMF_VARS, vars)?;
+                cmd.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            }
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+            let sink = Arc::clone(&console);
+            let mut stream = stream;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().expect("console lock").extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        Ok(Guest { child, console, name: self.name })
+    }
+}
+
+impl Guest {
+    /// Everything the guest printed so far.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().expect("console lock")).into_owned()
+    }
+
+    /// Waits until the console has a line containing `marker`, and returns
+    /// that line. Fails (with the console) on timeout or when QEMU exits.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let text = self.console();
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                return Ok(line.to_string());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                anyhow::bail!("{}: QEMU exited ({status}) before '{marker}' appeared", self.name);
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("{}: '{marker}' did not appear within {} s", self.name, timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Like [`Guest::wait_for`], but a failure panics with the last 150
+    /// lines of the console: the console is shown only when a test fails.
+    pub fn expect(&mut self, marker: &str, timeout: Duration) -> String {
+        match self.wait_for(marker, timeout) {
+            Ok(l) => l,
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// Panics with a message and the console tail.
+    pub fn fail(&self, msg: &str) -> ! {
+        let text = self.console();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(150)..].join("\n");
+        panic!("{msg}\n----- console of {} (last 150 lines) -----\n{tail}\n-----", self.name);
+    }
+
+    /// Stops QEMU (kill by PID) and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off or rebooted
+    /// with -no-reboot).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        anyhow::bail!("{}: QEMU still running after {} s", self.name, timeout.as_secs())
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,187 @@
+//! The test image: built once per test run (or reused while the spec, the
+//! `drover` binary and the `drover-boot` binary stay the same), shared by
+//! all QEMU tests through a lock file.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest, Sha256};
+
+/// The spec of the test image: a small package set, and a unit that prints
+/// one line of facts about the boot on the serial console once
+/// multi-user.target is reached.
+pub const SPEC: &str = r##"
+[os]
+name = "drover"
+version = "1.0.0"
+security-version = 1
+
+[debian]
+suite = "bookworm"
+packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "linux-image-amd64"]
+
+[kernel]
+cmdline = "console=tty0 console=ttyS0,115200 panic=5"
+
+[trust]
+keys = ["test.pub.pem"]
+
+[[files]]
+path = "/usr/lib/drover-test/report"
+mode = "0755"
+contents = """#!/bin/sh
+# Test image only: one line of boot facts for the QEMU tests.
+usr_opts=$(findmnt -n -o OPTIONS /usr | cut -d, -f1)
+usr_src=$(findmnt -n -o SOURCE /usr)
+root_opts=$(findmnt -n -o OPTIONS / | cut -d, -f1)
+slot=$(sed -n 's/.*drover\\.slot=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+version=$(. /usr/lib/os-release; echo $IMAGE_VERSION)
+echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
+"""
+
+[[files]]
+path = "/usr/lib/systemd/system/drover-test-report.service"
+contents = """[Unit]
+Description=Boot facts for Drover's QEMU tests (test image only)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/drover-test/report
+"""
+
+[[files]]
+path = "/usr/lib/systemd/system/multi-user.target.wants/drover-test-report.service"
+link = "../drover-test-report.service"
+
+[disk]
+esp-mib = 64
+usr-mib = 384
+oem-mib = 8
+root-mib = 64
+"##;
+
+/// A built test image.
+#[derive(Debug)]
+pub struct TestImage {
+    /// Where everything lives.
+    pub dir: PathBuf,
+    /// The disk image (do not boot it directly: copy it with [`TestImage::fresh_disk`]).
+    pub disk: PathBuf,
+    /// The slot image.
+    pub usr_img: PathBuf,
+    /// The stage kernel, from the ESP.
+    pub kernel: PathBuf,
+    /// The stage initramfs, from the ESP.
+    pub initrd: PathBuf,
+}
+
+/// `<target>`: test binaries run from `<target>/debug/deps/`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors().nth(3).expect("<target>/debug/deps/<test>").to_owned()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The shared test image, built on first use.
+pub fn test_image() -> &'static TestImage {
+    static IMAGE: OnceLock<TestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| build().unwrap_or_else(|e| panic!("building the QEMU test image: {e:#}")))
+}
+
+fn build() -> anyhow::Result<TestImage> {
+    let target = target_dir();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "drover-image-builder", "-p", "drover-boot", "--bins"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
+    let drover = target.join("debug/drover");
+    let boot = target.join("debug/drover-boot");
+    let dir = target.join("tmp/drover-qemu-image");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join(".lock"))?;
+    lock.lock().context("locking the test image directory")?;
+
+    let mut h = Sha256::new();
+    h.update(SPEC.as_bytes());
+    h.update(std::fs::read(&drover)?);
+    h.update(std::fs::read(&boot)?);
+    let key = hex::encode(h.finalize());
+    let image = TestImage {
+        disk: dir.join("out/disk.raw"),
+        usr_img: dir.join("out/usr.img"),
+        kernel: dir.join("stage-vmlinuz"),
+        initrd: dir.join("stage-initrd.img"),
+        dir: dir.clone(),
+    };
+    let stamp = dir.join("inputs.sha256");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && image.initrd.is_file() {
+        return Ok(image);
+    }
+    let _ = std::fs::remove_file(&stamp);
+    let (sec, public) = (dir.join("test.pem"), dir.join("test.pub.pem"));
+    if !sec.is_file() || !public.is_file() {
+        let _ = std::fs::remove_file(&sec);
+        let _ = std::fs::remove_file(&public);
+        run(Command::new(&drover).arg("keygen").arg("--secret").arg(&sec).arg("--public").arg(&public))?;
+    }
+    std::fs::write(dir.join("spec.toml"), SPEC)?;
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    eprintln!("qemu-tests: building the test image in {} (about 2 minutes)", dir.display());
+    run(Command::new(&drover)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args(["build", "--quiet", "--spec"])
+        .arg(dir.join("spec.toml"))
+        .arg("--key")
+        .arg(&sec)
+        .arg("--out")
+        .arg(&out)
+        .arg("--boot-binary")
+        .arg(&boot))?;
+    for (from, to) in [("::/drover/vmlinuz", &image.kernel), ("::/drover/initrd.img", &image.initrd)] {
+        run(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@1M", image.disk.display()))
+            .arg(from)
+            .arg(to))?;
+    }
+    std::fs::File::create(&stamp)?.write_all(key.as_bytes())?;
+    Ok(image)
+}
+
+impl TestImage {
+    /// A private, sparse copy of the disk for one test.
+    pub fn fresh_disk(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("disk.raw");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.disk)
+            .arg(&p)
+            .status()
+            .expect("cp");
+        assert!(st.success());
+        p
+    }
+
+    /// The signing key of the test image.
+    pub fn secret_key(&self) -> PathBuf {
+        self.dir.join("test.pem")
+    }
+}

@@ -1,0 +1,150 @@
+//! Boot tests (issue 4): real images from the image builder, booted in QEMU.
+//! Each test boots its own copy of the shared test image.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use drover_core::{PartitionTable, SlotId, Slots};
+use drover_qemu_tests::guest::{Firmware, GuestBuilder};
+use drover_qemu_tests::image::test_image;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+const REPORT: &str = "DROVER-TEST-REPORT";
+
+/// The boot stage started directly with `-kernel`/`-initrd`.
+fn direct() -> Firmware {
+    let img = test_image();
+    Firmware::Direct {
+        kernel: img.kernel.clone(),
+        initrd: img.initrd.clone(),
+        append: "console=ttyS0,115200 drover.stage panic=5".into(),
+    }
+}
+
+/// `key=value` from the report line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+/// Writes the test image's slot image into USR-B and sets B's bits.
+fn stage_update_in_b(disk: &Path, priority: u8, tries: u8) {
+    let img = test_image();
+    let payload = std::fs::read(&img.usr_img).unwrap();
+    let (table, mut f) = PartitionTable::open_rw(disk).unwrap();
+    let mut slots = Slots::from_table(table, SlotId::A).unwrap();
+    let b = slots.get(SlotId::B);
+    slots.make_unbootable();
+    slots.write(&mut f).unwrap();
+    f.write_all_at(&payload, b.offset).unwrap();
+    f.sync_all().unwrap();
+    let (mut t, mut f) = PartitionTable::open_rw(disk).unwrap();
+    let bits = drover_core::GptPrio::from_raw(t.entry(b.partition).unwrap().flags)
+        .with_priority(priority)
+        .with_tries(tries)
+        .with_successful(false);
+    t.set_attributes(b.partition, bits.raw()).unwrap();
+    t.write(&mut f, false).unwrap();
+}
+
+fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
+    let (t, _) = PartitionTable::open(disk).unwrap();
+    let s = Slots::from_table(t, SlotId::A).unwrap();
+    let p = s.get(slot).prio;
+    (p.priority(), p.tries(), p.successful())
+}
+
+#[test]
+fn direct_boot_reaches_multi_user_on_usr_a_with_verity_usr_and_writable_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    let mut g = GuestBuilder::new("direct-boot", &disk, direct()).start().unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    let ok = field(&line, "slot") == "USR-A"
+        && field(&line, "usr") == "ro"
+        && field(&line, "usr_source").starts_with("/dev/dm-")
+        && field(&line, "root") == "rw"
+        && field(&line, "multi_user") == "active";
+    if !ok {
+        g.fail(&format!("unexpected boot facts: {line}"));
+    }
+    let console = g.console();
+    assert!(console.contains("/usr: USR-A opened with dm-verity"), "slot mode did not report dm-verity");
+}
+
+#[test]
+fn a_valid_update_in_b_with_one_try_boots_and_uses_up_the_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    stage_update_in_b(&disk, 2, 1);
+    let mut g = GuestBuilder::new("boot-b", &disk, direct()).start().unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    if field(&line, "slot") != "USR-B" {
+        g.fail(&format!("expected USR-B: {line}"));
+    }
+    g.stop();
+    assert_eq!(bits(&disk, SlotId::B), (2, 0, false), "B's try was used up before it booted");
+    assert_eq!(bits(&disk, SlotId::A), (1, 0, true));
+}
+
+#[test]
+fn a_flipped_byte_in_b_is_refused_and_a_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    stage_update_in_b(&disk, 2, 1);
+    // One byte of B's file system data, past the first MiB.
+    let (t, _) = PartitionTable::open(&disk).unwrap();
+    let (off, _) = t.byte_range(4).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let at = off + 7 * 1024 * 1024 + 11;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    f.sync_all().unwrap();
+    let mut g = GuestBuilder::new("corrupt-b", &disk, direct()).start().unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    if field(&line, "slot") != "USR-A" {
+        g.fail(&format!("expected the fallback to USR-A: {line}"));
+    }
+    let console = g.console();
+    if !console.contains("USR-B REFUSED") || !console.contains("corrupt") {
+        g.fail("the stage did not say why USR-B was refused");
+    }
+    g.stop();
+    // B keeps its decremented tries and is not chosen again.
+    assert_eq!(bits(&disk, SlotId::B), (2, 0, false));
+}
+
+#[test]
+fn with_no_candidate_the_last_successful_slot_boots() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    // A: priority 0 but successful; B: empty.
+    let (mut t, mut f) = PartitionTable::open_rw(&disk).unwrap();
+    let a = drover_core::GptPrio::from_raw(t.entry(3).unwrap().flags).with_priority(0);
+    t.set_attributes(3, a.raw()).unwrap();
+    t.write(&mut f, false).unwrap();
+    let mut g = GuestBuilder::new("fallback", &disk, direct()).start().unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    if field(&line, "slot") != "USR-A" {
+        g.fail(&format!("expected USR-A: {line}"));
+    }
+    if !g.console().contains("chose USR-A (fallback)") {
+        g.fail("the stage did not report a fallback");
+    }
+}
+
+#[test]
+fn through_ovmf_and_systemd_boot_from_the_esp() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    let vars = dir.path().join("OVMF_VARS.fd");
+    let mut g = GuestBuilder::new("ovmf", &disk, Firmware::Ovmf { vars }).start().unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    if field(&line, "slot") != "USR-A" || field(&line, "usr") != "ro" {
+        g.fail(&format!("unexpected boot facts: {line}"));
+    }
+}
