@@ -24,8 +24,26 @@ fn probe() -> &'static str {
     // and QEMU exits on the first reboot (-no-reboot). Under working KVM this
     // takes well under a second.
     let Ok(mut child) = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-machine", "q35", "-m", "64", "-display", "none", "-nodefaults"])
-        .args(["-no-reboot", "-boot", "reboot-timeout=0", "-serial", "null", "-monitor", "none"])
+        .args([
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+            "-m",
+            "64",
+            "-display",
+            "none",
+            "-nodefaults",
+        ])
+        .args([
+            "-no-reboot",
+            "-boot",
+            "reboot-timeout=0",
+            "-serial",
+            "null",
+            "-monitor",
+            "none",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

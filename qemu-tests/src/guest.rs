@@ -60,26 +60,74 @@ impl GuestBuilder {
     /// Starts QEMU.
     pub fn start(self) -> anyhow::Result<Guest> {
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", crate::accel::accel(), "-machine", "q35", "-m", &self.memory_mib.to_string()])
-            .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none"])
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio,cache=unsafe", self.disk.display()));
+        cmd.args([
+            "-accel",
+            crate::accel::accel(),
+            "-machine",
+            "q35",
+            "-m",
+            &self.memory_mib.to_string(),
+        ])
+        .args([
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            self.disk.display()
+        ));
         match &self.firmware {
-            Firmware::Direct { kernel, initrd, append } => {
-                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
+            Firmware::Direct {
+                kernel,
+                initrd,
+                append,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .arg("-append")
+                    .arg(append);
             }
             Firmware::Ovmf { vars } => {
                 std::fs::copy(OVMF_VARS, vars)?;
                 cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    ))
                     .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let console = Arc::new(Mutex::new(Vec::new()));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let sink = Arc::clone(&console);
             let mut stream = stream;
             std::thread::spawn(move || {
@@ -88,11 +136,17 @@ impl GuestBuilder {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().expect("console lock").extend_from_slice(&buf[..n]);
+                    sink.lock()
+                        .expect("console lock")
+                        .extend_from_slice(&buf[..n]);
                 }
             });
         }
-        Ok(Guest { child, console, name: self.name })
+        Ok(Guest {
+            child,
+            console,
+            name: self.name,
+        })
     }
 }
 
@@ -112,10 +166,17 @@ impl Guest {
                 return Ok(line.to_string());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                anyhow::bail!("{}: QEMU exited ({status}) before '{marker}' appeared", self.name);
+                anyhow::bail!(
+                    "{}: QEMU exited ({status}) before '{marker}' appeared",
+                    self.name
+                );
             }
             if start.elapsed() > timeout {
-                anyhow::bail!("{}: '{marker}' did not appear within {} s", self.name, timeout.as_secs());
+                anyhow::bail!(
+                    "{}: '{marker}' did not appear within {} s",
+                    self.name,
+                    timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -135,7 +196,10 @@ impl Guest {
         let text = self.console();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(150)..].join("\n");
-        panic!("{msg}\n----- console of {} (last 150 lines) -----\n{tail}\n-----", self.name);
+        panic!(
+            "{msg}\n----- console of {} (last 150 lines) -----\n{tail}\n-----",
+            self.name
+        );
     }
 
     /// Stops QEMU (kill by PID) and waits for it.
@@ -154,7 +218,11 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        anyhow::bail!("{}: QEMU still running after {} s", self.name, timeout.as_secs())
+        anyhow::bail!(
+            "{}: QEMU still running after {} s",
+            self.name,
+            timeout.as_secs()
+        )
     }
 }
 

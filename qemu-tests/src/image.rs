@@ -82,7 +82,10 @@ pub struct TestImage {
 /// `<target>`: test binaries run from `<target>/debug/deps/`.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.ancestors().nth(3).expect("<target>/debug/deps/<test>").to_owned()
+    exe.ancestors()
+        .nth(3)
+        .expect("<target>/debug/deps/<test>")
+        .to_owned()
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -107,7 +110,15 @@ fn build() -> anyhow::Result<TestImage> {
     let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "drover-image-builder", "-p", "drover-boot", "--bins"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "drover-image-builder",
+            "-p",
+            "drover-boot",
+            "--bins",
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
     let drover = target.join("debug/drover");
     let boot = target.join("debug/drover-boot");
@@ -129,7 +140,9 @@ fn build() -> anyhow::Result<TestImage> {
         dir: dir.clone(),
     };
     let stamp = dir.join("inputs.sha256");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && image.initrd.is_file() {
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
+        && image.initrd.is_file()
+    {
         return Ok(image);
     }
     let _ = std::fs::remove_file(&stamp);
@@ -137,12 +150,20 @@ fn build() -> anyhow::Result<TestImage> {
     if !sec.is_file() || !public.is_file() {
         let _ = std::fs::remove_file(&sec);
         let _ = std::fs::remove_file(&public);
-        run(Command::new(&drover).arg("keygen").arg("--secret").arg(&sec).arg("--public").arg(&public))?;
+        run(Command::new(&drover)
+            .arg("keygen")
+            .arg("--secret")
+            .arg(&sec)
+            .arg("--public")
+            .arg(&public))?;
     }
     std::fs::write(dir.join("spec.toml"), SPEC)?;
     let out = dir.join("out");
     let _ = std::fs::remove_dir_all(&out);
-    eprintln!("qemu-tests: building the test image in {} (about 2 minutes)", dir.display());
+    eprintln!(
+        "qemu-tests: building the test image in {} (about 2 minutes)",
+        dir.display()
+    );
     run(Command::new(&drover)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .args(["build", "--quiet", "--spec"])
@@ -153,7 +174,10 @@ fn build() -> anyhow::Result<TestImage> {
         .arg(&out)
         .arg("--boot-binary")
         .arg(&boot))?;
-    for (from, to) in [("::/drover/vmlinuz", &image.kernel), ("::/drover/initrd.img", &image.initrd)] {
+    for (from, to) in [
+        ("::/drover/vmlinuz", &image.kernel),
+        ("::/drover/initrd.img", &image.initrd),
+    ] {
         run(Command::new("mcopy")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-o")

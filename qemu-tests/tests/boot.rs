@@ -61,7 +61,9 @@ fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
 fn direct_boot_reaches_multi_user_on_usr_a_with_verity_usr_and_writable_root() {
     let dir = tempfile::tempdir().unwrap();
     let disk = test_image().fresh_disk(dir.path());
-    let mut g = GuestBuilder::new("direct-boot", &disk, direct()).start().unwrap();
+    let mut g = GuestBuilder::new("direct-boot", &disk, direct())
+        .start()
+        .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     let ok = field(&line, "slot") == "USR-A"
         && field(&line, "usr") == "ro"
@@ -72,7 +74,10 @@ fn direct_boot_reaches_multi_user_on_usr_a_with_verity_usr_and_writable_root() {
         g.fail(&format!("unexpected boot facts: {line}"));
     }
     let console = g.console();
-    assert!(console.contains("/usr: USR-A opened with dm-verity"), "slot mode did not report dm-verity");
+    assert!(
+        console.contains("/usr: USR-A opened with dm-verity"),
+        "slot mode did not report dm-verity"
+    );
 }
 
 #[test]
@@ -80,13 +85,19 @@ fn a_valid_update_in_b_with_one_try_boots_and_uses_up_the_try() {
     let dir = tempfile::tempdir().unwrap();
     let disk = test_image().fresh_disk(dir.path());
     stage_update_in_b(&disk, 2, 1);
-    let mut g = GuestBuilder::new("boot-b", &disk, direct()).start().unwrap();
+    let mut g = GuestBuilder::new("boot-b", &disk, direct())
+        .start()
+        .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     if field(&line, "slot") != "USR-B" {
         g.fail(&format!("expected USR-B: {line}"));
     }
     g.stop();
-    assert_eq!(bits(&disk, SlotId::B), (2, 0, false), "B's try was used up before it booted");
+    assert_eq!(
+        bits(&disk, SlotId::B),
+        (2, 0, false),
+        "B's try was used up before it booted"
+    );
     assert_eq!(bits(&disk, SlotId::A), (1, 0, true));
 }
 
@@ -98,13 +109,19 @@ fn a_flipped_byte_in_b_is_refused_and_a_boots() {
     // One byte of B's file system data, past the first MiB.
     let (t, _) = PartitionTable::open(&disk).unwrap();
     let (off, _) = t.byte_range(4).unwrap();
-    let f = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
     let at = off + 7 * 1024 * 1024 + 11;
     let mut b = [0u8];
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     f.sync_all().unwrap();
-    let mut g = GuestBuilder::new("corrupt-b", &disk, direct()).start().unwrap();
+    let mut g = GuestBuilder::new("corrupt-b", &disk, direct())
+        .start()
+        .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     if field(&line, "slot") != "USR-A" {
         g.fail(&format!("expected the fallback to USR-A: {line}"));
@@ -127,7 +144,9 @@ fn with_no_candidate_the_last_successful_slot_boots() {
     let a = drover_core::GptPrio::from_raw(t.entry(3).unwrap().flags).with_priority(0);
     t.set_attributes(3, a.raw()).unwrap();
     t.write(&mut f, false).unwrap();
-    let mut g = GuestBuilder::new("fallback", &disk, direct()).start().unwrap();
+    let mut g = GuestBuilder::new("fallback", &disk, direct())
+        .start()
+        .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     if field(&line, "slot") != "USR-A" {
         g.fail(&format!("expected USR-A: {line}"));
@@ -142,7 +161,9 @@ fn through_ovmf_and_systemd_boot_from_the_esp() {
     let dir = tempfile::tempdir().unwrap();
     let disk = test_image().fresh_disk(dir.path());
     let vars = dir.path().join("OVMF_VARS.fd");
-    let mut g = GuestBuilder::new("ovmf", &disk, Firmware::Ovmf { vars }).start().unwrap();
+    let mut g = GuestBuilder::new("ovmf", &disk, Firmware::Ovmf { vars })
+        .start()
+        .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     if field(&line, "slot") != "USR-A" || field(&line, "usr") != "ro" {
         g.fail(&format!("unexpected boot facts: {line}"));

@@ -21,6 +21,8 @@ enum Command {
     Rollback(ctl::rollback::Args),
     /// Record that a slot booted successfully.
     MarkSuccessful(ctl::mark_successful::Args),
+    /// Apply a release to the inactive slot, offline.
+    Update(ctl::update::Args),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Command::Slots(a) => a.run(),
         Command::Rollback(a) => a.run(),
         Command::MarkSuccessful(a) => a.run(),
+        Command::Update(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod mark_successful;
 pub mod rollback;
 pub mod slots;
+pub mod update;
 
 use drover_core::{Decision, Slots};
 use serde::Serialize;
