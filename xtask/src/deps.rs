@@ -35,6 +35,13 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The Debian packages `install` makes sure of.
+pub fn packages() -> Vec<&'static str> {
+    let mut v: Vec<&str> = NEEDED.iter().map(|n| n.1).collect();
+    v.dedup();
+    v
+}
+
 fn missing() -> Vec<&'static str> {
     let mut v: Vec<&str> = NEEDED
         .iter()

@@ -1,11 +1,13 @@
 //! `cargo xtask`: project automation.
 //!
+//! * `cargo xtask demo`: build, boot, update and roll back, narrated.
 //! * `cargo xtask deps`: install the Debian packages the tests use.
 //! * `cargo xtask test`: install them, then run every test of the workspace.
 //! * `cargo xtask bench verity [--size-mib N]`: Drover vs `veritysetup format`.
 //! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
 
 mod bench;
+mod demo;
 mod deps;
 
 use std::process::{Command, ExitCode};
@@ -16,6 +18,8 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>
 
 commands:
+  demo                      build v1 and v2 of the default image, boot v1 in QEMU, update to v2,
+                            roll back; narrated (about 12 minutes here)
   deps                      install the Debian packages tests and benches need
   test                      deps, then every test of the workspace (the README's test command)
   bench verity [--size-mib N]
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let res = match args.first().map(String::as_str) {
         Some("deps") => deps::install(),
         Some("test") => test(),
+        Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
