@@ -177,19 +177,19 @@ impl Locator {
             hash_offset: u64_at(24),
             manifest_offset: u64_at(32),
         };
-        if l.data_size == 0 || l.data_size % ALIGN != 0 {
+        if l.data_size == 0 || !l.data_size.is_multiple_of(ALIGN) {
             return Err(format!(
                 "data size {} is not a positive multiple of {ALIGN}",
                 l.data_size
             ));
         }
-        if l.hash_offset < l.data_size || l.hash_offset % ALIGN != 0 {
+        if l.hash_offset < l.data_size || !l.hash_offset.is_multiple_of(ALIGN) {
             return Err(format!(
                 "hash offset {} is not an aligned offset past the data ({} bytes)",
                 l.hash_offset, l.data_size
             ));
         }
-        if l.manifest_offset <= l.hash_offset || l.manifest_offset % ALIGN != 0 {
+        if l.manifest_offset <= l.hash_offset || !l.manifest_offset.is_multiple_of(ALIGN) {
             return Err(format!(
                 "manifest offset {} is not an aligned offset past the hash area ({})",
                 l.manifest_offset, l.hash_offset

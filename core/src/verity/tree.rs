@@ -153,7 +153,7 @@ pub fn format(
     uuid: [u8; 16],
 ) -> Result<FormatOutput, VerityError> {
     let layout = TreeLayout::new(params)?;
-    if hash.offset % 512 != 0 {
+    if !hash.offset.is_multiple_of(512) {
         return Err(VerityError::Params(format!(
             "hash offset {} is not a multiple of 512",
             hash.offset
