@@ -14,11 +14,12 @@
 //!   switch root to systemd.
 //!
 //! Not built yet: TPM measurement (the boot record says the boot was not
-//! measured), growing ROOT on first boot.
+//! measured).
 
 pub mod devices;
 pub mod dm;
 pub mod early;
+pub mod grow;
 pub mod kexec;
 pub mod record;
 pub mod slot_mode;

@@ -104,6 +104,14 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
         ),
     );
 
+    let grown = match crate::grow::grow_partition(&disk) {
+        Ok(g) => g,
+        Err(e) => {
+            // Not fatal: the machine boots with ROOT as it is.
+            step(start, &format!("ROOT not grown: {e:#}"));
+            None
+        }
+    };
     let sysroot = Path::new("/sysroot");
     std::fs::create_dir_all(sysroot)?;
     mount(
@@ -114,6 +122,15 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
         None::<&str>,
     )
     .with_context(|| format!("mounting ROOT ({}) on /sysroot", root_part.display()))?;
+    if let Some(bytes) = grown {
+        match crate::grow::grow_ext4(sysroot, bytes) {
+            Ok(()) => step(start, &format!("ROOT grown to {} MiB", bytes >> 20)),
+            Err(e) => step(
+                start,
+                &format!("ROOT partition grown, file system not: {e:#}"),
+            ),
+        }
+    }
     std::fs::create_dir_all(sysroot.join("usr"))?;
     mount(
         Some(&dev),

@@ -473,6 +473,62 @@ impl PartitionTable {
         Ok(())
     }
 
+    /// Moves the backup table to the end of a device of `device_bytes`
+    /// (after an image was written to a larger disk, or the disk grew),
+    /// which also raises the last usable LBA. Memory only; returns the LBA
+    /// of the old backup header when it moved, so the caller can clear it
+    /// after writing.
+    pub fn grow_to(&mut self, device_bytes: u64) -> Result<Option<u64>, TableError> {
+        let lb = self.lb_size.as_u64();
+        let new_backup = device_bytes / lb - 1;
+        let old_backup = self.primary.backup_lba;
+        if new_backup <= old_backup {
+            return Ok(None);
+        }
+        let primary = HeaderBuilder::from_header(&self.primary)
+            .backup_lba(new_backup)
+            .primary(true)
+            .build(self.lb_size)
+            .map_err(|e| TableError::Gpt {
+                path: self.path.clone(),
+                what: "moving the backup GPT to the end of the disk",
+                message: e.to_string(),
+            })?;
+        self.backup = rebuild(&primary, false, self.lb_size, &self.path)?;
+        self.primary = primary;
+        Ok(Some(old_backup))
+    }
+
+    /// Extends partition `index` to end at `last_lba` (memory only). It
+    /// must stay inside the usable area and not reach the next partition.
+    pub fn extend(&mut self, index: u32, last_lba: u64) -> Result<(), TableError> {
+        let bad = |problem: String| TableError::BadEntry {
+            path: self.path.clone(),
+            index,
+            problem,
+        };
+        let (_, usable_last) = self.usable_lbas();
+        let Some(p) = self.entries.get(&index) else {
+            return Err(bad("does not exist".into()));
+        };
+        if last_lba < p.last_lba || last_lba > usable_last {
+            return Err(bad(format!(
+                "cannot end at LBA {last_lba} (now {}, last usable {usable_last})",
+                p.last_lba
+            )));
+        }
+        let first = p.first_lba;
+        if let Some((i, _)) = self
+            .entries
+            .iter()
+            .find(|(i, o)| **i != index && o.first_lba > first && o.first_lba <= last_lba)
+        {
+            return Err(bad(format!("would overlap partition {i}")));
+        }
+        self.entries.get_mut(&index).expect("checked").last_lba = last_lba;
+        Ok(())
+    }
+
     /// Byte offset and length of a partition.
     pub fn byte_range(&self, index: u32) -> Option<(u64, u64)> {
         let p = self.entries.get(&index)?;

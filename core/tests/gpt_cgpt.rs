@@ -430,3 +430,53 @@ fn headers_the_gpt_crate_would_panic_on_are_refused() {
     assert!(err.contains("entry size 256 is not 128"), "{err}");
     assert!(err.contains("4294967295 partition entries"), "{err}");
 }
+
+#[test]
+fn the_table_grows_with_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("grow.raw");
+    let small = LayoutSpec {
+        esp_mib: 1,
+        usr_mib: 4,
+        oem_mib: 1,
+        root_mib: 2,
+        ..spec()
+    };
+    File::create(&d)
+        .unwrap()
+        .set_len(small.disk_size())
+        .unwrap();
+    {
+        let mut f = OpenOptions::new().read(true).write(true).open(&d).unwrap();
+        layout::create(&mut f, &d, &small).unwrap();
+    }
+    // The image is written to a disk 1 GiB larger.
+    let new_size = small.disk_size() + (1 << 30);
+    OpenOptions::new()
+        .write(true)
+        .open(&d)
+        .unwrap()
+        .set_len(new_size)
+        .unwrap();
+    let (mut t, mut f) = PartitionTable::open_rw(&d).unwrap();
+    let old_backup = t.grow_to(new_size).unwrap().expect("the backup moves");
+    assert_eq!(old_backup, small.disk_size() / 512 - 1);
+    let (_, last) = t.usable_lbas();
+    assert_eq!(last, new_size / 512 - 34);
+    let new_last = (last + 1) / 2048 * 2048 - 1;
+    assert!(
+        t.extend(9, new_last + 2048).is_err(),
+        "past the usable area"
+    );
+    assert!(t.extend(6, new_last).is_err(), "over ROOT");
+    t.extend(9, new_last).unwrap();
+    t.write(&mut f, false).unwrap();
+    drop(f);
+    let verify = run("sgdisk", &["-v", p(&d)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let size: u64 = cgpt_field(&d, 9, "-s").parse().unwrap();
+    assert_eq!(size, new_last - 2048 * (1 + 1 + 2 * 4 + 1) + 1);
+    // A second time there is nothing to do.
+    let (mut t, _) = PartitionTable::open_rw(&d).unwrap();
+    assert_eq!(t.grow_to(new_size).unwrap(), None);
+}

@@ -39,7 +39,8 @@ usr_src=$(findmnt -n -o SOURCE /usr)
 root_opts=$(findmnt -n -o OPTIONS / | cut -d, -f1)
 slot=$(sed -n 's/.*drover\\.slot=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 version=$(. /usr/lib/os-release; echo $IMAGE_VERSION)
-echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
+root_size=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')
+echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts root_size=$root_size multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
 """
 
 [[files]]

@@ -169,3 +169,35 @@ fn through_ovmf_and_systemd_boot_from_the_esp() {
         g.fail(&format!("unexpected boot facts: {line}"));
     }
 }
+
+#[test]
+fn root_grows_to_fill_a_larger_disk_on_first_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = test_image().fresh_disk(dir.path());
+    let before = std::fs::metadata(&disk).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(before + (1 << 30))
+        .unwrap();
+    let mut g = GuestBuilder::new("grow-root", &disk, direct())
+        .start()
+        .unwrap();
+    let line = g.expect(REPORT, BOOT_TIMEOUT);
+    let size: u64 = field(&line, "root_size").parse().unwrap();
+    if size < 900 << 20 {
+        g.fail(&format!("ROOT did not grow: {line}"));
+    }
+    if !g.console().contains("ROOT grown to") {
+        g.fail("the slot initramfs did not report growing ROOT");
+    }
+    g.stop();
+    let out = std::process::Command::new("sgdisk")
+        .arg("-v")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No problems found"), "{text}");
+}
