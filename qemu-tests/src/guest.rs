@@ -33,6 +33,7 @@ pub struct GuestBuilder {
     firmware: Firmware,
     memory_mib: u32,
     name: String,
+    probe_kernel: Option<PathBuf>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -54,15 +55,33 @@ impl GuestBuilder {
             firmware,
             memory_mib: 1024,
             name: name.to_string(),
+            probe_kernel: None,
         }
+    }
+
+    /// A kernel for the KVM probe (see [`crate::accel`]); a direct boot
+    /// probes with its own kernel, a firmware boot needs one given here or
+    /// runs under TCG.
+    pub fn probe_kernel(mut self, kernel: &Path) -> Self {
+        self.probe_kernel = Some(kernel.to_owned());
+        self
     }
 
     /// Starts QEMU.
     pub fn start(self) -> anyhow::Result<Guest> {
+        let probe = match (&self.firmware, &self.probe_kernel) {
+            (_, Some(k)) => Some(k.clone()),
+            (Firmware::Direct { kernel, .. }, None) => Some(kernel.clone()),
+            _ => None,
+        };
+        let accel = match &probe {
+            Some(k) => crate::accel::accel(k),
+            None => "tcg",
+        };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-accel",
-            crate::accel::accel(),
+            accel,
             "-machine",
             "q35",
             "-m",

@@ -162,6 +162,7 @@ fn through_ovmf_and_systemd_boot_from_the_esp() {
     let disk = test_image().fresh_disk(dir.path());
     let vars = dir.path().join("OVMF_VARS.fd");
     let mut g = GuestBuilder::new("ovmf", &disk, Firmware::Ovmf { vars })
+        .probe_kernel(&test_image().kernel)
         .start()
         .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);

@@ -80,6 +80,7 @@ fn boot(
             vars: dir.join(format!("{name}-vars.fd")),
         },
     )
+    .probe_kernel(&dir.join("stage-vmlinuz"))
     .start()?;
     let t = Duration::from_secs(600);
     show(start, &mut g, "chose USR-", t)?;
@@ -186,6 +187,16 @@ pub fn run() -> anyhow::Result<()> {
     if !st.success() {
         bail!("copying the disk image");
     }
+    // The stage kernel, for the KVM probe (KVM only when a guest really runs).
+    run_quiet(
+        Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-o")
+            .arg("-i")
+            .arg(format!("{}@@1M", disk.display()))
+            .arg("::/drover/vmlinuz")
+            .arg(dir.join("stage-vmlinuz")),
+    )?;
     let slots = |what: &str| -> anyhow::Result<()> {
         say(start, what);
         print!(
