@@ -227,6 +227,12 @@ fn builds_a_disk_that_outside_tools_accept_and_the_slot_image_is_reproducible() 
     );
     let os_release = std::fs::read_to_string(tree.join("lib/os-release")).unwrap();
     assert!(os_release.contains("IMAGE_VERSION=0.1.0"), "{os_release}");
+    // Nothing of the build host in the factory /etc.
+    assert_eq!(
+        std::fs::read_to_string(tree.join("share/factory/etc/hostname")).unwrap(),
+        "drover\n"
+    );
+    assert!(!tree.join("share/factory/etc/resolv.conf").exists());
     assert_eq!(
         std::fs::read_dir(tree.join("lib/drover/keys"))
             .unwrap()

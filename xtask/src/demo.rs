@@ -93,9 +93,25 @@ fn boot(
     if !w.contains(expect_version) {
         bail!("expected Drover {expect_version}: {w}");
     }
-    show(start, &mut g, "Reached target multi-user.target", t)?;
+    // The login prompt on the serial console: systemd is up and getty runs.
+    show(start, &mut g, "login:", t)?;
     g.stop();
     Ok(())
+}
+
+/// Whether an earlier build in `out` is from the same spec text and newer
+/// than the binaries that made it.
+fn reusable(spec_path: &Path, spec: &str, out: &Path, bins: &[PathBuf]) -> bool {
+    let Ok(built) = std::fs::metadata(out.join("build.json")).and_then(|m| m.modified()) else {
+        return false;
+    };
+    std::fs::read_to_string(spec_path).ok().as_deref() == Some(spec)
+        && bins.iter().all(|b| {
+            std::fs::metadata(b)
+                .and_then(|m| m.modified())
+                .map(|t| t < built)
+                .unwrap_or(false)
+        })
 }
 
 /// Runs the demo.
@@ -161,8 +177,19 @@ pub fn run() -> anyhow::Result<()> {
             .replace("version = \"1.0.0\"", &format!("version = \"{v}\""))
             .replace("security-version = 1", &format!("security-version = {sv}"));
         let spec_path = dir.join(format!("container-host-{v}.toml"));
-        std::fs::write(&spec_path, s)?;
         let out = dir.join(format!("out-{v}"));
+        if reusable(&spec_path, &s, &out, &[bin("drover"), bin("drover-boot")]) {
+            say(
+                start,
+                &format!(
+                    "reusing Drover {v} from an earlier run ({}; remove it to rebuild)",
+                    out.display()
+                ),
+            );
+            outs.push(out);
+            continue;
+        }
+        std::fs::write(&spec_path, s)?;
         say(start, &format!("building Drover {v} from examples/container-host.toml (mmdebstrap, EROFS, verity, signed manifest, disk image)"));
         crate::run(
             Command::new(bin("drover"))

@@ -109,6 +109,34 @@ pub fn prepare(root: &Path, spec: &ImageSpec) -> anyhow::Result<UsrTree> {
         b"# /usr (dm-verity) and / (ROOT) are mounted by the initramfs.\n",
         0o644,
     )?;
+    // Nothing of the build host and nothing that must differ between
+    // nodes: mmdebstrap copies the host's hostname and resolv.conf, and
+    // openssh-server generates host keys at install time.
+    write_file(
+        &factory_etc.join("hostname"),
+        format!("{}\n", spec.os.name).as_bytes(),
+        0o644,
+    )?;
+    let _ = std::fs::remove_file(factory_etc.join("resolv.conf"));
+    let ssh = factory_etc.join("ssh");
+    if ssh.is_dir() {
+        for e in std::fs::read_dir(&ssh)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        let unit = usr.join("lib/systemd/system/drover-ssh-keygen.service");
+        write_file(
+            &unit,
+            b"[Unit]\nDescription=Generate this node's SSH host keys\nBefore=ssh.service\nConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n",
+            0o644,
+        )?;
+        let wants = usr.join("lib/systemd/system/ssh.service.wants");
+        std::fs::create_dir_all(&wants)?;
+        let link = wants.join("drover-ssh-keygen.service");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("../drover-ssh-keygen.service", link)?;
+    }
     let _ = std::fs::remove_file(factory_etc.join("os-release"));
     std::os::unix::fs::symlink("../usr/lib/os-release", factory_etc.join("os-release"))?;
 
