@@ -260,7 +260,7 @@ pub fn run() -> anyhow::Result<()> {
         "rebooting: the stage uses up USR-B's try, checks every block of the new slot and boots it",
     );
     boot(start, "v2", &disk, &dir, "USR-B", "1.1.0")?;
-    say(start, "1.1.0 reached multi-user: marking USR-B successful (the agent does this after boot-complete.target)");
+    say(start, "1.1.0 is up (login prompt): marking USR-B successful (the agent will do this after boot-complete.target)");
     print!(
         "{}",
         run_quiet(

@@ -19,7 +19,7 @@ fn usage() -> &'static str {
 
 commands:
   demo                      build v1 and v2 of the default image, boot v1 in QEMU, update to v2,
-                            roll back; narrated (about 12 minutes here)
+                            roll back; narrated (about 6 minutes here)
   deps                      install the Debian packages tests and benches need
   test                      deps, then every test of the workspace (the README's test command)
   bench verity [--size-mib N]

@@ -85,8 +85,8 @@ impl Args {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!(
-                "{} {} (security version {}) written to {} and chosen for the next boot, one try",
-                report.slot, report.version, report.security_version, report.slot
+                "{} (security version {}) written to {} and chosen for the next boot, with one try",
+                report.version, report.security_version, report.slot
             );
             super::SlotsJson::from_slots(&slots).print_text();
         }
