@@ -36,6 +36,16 @@ impl VerityParams {
         if self.data_blocks == 0 {
             return Err(VerityError::Params("there are no data blocks".into()));
         }
+        if self
+            .data_blocks
+            .checked_mul(u64::from(self.data_block_size))
+            .is_none_or(|size| size > 1 << 60)
+        {
+            return Err(VerityError::Params(format!(
+                "{} data blocks of {} bytes is more data than Drover accepts (1 EiB)",
+                self.data_blocks, self.data_block_size
+            )));
+        }
         if self.salt.len() > 256 {
             return Err(VerityError::Params(format!(
                 "salt is {} bytes, at most 256 are allowed",
@@ -144,6 +154,8 @@ mod tests {
     fn refuses_bad_params() {
         assert!(TreeLayout::new(&VerityParams::new(0, vec![])).is_err());
         assert!(TreeLayout::new(&VerityParams::new(1, vec![0; 257])).is_err());
+        // Found by the verity_superblock fuzz target: a size that overflows.
+        assert!(TreeLayout::new(&VerityParams::new(u64::MAX / 8, vec![])).is_err());
         let mut p = VerityParams::new(1, vec![]);
         p.data_block_size = 3000;
         assert!(TreeLayout::new(&p).is_err());
