@@ -7,24 +7,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
-use drover_core::slot_image::{self, ReadAt, VerifiedSlot};
+use drover_core::slot_image::{self, VerifiedSlot, Window};
 use drover_core::{Decision, PartitionTable, SlotId, Slots};
 use sha2::{Digest, Sha256};
 
 use crate::dm::{self, VerityTable};
 use crate::record::{BootRecord, Event};
-
-/// A partition of an open disk, read at offsets.
-struct Partition<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl ReadAt for Partition<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self.file, buf, self.offset + offset)
-    }
-}
 
 /// Prints one step with the time since the stage started.
 pub fn step(start: Instant, msg: &str) {
@@ -153,7 +141,7 @@ fn check_and_prepare(
     keys: &TrustedKeys,
     start: Instant,
 ) -> anyhow::Result<Prepared> {
-    let part = Partition { file, offset };
+    let part = Window { file, offset };
     let v = slot_image::open_verified(&part, size, disk, keys)?;
     let m = &v.verified.manifest;
     step(

@@ -115,6 +115,22 @@ impl ReadAt for File {
     }
 }
 
+/// A slot that lives at a byte offset of a file: a partition inside a disk
+/// image or block device.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a> {
+    /// The disk.
+    pub file: &'a File,
+    /// Byte offset of the slot in it.
+    pub offset: u64,
+}
+
+impl ReadAt for Window<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self.file, buf, self.offset + offset)
+    }
+}
+
 impl ReadAt for [u8] {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use drover_core::keys::TrustedKeys;
 use drover_core::manifest::Manifest;
-use drover_core::slot_image::{self, ReadAt};
+use drover_core::slot_image::{self, Window};
 use drover_core::verity::VerityStream;
 use drover_core::{SlotId, Slots};
 use sha2::{Digest, Sha256};
@@ -97,17 +97,6 @@ pub struct ApplyReport {
     pub sha256: String,
     /// Verity root hash, as computed while writing.
     pub root_hash: String,
-}
-
-struct Window<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl ReadAt for Window<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        FileExt::read_exact_at(self.file, buf, self.offset + offset)
-    }
 }
 
 /// The manifest of the running (active) slot, if it holds a verified one.

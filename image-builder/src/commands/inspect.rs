@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
-use drover_core::slot_image::{self, ReadAt};
+use drover_core::slot_image::{self, Window};
 use drover_core::{PartitionTable, SlotId};
 
 /// Show the manifest of a slot image, or of USR-A and USR-B of a disk image.
@@ -33,18 +33,6 @@ struct Target {
     name: String,
     offset: u64,
     size: u64,
-}
-
-/// A window onto part of a file.
-struct Window<'a> {
-    file: &'a File,
-    offset: u64,
-}
-
-impl ReadAt for Window<'_> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self.file, buf, self.offset + offset)
-    }
 }
 
 impl Args {
