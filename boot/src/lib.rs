@@ -6,15 +6,16 @@
 //!   signed manifest against the keys built into the initramfs (and every
 //!   block, before a slot's first successful boot), open it with dm-verity,
 //!   read its kernel and initramfs and check their digests, and
-//!   `kexec_file_load` into it with the verity arguments on the command
-//!   line. A slot that fails any check is not booted; the rule runs again
-//!   without it. With nothing left, a rescue message says why.
+//!   extend TPM PCR 8 with what was chosen (see [`drover_core::measure`]),
+//!   and `kexec_file_load` into it with the verity arguments on the
+//!   command line; the events go along in a boot record appended to the
+//!   slot initramfs. A slot that fails any check is not booted; the rule
+//!   runs again without it. With nothing left, a rescue message says why.
+//!   Without a TPM the boot goes on and the record says it was not
+//!   measured, and why.
 //! * **Slot mode** (the slot's own initramfs): open `/usr` with dm-verity
 //!   (restart on corruption), mount ROOT, populate `/etc` on first boot,
 //!   switch root to systemd.
-//!
-//! Not built yet: TPM measurement (the boot record says the boot was not
-//! measured).
 
 pub mod devices;
 pub mod dm;
@@ -24,3 +25,4 @@ pub mod kexec;
 pub mod record;
 pub mod slot_mode;
 pub mod stage;
+pub mod tpm;

@@ -5,23 +5,13 @@
 //! `/etc/drover/boot-record.json`; slot mode copies it to
 //! `/run/drover/boot-record.json` for the agent and `droverctl`.
 
+use drover_core::measure::{Bank, Event};
 use serde::{Deserialize, Serialize};
 
 /// Path of the record inside the slot initramfs.
 pub const IN_INITRAMFS: &str = "etc/drover/boot-record.json";
 /// Path of the record on the booted system.
 pub const ON_SYSTEM: &str = "/run/drover/boot-record.json";
-
-/// One thing the stage chose and checked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// `slot`, `manifest`, `root-hash`, `slot-kernel`, `slot-initramfs`, `slot-cmdline`.
-    pub component: String,
-    /// SHA-256 of what was chosen, hex.
-    pub sha256: String,
-    /// A readable description (the slot label, the version, a path).
-    pub description: String,
-}
 
 /// The record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +28,11 @@ pub struct BootRecord {
     pub measured: bool,
     /// Why not, when they were not.
     pub not_measured_reason: Option<String>,
-    /// The events, in order.
+    /// The PCR extended ([`drover_core::measure::PCR`]).
+    pub pcr: u32,
+    /// The banks of it that were extended (empty when not measured).
+    pub banks: Vec<Bank>,
+    /// The events, in order; replay them with
+    /// [`drover_core::measure::replay`].
     pub events: Vec<Event>,
 }

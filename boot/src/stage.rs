@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
+use drover_core::measure;
 use drover_core::slot_image::{self, VerifiedSlot, Window};
 use drover_core::{Decision, PartitionTable, SlotId, Slots};
 use sha2::{Digest, Sha256};
 
 use crate::dm::{self, VerityTable};
-use crate::record::{BootRecord, Event};
+use crate::record::BootRecord;
 
 /// Prints one step with the time since the stage started.
 pub fn step(start: Instant, msg: &str) {
@@ -220,64 +221,52 @@ fn check_and_prepare(
         slot.label(),
         verity_arg(&v)
     );
-    let events = vec![
-        Event {
-            component: "slot".into(),
-            sha256: sha256_hex(slot.label().as_bytes()),
-            description: slot.label().into(),
+    let events =
+        measure::expected_events(slot.label(), &v.verified.digest, m, &v.root_hash, &cmdline);
+    let (measured, banks, not_measured_reason) = match crate::tpm::device() {
+        None => (false, Vec::new(), Some("no TPM device".to_string())),
+        Some(dev) => match crate::tpm::extend(&dev, &events) {
+            Ok(banks) => {
+                let names: Vec<&str> = banks.iter().map(|b| b.name()).collect();
+                step(
+                    start,
+                    &format!(
+                        "{slot}: {} events measured into PCR {} ({})",
+                        events.len(),
+                        measure::PCR,
+                        names.join(", ")
+                    ),
+                );
+                (true, banks, None)
+            }
+            Err(e) => (false, Vec::new(), Some(format!("{e:#}"))),
         },
-        Event {
-            component: "manifest".into(),
-            sha256: hex::encode(v.verified.digest),
-            description: format!(
-                "{} {} (security version {})",
-                m.os.name, m.os.version, m.os.security_version
-            ),
-        },
-        Event {
-            component: "root-hash".into(),
-            sha256: sha256_hex(&v.root_hash),
-            description: hex::encode(v.root_hash),
-        },
-        Event {
-            component: "slot-kernel".into(),
-            sha256: boot.kernel.sha256.clone(),
-            description: boot.kernel.path.clone(),
-        },
-        Event {
-            component: "slot-initramfs".into(),
-            sha256: boot.initramfs.sha256.clone(),
-            description: boot.initramfs.path.clone(),
-        },
-        Event {
-            component: "slot-cmdline".into(),
-            sha256: sha256_hex(cmdline.as_bytes()),
-            description: cmdline.clone(),
-        },
-    ];
+    };
+    if let Some(why) = &not_measured_reason {
+        step(start, &format!("{slot}: NOT MEASURED ({why}); booting on"));
+    }
     let record = BootRecord {
         slot: slot.label().into(),
         decision: String::new(),
         version: m.os.version.clone(),
         refused: Vec::new(),
-        measured: false,
-        not_measured_reason: Some("TPM measurement is not built yet (issue 4)".into()),
+        measured,
+        not_measured_reason,
+        pcr: measure::PCR,
+        banks,
         events,
     };
     let dir = Path::new("/run/drover");
     std::fs::create_dir_all(dir)?;
     let kpath = dir.join("slot-kernel");
     std::fs::write(&kpath, &kernel)?;
+    write_initrd(&dir.join("slot-initrd"), &initramfs, &record)?;
     Ok(Prepared {
         slot,
         kernel: kpath,
         initrd: dir.join("slot-initrd"),
         cmdline,
-        record: {
-            let r = record;
-            write_initrd(&dir.join("slot-initrd"), &initramfs, &r)?;
-            r
-        },
+        record,
     })
 }
 

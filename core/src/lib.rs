@@ -5,6 +5,8 @@
 //! * [`verity`]: dm-verity hash trees, compatible with `veritysetup`.
 //! * [`keys`], [`manifest`], [`slot_image`]: the signed slot manifest and
 //!   the layout of a slot image.
+//! * [`measure`]: the events the boot stage extends into a TPM PCR, and
+//!   their replay.
 //!
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
@@ -14,6 +16,7 @@ pub mod gptprio;
 pub mod keys;
 pub mod layout;
 pub mod manifest;
+pub mod measure;
 pub mod selection;
 pub mod slot;
 pub mod slot_image;

@@ -34,6 +34,7 @@ pub struct GuestBuilder {
     memory_mib: u32,
     name: String,
     probe_kernel: Option<PathBuf>,
+    tpm_dir: Option<PathBuf>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -42,6 +43,7 @@ pub struct Guest {
     child: Child,
     console: Arc<Mutex<Vec<u8>>>,
     name: String,
+    swtpm: Option<Child>,
 }
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -56,7 +58,16 @@ impl GuestBuilder {
             memory_mib: 1024,
             name: name.to_string(),
             probe_kernel: None,
+            tpm_dir: None,
         }
+    }
+
+    /// Attaches a software TPM 2.0 (`swtpm`, a TIS device) whose state and
+    /// socket live in `dir`; the same `dir` keeps the TPM across guests, as
+    /// a machine's TPM survives its reboots.
+    pub fn tpm(mut self, dir: &Path) -> Self {
+        self.tpm_dir = Some(dir.to_owned());
+        self
     }
 
     /// A kernel for the KVM probe (see [`crate::accel`]); a direct boot
@@ -129,6 +140,17 @@ impl GuestBuilder {
                     ));
             }
         }
+        let swtpm = match &self.tpm_dir {
+            None => None,
+            Some(dir) => {
+                let (child, sock) = start_swtpm(dir)?;
+                cmd.arg("-chardev")
+                    .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+                    .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+                    .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+                Some(child)
+            }
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -165,8 +187,42 @@ impl GuestBuilder {
             child,
             console,
             name: self.name,
+            swtpm,
         })
     }
+}
+
+/// Starts `swtpm` on a UNIX socket in `dir` and waits for the socket.
+fn start_swtpm(dir: &Path) -> anyhow::Result<(Child, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let sock = dir.join("swtpm.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new("swtpm")
+        .arg("socket")
+        .arg("--tpm2")
+        .arg("--tpmstate")
+        .arg(format!("dir={}", dir.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", sock.display()))
+        .arg("--terminate")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting swtpm (Debian package swtpm): {e}"))?;
+    let start = Instant::now();
+    while !sock.exists() {
+        if let Some(st) = child.try_wait()? {
+            anyhow::bail!("swtpm exited ({st}) before its socket appeared");
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("swtpm's socket did not appear within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((child, sock))
 }
 
 impl Guest {
@@ -225,6 +281,10 @@ impl Guest {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut t) = self.swtpm.take() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
     }
 
     /// Waits for QEMU to exit by itself (the guest powered off or rebooted

@@ -40,7 +40,10 @@ root_opts=$(findmnt -n -o OPTIONS / | cut -d, -f1)
 slot=$(sed -n 's/.*drover\\.slot=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
 version=$(. /usr/lib/os-release; echo $IMAGE_VERSION)
 root_size=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')
-echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts root_size=$root_size multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
+measured=$(sed -n 's/.*"measured": \\([a-z]*\\).*/\\1/p' /run/drover/boot-record.json)
+pcr8=$(cat /sys/class/tpm/tpm0/pcr-sha256/8 2>/dev/null || echo none)
+echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts root_size=$root_size measured=$measured pcr8_sha256=$pcr8 multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
+echo "DROVER-BOOT-RECORD $(tr -d '\\n' < /run/drover/boot-record.json)" > /dev/ttyS0
 """
 
 [[files]]

@@ -6,7 +6,8 @@ use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use drover_core::{PartitionTable, SlotId, Slots};
+use drover_core::keys::TrustedKeys;
+use drover_core::{measure, slot_image, PartitionTable, SlotId, Slots};
 use drover_qemu_tests::guest::{Firmware, GuestBuilder};
 use drover_qemu_tests::image::test_image;
 
@@ -69,11 +70,18 @@ fn direct_boot_reaches_multi_user_on_usr_a_with_verity_usr_and_writable_root() {
         && field(&line, "usr") == "ro"
         && field(&line, "usr_source").starts_with("/dev/dm-")
         && field(&line, "root") == "rw"
-        && field(&line, "multi_user") == "active";
+        && field(&line, "multi_user") == "active"
+        // No TPM on this machine: the boot goes on and says so.
+        && field(&line, "measured") == "false"
+        && field(&line, "pcr8_sha256") == "none";
     if !ok {
         g.fail(&format!("unexpected boot facts: {line}"));
     }
     let console = g.console();
+    assert!(
+        console.contains("NOT MEASURED (no TPM device)"),
+        "the stage did not say the boot was not measured"
+    );
     assert!(
         console.contains("/usr: USR-A opened with dm-verity"),
         "slot mode did not report dm-verity"
@@ -157,18 +165,62 @@ fn with_no_candidate_the_last_successful_slot_boots() {
 }
 
 #[test]
-fn through_ovmf_and_systemd_boot_from_the_esp() {
+fn through_ovmf_and_systemd_boot_with_a_tpm_pcr8_replays_from_the_boot_record() {
     let dir = tempfile::tempdir().unwrap();
     let disk = test_image().fresh_disk(dir.path());
     let vars = dir.path().join("OVMF_VARS.fd");
-    let mut g = GuestBuilder::new("ovmf", &disk, Firmware::Ovmf { vars })
+    let mut g = GuestBuilder::new("ovmf-tpm", &disk, Firmware::Ovmf { vars })
         .probe_kernel(&test_image().kernel)
+        .tpm(&dir.path().join("tpm"))
         .start()
         .unwrap();
     let line = g.expect(REPORT, BOOT_TIMEOUT);
     if field(&line, "slot") != "USR-A" || field(&line, "usr") != "ro" {
         g.fail(&format!("unexpected boot facts: {line}"));
     }
+    if field(&line, "measured") != "true" {
+        g.fail(&format!("the boot was not measured: {line}"));
+    }
+    let record_line = g.expect("DROVER-BOOT-RECORD {", BOOT_TIMEOUT);
+    let json = record_line.split_once("DROVER-BOOT-RECORD ").unwrap().1;
+    let record: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| g.fail(&format!("boot record is not JSON ({e}): {json}")));
+    let events: Vec<measure::Event> = serde_json::from_value(record["events"].clone()).unwrap();
+    let components: Vec<&str> = events.iter().map(|e| e.component.as_str()).collect();
+    assert_eq!(
+        components,
+        [
+            "slot",
+            "manifest",
+            "root-hash",
+            "slot-kernel",
+            "slot-initramfs",
+            "slot-cmdline"
+        ]
+    );
+    // What the TPM holds is exactly what the recorded events replay to,
+    // and the events are what the signed manifest predicts.
+    let replayed = hex::encode(measure::replay(measure::Bank::Sha256, &events));
+    let pcr8 = field(&line, "pcr8_sha256").to_ascii_lowercase();
+    if pcr8 != replayed {
+        g.fail(&format!(
+            "PCR 8 is {pcr8}, the recorded events replay to {replayed}"
+        ));
+    }
+    let img = test_image();
+    let keys = TrustedKeys::load(&[img.dir.join("test.pub.pem")]).unwrap();
+    let f = std::fs::File::open(&img.usr_img).unwrap();
+    let len = f.metadata().unwrap().len();
+    let v = slot_image::open_verified(&f, len, &img.usr_img, &keys).unwrap();
+    let cmdline = &events.last().unwrap().description;
+    let predicted = measure::expected_events(
+        "USR-A",
+        &v.verified.digest,
+        &v.verified.manifest,
+        &v.root_hash,
+        cmdline,
+    );
+    assert_eq!(events, predicted);
 }
 
 #[test]

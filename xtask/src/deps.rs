@@ -17,6 +17,11 @@ const NEEDED: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("swtpm", "swtpm"),
     ("swtpm_setup", "swtpm-tools"),
+    (
+        "/usr/lib/x86_64-linux-gnu/pkgconfig/tss2-esys.pc",
+        "libtss2-dev",
+    ),
+    ("pkg-config", "pkg-config"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",

@@ -201,6 +201,40 @@ pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// The TSS loads its TPM transport with `dlopen`, which `ldd` cannot see:
+/// the device transport goes along whenever the loader does.
+const DLOPENED: &[(&str, &str)] = &[("libtss2-tctildr.so", "libtss2-tcti-device.so.0")];
+
+/// [`shared_libraries`] of `binary`, plus the plugins its libraries load
+/// with `dlopen` ([`DLOPENED`]) and their own libraries, each once.
+pub fn libraries_with_plugins(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut libs = shared_libraries(binary)?;
+    let mut extra = Vec::new();
+    for lib in &libs {
+        let name = lib.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        for (loader, plugin) in DLOPENED {
+            if name.starts_with(loader) {
+                let p = lib.with_file_name(plugin);
+                if !p.exists() {
+                    bail!(
+                        "{} loads {plugin} at run time, but {} is missing (install it on the build host)",
+                        lib.display(),
+                        p.display()
+                    );
+                }
+                extra.extend(shared_libraries(&p)?);
+                extra.push(p);
+            }
+        }
+    }
+    for e in extra {
+        if !libs.contains(&e) {
+            libs.push(e);
+        }
+    }
+    Ok(libs)
+}
+
 fn add_parents(
     c: &mut Cpio<impl std::io::Write>,
     dirs: &mut BTreeSet<String>,
@@ -246,7 +280,7 @@ pub fn build(input: &InitramfsInput<'_>) -> anyhow::Result<Vec<u8>> {
     let init = std::fs::read(input.boot_binary)
         .with_context(|| format!("reading the boot binary {}", input.boot_binary.display()))?;
     c.file("init", 0o755, &init)?;
-    for lib in shared_libraries(input.boot_binary)? {
+    for lib in libraries_with_plugins(input.boot_binary)? {
         let real =
             std::fs::canonicalize(&lib).with_context(|| format!("resolving {}", lib.display()))?;
         let data = std::fs::read(&real).with_context(|| format!("reading {}", real.display()))?;
