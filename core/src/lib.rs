@@ -5,12 +5,14 @@
 //! * [`verity`]: dm-verity hash trees, compatible with `veritysetup`.
 //! * [`keys`], [`manifest`], [`slot_image`]: the signed slot manifest and
 //!   the layout of a slot image.
+//! * [`channel`]: the signed update channel metadata.
 //! * [`measure`]: the events the boot stage extends into a TPM PCR, and
 //!   their replay.
 //!
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
+pub mod channel;
 pub mod cpio;
 pub mod gptprio;
 pub mod keys;

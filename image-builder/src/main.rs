@@ -24,6 +24,8 @@ enum Command {
     Verity(commands::verity::Command),
     /// Show and check the signed manifest of a slot or disk image.
     Inspect(commands::inspect::Args),
+    /// Add a built release to a signed update channel in a static directory.
+    Publish(commands::publish::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => a.run(),
         Command::Verity(c) => c.run(),
         Command::Inspect(a) => a.run(),
+        Command::Publish(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

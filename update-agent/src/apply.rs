@@ -17,10 +17,11 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use drover_core::keys::TrustedKeys;
 use drover_core::manifest::Manifest;
-use drover_core::slot_image::{self, Window};
+use drover_core::slot_image::{self, ReadAt, Window};
 use drover_core::verity::VerityStream;
 use drover_core::{SlotId, Slots};
 use sha2::{Digest, Sha256};
@@ -64,6 +65,28 @@ pub enum ApplyError {
         size: u64,
         /// Partition size.
         capacity: u64,
+    },
+    /// The release differs from what the channel advertised.
+    #[error("the payload does not match the signed channel metadata: {0}")]
+    Advertised(String),
+    /// Reading the payload failed (network, file).
+    #[error("reading the payload from {source_name} at byte {offset}")]
+    Source {
+        /// Where from.
+        source_name: String,
+        /// Where in the payload.
+        offset: u64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stopped on request.
+    #[error("cancelled after {written} of {total} bytes; the slot stays unbootable")]
+    Cancelled {
+        /// Bytes written.
+        written: u64,
+        /// Bytes in all.
+        total: u64,
     },
     /// What was written does not match the signed manifest.
     #[error("the payload written to {slot} does not match its signed manifest: {reason}; {slot} stays unbootable")]
@@ -116,38 +139,146 @@ pub fn running_manifest(
         .map(|v| v.verified.manifest)
 }
 
-/// Applies the payload file `payload` to the inactive slot of `disk`
-/// (opened read-write, `slots` read from it). `progress(done, total)` is
-/// called as bytes are written.
+/// Where a payload comes from: a file, or an HTTP server (see
+/// [`crate::source`]).
+pub trait Source {
+    /// For messages: a path or URL.
+    fn name(&self) -> String;
+    /// The size the source has (a file) or advertises (a channel).
+    fn size(&self) -> u64;
+    /// Random access, for the locator and the signed manifest.
+    fn at(&self) -> &dyn ReadAt;
+    /// The payload's bytes from `offset` on. Bytes beyond [`Source::size`]
+    /// are an error the caller detects.
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>>;
+}
+
+/// A payload file.
+pub struct FileSource {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens a payload file.
+    pub fn open(path: &Path) -> Result<Self, ApplyError> {
+        let io = |what| {
+            let path = path.to_owned();
+            move |source| ApplyError::Io { path, what, source }
+        };
+        let file = File::open(path).map_err(io("opening the payload"))?;
+        let size = file
+            .metadata()
+            .map_err(io("reading the payload size"))?
+            .len();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            size,
+        })
+    }
+}
+
+impl Source for FileSource {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn at(&self) -> &dyn ReadAt {
+        &self.file
+    }
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>> {
+        use std::io::Seek as _;
+        let mut f = &self.file;
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
+    }
+}
+
+/// What the signed channel metadata says of the release, checked before
+/// the disk is touched (size, root hash) and after the write (SHA-256).
+#[derive(Clone, Debug)]
+pub struct Advertised {
+    /// Exact payload size.
+    pub size: u64,
+    /// SHA-256 of the payload, hex.
+    pub sha256: String,
+    /// Verity root hash, hex.
+    pub root_hash: String,
+}
+
+/// Callbacks and controls of one apply.
+pub struct Hooks<'a> {
+    /// `(written, total)` as bytes are written.
+    pub progress: &'a mut dyn FnMut(u64, u64),
+    /// Called with the number of bytes that are durable (synced) in the
+    /// slot, every [`CHECKPOINT_BYTES`]: persist it to resume after a crash.
+    pub checkpoint: &'a mut dyn FnMut(u64),
+    /// Set to stop at the next chunk.
+    pub cancel: &'a AtomicBool,
+}
+
+/// How often the slot is synced and a resume point reported.
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// Applies the payload from `src` to the inactive slot of `disk` (opened
+/// read-write, `slots` read from it), in the order described at the top of
+/// this module.
+///
+/// `resume_from`: bytes of this same payload already durable in the
+/// inactive slot from an interrupted apply (the caller keys its resume state
+/// by the payload's SHA-256 and the slot). They are read back from the disk
+/// and hashed, and only the rest is fetched.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     slots: &mut Slots,
     disk: &mut File,
     disk_path: &Path,
-    payload: &Path,
+    src: &mut dyn Source,
+    advertised: Option<&Advertised>,
     trusted: &TrustedKeys,
     policy: Policy,
-    mut progress: impl FnMut(u64, u64),
+    resume_from: u64,
+    hooks: Hooks<'_>,
 ) -> Result<ApplyReport, ApplyError> {
     let io = |path: &Path, what: &'static str| {
         let path = path.to_owned();
         move |source| ApplyError::Io { path, what, source }
     };
-    let pf = File::open(payload).map_err(io(payload, "opening the payload"))?;
-    let size = pf
-        .metadata()
-        .map_err(io(payload, "reading the payload size"))?
-        .len();
+    let name = src.name();
+    let name_path = PathBuf::from(&name);
+    let size = src.size();
 
     // 1. Check before touching the disk.
-    let v = slot_image::open_verified(&pf, size, payload, trusted).map_err(ApplyError::Payload)?;
+    let v = slot_image::open_verified(src.at(), size, &name_path, trusted)
+        .map_err(ApplyError::Payload)?;
     let m = v.verified.manifest.clone();
-    let header = slot_image::read_header(&pf, size, payload).map_err(ApplyError::Payload)?;
+    let header =
+        slot_image::read_header(src.at(), size, &name_path).map_err(ApplyError::Payload)?;
     let total = header.image_size();
     if total != size {
         return Err(ApplyError::Payload(slot_image::SlotImageError::Malformed {
-            path: payload.to_owned(),
-            reason: format!("the file is {size} bytes but the slot image it holds is {total}"),
+            path: name_path,
+            reason: format!("the payload is {size} bytes but the slot image it holds is {total}"),
         }));
+    }
+    if let Some(a) = advertised {
+        if a.size != total {
+            return Err(ApplyError::Advertised(format!(
+                "the channel says {} bytes, the signed slot image is {total}",
+                a.size
+            )));
+        }
+        if a.root_hash != hex::encode(v.root_hash) {
+            return Err(ApplyError::Advertised(format!(
+                "the channel says root hash {}, the signed manifest {}",
+                a.root_hash,
+                hex::encode(v.root_hash)
+            )));
+        }
     }
     if let Some(running) = running_manifest(slots, disk, disk_path, trusted) {
         if m.os.security_version < running.os.security_version && !policy.allow_security_downgrade {
@@ -167,6 +298,10 @@ pub fn apply(
             capacity: st.size,
         });
     }
+    let mismatch = |reason: String| ApplyError::Mismatch {
+        slot: target,
+        reason,
+    };
 
     // 2. Unbootable first.
     slots.make_unbootable();
@@ -174,42 +309,20 @@ pub fn apply(
 
     // 3. Stream, hashing as it goes.
     let data_size = v.locator.data_size;
-    let mut verity = VerityStream::new(v.params.clone()).map_err(|e| ApplyError::Mismatch {
-        slot: target,
-        reason: e.to_string(),
-    })?;
+    let mut verity = VerityStream::new(v.params.clone()).map_err(|e| mismatch(e.to_string()))?;
     let mut sha = Sha256::new();
     let mut tree_from_payload = Vec::new();
     let tree_start = v.locator.hash_offset + 4096;
     let tree_len = verity.layout().tree_size();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, &pf);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < total {
-        let want = buf.len().min((total - pos) as usize);
-        let n = reader
-            .read(&mut buf[..want])
-            .map_err(io(payload, "reading the payload"))?;
-        if n == 0 {
-            return Err(ApplyError::Mismatch {
-                slot: target,
-                reason: format!("the payload ended after {pos} of {total} bytes"),
-            });
-        }
-        let chunk = &buf[..n];
-        disk.write_all_at(chunk, st.offset + pos)
-            .map_err(io(disk_path, "writing the slot"))?;
+    let mut feed = |chunk: &[u8], pos: u64| -> Result<(), ApplyError> {
         sha.update(chunk);
         // The data region feeds the verity stream; the tree region is kept to compare.
-        let (a, b) = (pos, pos + n as u64);
+        let (a, b) = (pos, pos + chunk.len() as u64);
         if a < data_size {
             let end = b.min(data_size);
             verity
                 .update(&chunk[..(end - a) as usize])
-                .map_err(|e| ApplyError::Mismatch {
-                    slot: target,
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| mismatch(e.to_string()))?;
         }
         let (ts, te) = (tree_start, tree_start + tree_len);
         if b > ts && a < te {
@@ -217,31 +330,93 @@ pub fn apply(
             let to = te.min(b) - a;
             tree_from_payload.extend_from_slice(&chunk[from as usize..to as usize]);
         }
-        pos = b;
-        progress(pos, total);
+        Ok(())
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    // What an interrupted apply left durable: read back and hashed, not fetched.
+    let resume_from = resume_from.min(total);
+    while pos < resume_from {
+        let n = buf.len().min((resume_from - pos) as usize);
+        FileExt::read_exact_at(&*disk, &mut buf[..n], st.offset + pos)
+            .map_err(io(disk_path, "reading back the slot to resume"))?;
+        feed(&buf[..n], pos)?;
+        pos += n as u64;
     }
+    let source_err = |offset: u64| {
+        let source_name = name.clone();
+        move |source| ApplyError::Source {
+            source_name,
+            offset,
+            source,
+        }
+    };
+    let mut reader = src.stream(pos).map_err(source_err(pos))?;
+    let mut last_sync = pos;
+    while pos < total {
+        if hooks.cancel.load(Ordering::Relaxed) {
+            let _ = disk.sync_data();
+            return Err(ApplyError::Cancelled {
+                written: pos,
+                total,
+            });
+        }
+        let want = buf.len().min((total - pos) as usize);
+        let n = reader.read(&mut buf[..want]).map_err(source_err(pos))?;
+        if n == 0 {
+            return Err(mismatch(format!(
+                "the payload ended after {pos} of {total} bytes"
+            )));
+        }
+        let chunk = &buf[..n];
+        disk.write_all_at(chunk, st.offset + pos)
+            .map_err(io(disk_path, "writing the slot"))?;
+        feed(chunk, pos)?;
+        pos += n as u64;
+        (hooks.progress)(pos, total);
+        if pos - last_sync >= CHECKPOINT_BYTES {
+            disk.sync_data()
+                .map_err(io(disk_path, "syncing the slot"))?;
+            (hooks.checkpoint)(pos);
+            last_sync = pos;
+        }
+    }
+    // Bounded by the advertised size: more bytes mean another payload.
+    let mut one = [0u8; 1];
+    match reader.read(&mut one) {
+        Ok(0) => {}
+        Ok(_) => {
+            return Err(ApplyError::Advertised(format!(
+                "the source sent more than the {total} bytes of the signed slot image"
+            )))
+        }
+        Err(e) => return Err(source_err(pos)(e)),
+    }
+    drop(reader);
     disk.sync_all().map_err(io(disk_path, "syncing the slot"))?;
 
     // 4. Compare with what was signed.
-    let (tree, root) = verity.finish().map_err(|e| ApplyError::Mismatch {
-        slot: target,
-        reason: e.to_string(),
-    })?;
+    let (tree, root) = verity.finish().map_err(|e| mismatch(e.to_string()))?;
+    let sha256 = hex::encode(sha.finalize());
     if root != v.root_hash {
-        return Err(ApplyError::Mismatch {
-            slot: target,
-            reason: format!(
-                "the data hashes to root {}, the manifest says {}",
-                hex::encode(root),
-                hex::encode(v.root_hash)
-            ),
-        });
+        return Err(mismatch(format!(
+            "the data hashes to root {}, the manifest says {}",
+            hex::encode(root),
+            hex::encode(v.root_hash)
+        )));
     }
     if tree != tree_from_payload {
-        return Err(ApplyError::Mismatch {
-            slot: target,
-            reason: "the verity tree in the payload is not the tree of its data".into(),
-        });
+        return Err(mismatch(
+            "the verity tree in the payload is not the tree of its data".into(),
+        ));
+    }
+    if let Some(a) = advertised {
+        if a.sha256 != sha256 {
+            return Err(mismatch(format!(
+                "the payload has sha256 {sha256}, the channel says {}",
+                a.sha256
+            )));
+        }
     }
     let w = Window {
         file: disk,
@@ -250,10 +425,9 @@ pub fn apply(
     let back =
         slot_image::open_verified(&w, st.size, disk_path, trusted).map_err(ApplyError::Payload)?;
     if back.root_hash != v.root_hash {
-        return Err(ApplyError::Mismatch {
-            slot: target,
-            reason: "reading the slot back gives another manifest".into(),
-        });
+        return Err(mismatch(
+            "reading the slot back gives another manifest".into(),
+        ));
     }
 
     // 5. Valid, then chosen.
@@ -266,7 +440,7 @@ pub fn apply(
         version: m.os.version,
         security_version: m.os.security_version,
         bytes: total,
-        sha256: hex::encode(sha.finalize()),
+        sha256,
         root_hash: hex::encode(root),
     })
 }

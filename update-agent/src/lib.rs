@@ -7,3 +7,6 @@
 
 pub mod apply;
 pub mod ctl;
+pub mod engine;
+pub mod source;
+pub mod state;

@@ -201,6 +201,24 @@ pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// The boot binary without its debug information (`strip --strip-debug`,
+/// binutils): a development build carries tens of MiB of it, which the ESP
+/// has no room for and the boot does not use. The binary as it is when
+/// `strip` is missing.
+fn read_stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
+    let tmp = tempfile::NamedTempFile::new().context("a temporary file for strip")?;
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(tmp.path())
+        .arg(binary)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let from = if stripped { tmp.path() } else { binary };
+    std::fs::read(from).with_context(|| format!("reading the boot binary {}", binary.display()))
+}
+
 /// The TSS loads its TPM transport with `dlopen`, which `ldd` cannot see:
 /// the device transport goes along whenever the loader does.
 const DLOPENED: &[(&str, &str)] = &[("libtss2-tctildr.so", "libtss2-tcti-device.so.0")];
@@ -277,8 +295,7 @@ pub fn build(input: &InitramfsInput<'_>) -> anyhow::Result<Vec<u8>> {
         dirs.insert(d.to_string());
         c.dir(d)?;
     }
-    let init = std::fs::read(input.boot_binary)
-        .with_context(|| format!("reading the boot binary {}", input.boot_binary.display()))?;
+    let init = read_stripped(input.boot_binary)?;
     c.file("init", 0o755, &init)?;
     for lib in libraries_with_plugins(input.boot_binary)? {
         let real =

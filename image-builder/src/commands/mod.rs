@@ -3,6 +3,7 @@
 pub mod build;
 pub mod inspect;
 pub mod keygen;
+pub mod publish;
 pub mod verity;
 
 use std::path::Path;

@@ -7,6 +7,8 @@ use drover_core::keys::TrustedKeys;
 use drover_core::Slots;
 
 use crate::apply::{self, Policy};
+use crate::engine::{self, Node, Repo};
+use crate::state::StateFile;
 
 /// Apply a release to the inactive slot of a disk image or block device,
 /// offline: from a build or published directory (a USB stick, a mirror) or
@@ -19,9 +21,18 @@ use crate::apply::{self, Policy};
 /// next boot.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A directory holding usr.img (drover build output), or a usr.img file.
-    #[arg(long, value_name = "DIR|FILE")]
-    pub from: PathBuf,
+    /// Where the release comes from: a published repository (a directory
+    /// with channels/, or its http(s):// URL), a drover build output
+    /// directory, or a usr.img file.
+    #[arg(long, value_name = "DIR|URL|FILE")]
+    pub from: String,
+    /// The channel to take the release from, in a published repository.
+    #[arg(long, default_value = "stable", value_name = "NAME")]
+    pub channel: String,
+    /// Where the agent state lives (channel sequence numbers seen, versions
+    /// that failed, the resume point of an interrupted download).
+    #[arg(long, default_value = "/var/lib/drover", value_name = "DIR")]
+    pub state_dir: PathBuf,
     /// Disk image file or block device to update (offline).
     #[arg(long, value_name = "PATH")]
     pub disk: PathBuf,
@@ -39,11 +50,6 @@ pub struct Args {
 impl Args {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
-        let payload = if self.from.is_dir() {
-            self.from.join("usr.img")
-        } else {
-            self.from.clone()
-        };
         let trusted = TrustedKeys::load(&self.trust)?;
         let (mut slots, mut disk) = Slots::open_offline(&self.disk, true)?;
         let bar = if self.json {
@@ -59,27 +65,99 @@ impl Args {
             b.set_message(slots.inactive().label());
             b
         };
-        let report = apply::apply(
-            &mut slots,
-            &mut disk,
-            &self.disk,
-            &payload,
-            &trusted,
-            Policy {
-                allow_security_downgrade: self.allow_security_downgrade,
-            },
-            |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            },
-        )
-        .with_context(|| {
-            format!(
-                "updating {} from {}",
-                self.disk.display(),
-                payload.display()
+        let policy = Policy {
+            allow_security_downgrade: self.allow_security_downgrade,
+        };
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let mut progress = |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        };
+        let repo = Repo::parse(&self.from);
+        let is_repo = match &repo {
+            Repo::Url(_) => true,
+            Repo::Dir(d) => d.join("channels").is_dir(),
+        };
+        let report = if is_repo {
+            let state = StateFile::in_dir(&self.state_dir);
+            let running = apply::running_manifest(&slots, &disk, &self.disk, &trusted)
+                .context("the running slot of the disk has no manifest signed by a trusted key")?;
+            let node = Node {
+                version: running.os.version.clone(),
+                security_version: running.os.security_version,
+                machine_id: String::new(),
+            };
+            let client = crate::source::client()?;
+            let check = engine::check(
+                &repo,
+                &client,
+                &self.channel,
+                &trusted,
+                &state,
+                &node,
+                policy,
+                true,
             )
-        })?;
+            .with_context(|| format!("checking channel {} at {}", self.channel, self.from))?;
+            let Some(release) = check.release else {
+                bar.finish_and_clear();
+                if self.json {
+                    println!("{}", serde_json::to_string(&check)?);
+                } else {
+                    println!(
+                        "{} is up to date with channel {} (sequence {})",
+                        node.version, check.channel, check.sequence
+                    );
+                }
+                return Ok(());
+            };
+            let (report, resumed) = engine::apply_release(
+                &repo,
+                &client,
+                &release,
+                &mut slots,
+                &mut disk,
+                &self.disk,
+                &trusted,
+                policy,
+                &state,
+                &node,
+                &mut progress,
+                &cancel,
+            )?;
+            if resumed > 0 && !self.json {
+                eprintln!("resumed an interrupted download at byte {resumed}");
+            }
+            report
+        } else {
+            let payload = match &repo {
+                Repo::Dir(d) if d.is_dir() => d.join("usr.img"),
+                _ => PathBuf::from(&self.from),
+            };
+            let mut src = apply::FileSource::open(&payload)?;
+            apply::apply(
+                &mut slots,
+                &mut disk,
+                &self.disk,
+                &mut src,
+                None,
+                &trusted,
+                policy,
+                0,
+                apply::Hooks {
+                    progress: &mut progress,
+                    checkpoint: &mut |_| {},
+                    cancel: &cancel,
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "updating {} from {}",
+                    self.disk.display(),
+                    payload.display()
+                )
+            })?
+        };
         bar.finish_and_clear();
         if self.json {
             println!("{}", serde_json::to_string(&report)?);

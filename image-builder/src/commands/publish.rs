@@ -1,0 +1,219 @@
+//! `drover publish`: add a built release to a signed update channel.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use drover_core::channel::{self, Metadata, Release, Rollout, SignedChannel};
+use drover_core::keys::{PublicKey, SigningKey, TrustedKeys};
+use drover_core::slot_image;
+use sha2::{Digest as _, Sha256};
+
+/// Publish a built image to a channel in a static repository directory.
+///
+/// Copies the payload (`usr.img`) and its signed manifest to
+/// `DIR/releases/VERSION/`, then writes `DIR/channels/NAME.json`: the
+/// channel metadata with the new release, the next sequence number and a
+/// new expiry, signed with the key. Serve DIR with any static web server
+/// that answers range requests (nodes resume downloads with them).
+///
+/// An existing channel must verify with the same key. Republishing a
+/// version with different bytes is refused; republishing the same bytes
+/// only re-signs (a new sequence and expiry: run it before the metadata
+/// expires to keep a channel alive).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The repository directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Channel name (letters, digits, '-', '_').
+    #[arg(long, value_name = "NAME")]
+    pub channel: String,
+    /// A `drover build` output directory (holding usr.img and manifest.json).
+    #[arg(long, value_name = "BUILD_DIR")]
+    pub image: PathBuf,
+    /// Secret key (PKCS#8 PEM) that signs the channel.
+    #[arg(long, value_name = "SECRET")]
+    pub key: PathBuf,
+    /// Public key the image's manifest is signed with, when it is not the
+    /// channel key; repeatable.
+    #[arg(long = "image-key", value_name = "PUBLIC")]
+    pub image_keys: Vec<PathBuf>,
+    /// Spread the release over this many hours (0: every node at once).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rollout_hours: u32,
+    /// The metadata expires this many days from now.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub expires_days: u32,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let tmp = to.with_extension("tmp-publish");
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, to).with_context(|| format!("renaming to {}", to.display()))?;
+    Ok(())
+}
+
+impl Args {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        if self.channel.is_empty()
+            || !self
+                .channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "channel name '{}' may only hold letters, digits, '-' and '_'",
+                self.channel
+            );
+        }
+        let key = SigningKey::load(&self.key)?;
+        let mut image_keys: Vec<PublicKey> = vec![key.public_key()];
+        for p in &self.image_keys {
+            image_keys.push(PublicKey::load(p)?);
+        }
+        let trusted_images = TrustedKeys::new(image_keys);
+
+        let payload = self.image.join("usr.img");
+        let pf = File::open(&payload).with_context(|| {
+            format!(
+                "opening {} (is {} a drover build output?)",
+                payload.display(),
+                self.image.display()
+            )
+        })?;
+        let size = pf.metadata()?.len();
+        let v = slot_image::open_verified(&pf, size, &payload, &trusted_images).with_context(
+            || "the image's manifest does not verify with the channel key (pass --image-key for another key)",
+        )?;
+        let m = &v.verified.manifest;
+        let header = slot_image::read_header(&pf, size, &payload)?;
+        if header.image_size() != size {
+            bail!(
+                "{} is {size} bytes but the slot image in it is {}",
+                payload.display(),
+                header.image_size()
+            );
+        }
+        let manifest_bytes = header.signed.bytes.clone();
+        let version = m.os.version.clone();
+        if version.contains('/') || version.starts_with('.') {
+            bail!("version '{version}' cannot name a directory");
+        }
+
+        // The existing channel, verified with this key.
+        let chan_path = channel::channel_path(&self.repo, &self.channel);
+        let own = TrustedKeys::new(vec![key.public_key()]);
+        let old: Option<Metadata> = match std::fs::read(&chan_path) {
+            Ok(b) => Some(
+                SignedChannel::from_bytes(&b)
+                    .and_then(|s| s.verify(&own))
+                    .with_context(|| {
+                        format!(
+                            "the existing channel {} does not verify with this key",
+                            chan_path.display()
+                        )
+                    })?
+                    .0,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", chan_path.display())),
+        };
+
+        let (sha256, _) = sha256_file(&payload)?;
+        let rel_dir = format!("releases/{version}");
+        let mut releases = old.as_ref().map(|o| o.releases.clone()).unwrap_or_default();
+        let now = channel::now();
+        match releases.iter().find(|r| r.version == version) {
+            Some(r) if r.sha256 != sha256 => bail!(
+                "version {version} is already in channel {} with other bytes (sha256 {}); publish a new version",
+                self.channel,
+                r.sha256
+            ),
+            Some(_) => {}
+            None => {
+                let dir = self.repo.join(&rel_dir);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                copy_atomic(&payload, &dir.join("usr.img"))?;
+                crate::commands::write_atomic(&dir.join("manifest.json"), &manifest_bytes, 0o644)?;
+                releases.push(Release {
+                    version: version.clone(),
+                    security_version: m.os.security_version,
+                    payload: format!("{rel_dir}/usr.img"),
+                    size,
+                    sha256: sha256.clone(),
+                    root_hash: hex::encode(v.root_hash),
+                    manifest: format!("{rel_dir}/manifest.json"),
+                    manifest_sha256: hex::encode(Sha256::digest(&manifest_bytes)),
+                    rollout: Rollout {
+                        start: now,
+                        hours: self.rollout_hours,
+                    },
+                });
+            }
+        }
+        let meta = Metadata {
+            format: channel::FORMAT,
+            channel: self.channel.clone(),
+            sequence: old.as_ref().map(|o| o.sequence + 1).unwrap_or(1),
+            issued_at: now,
+            expires_at: now + u64::from(self.expires_days) * 86_400,
+            releases,
+        };
+        let signed = SignedChannel::sign(&meta, &[&key]);
+        std::fs::create_dir_all(chan_path.parent().expect("has a parent"))?;
+        crate::commands::write_atomic(&chan_path, &signed.to_bytes(), 0o644)?;
+
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "channel": meta.channel,
+                    "sequence": meta.sequence,
+                    "expires-at": meta.expires_at,
+                    "version": version,
+                    "size": size,
+                    "sha256": sha256,
+                    "path": chan_path,
+                })
+            );
+        } else {
+            println!(
+                "published {version} (security version {}) to channel {} in {}: sequence {}, expires in {} days, rollout over {} h",
+                m.os.security_version,
+                self.channel,
+                self.repo.display(),
+                meta.sequence,
+                self.expires_days,
+                self.rollout_hours
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! What the agent remembers across restarts and reboots, in one JSON file
+//! (`/var/lib/drover/agent-state.json` on a node), written atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// The file's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct State {
+    /// Highest channel sequence number seen, per channel: metadata below it
+    /// is a rollback and refused.
+    pub sequence: BTreeMap<String, u64>,
+    /// Versions that failed to boot on this node: never installed again on
+    /// the agent's own initiative.
+    pub failed_versions: Vec<String>,
+    /// An update written and chosen for the next boot, not yet confirmed.
+    pub pending: Option<Pending>,
+    /// A download in progress, to resume after a crash or restart.
+    pub download: Option<Download>,
+    /// The last rollback detected, for status and metrics.
+    pub last_rollback: Option<Rollback>,
+    /// Seconds since the Unix epoch of the last successful check.
+    pub last_check: Option<u64>,
+}
+
+/// An update waiting for its first boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Pending {
+    /// Version written.
+    pub version: String,
+    /// Slot label it was written to.
+    pub slot: String,
+    /// Version running when it was written.
+    pub from_version: String,
+}
+
+/// A download in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Download {
+    /// Version.
+    pub version: String,
+    /// SHA-256 of the payload (the key of the resume point).
+    pub sha256: String,
+    /// Slot label being written.
+    pub slot: String,
+    /// Bytes durable in the slot.
+    pub durable: u64,
+}
+
+/// A detected rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Rollback {
+    /// The version that failed.
+    pub failed_version: String,
+    /// The version running again.
+    pub running_version: String,
+    /// When it was detected.
+    pub at: u64,
+}
+
+/// The state file.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// `dir/agent-state.json`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            path: dir.join("agent-state.json"),
+        }
+    }
+
+    /// Reads the state; a missing file is the empty state.
+    pub fn load(&self) -> anyhow::Result<State> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} is not agent state", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    /// Writes the state (temporary file, fsync, rename).
+    pub fn save(&self, s: &State) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(s)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Loads, changes and saves.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> anyhow::Result<T> {
+        let mut s = self.load()?;
+        let r = f(&mut s);
+        self.save(&s)?;
+        Ok(r)
+    }
+}
