@@ -2,141 +2,13 @@
 //! a bad payload is refused with the active slot untouched and the inactive
 //! one unbootable.
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use drover_core::keys::SigningKey;
-use drover_core::layout::{self, LayoutSpec};
-use drover_core::manifest::OsRelease;
-use drover_core::slot_image::{seal, SealInput};
-use drover_core::{PartitionTable, SlotId, Slots};
+use drover_core::SlotId;
 
-struct Fx {
-    dir: tempfile::TempDir,
-    key: SigningKey,
-}
-
-impl Fx {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (key, pem) = SigningKey::generate().unwrap();
-        std::fs::write(dir.path().join("release.pem"), pem).unwrap();
-        std::fs::write(
-            dir.path().join("release.pub.pem"),
-            key.public_key().to_pem(),
-        )
-        .unwrap();
-        Self { dir, key }
-    }
-
-    fn p(&self, n: &str) -> PathBuf {
-        self.dir.path().join(n)
-    }
-
-    /// A slot image of `mib` MiB of pseudo-random "file system" (the first
-    /// KiB zero, as EROFS leaves it), signed by `key`.
-    fn payload(
-        &self,
-        name: &str,
-        version: &str,
-        security: u64,
-        mib: usize,
-        key: &SigningKey,
-    ) -> PathBuf {
-        let path = self.p(name);
-        let mut data = vec![0u8; mib << 20];
-        let mut x = security.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.len() as u64 | 1;
-        for c in data[1024..].chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-        std::fs::write(&path, &data).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        seal(
-            &f,
-            &path,
-            SealInput {
-                os: OsRelease {
-                    name: "drover".into(),
-                    version: version.into(),
-                    security_version: security,
-                },
-                fs_kind: "erofs".into(),
-                created: 1_700_000_000,
-                salt: vec![7; 32],
-                boot: None,
-                reference: Vec::new(),
-            },
-            &[key],
-        )
-        .unwrap();
-        path
-    }
-
-    /// A disk with `running` in USR-A (P1, successful) and B empty.
-    fn disk(&self, running: &Path) -> PathBuf {
-        let path = self.p("disk.raw");
-        let spec = LayoutSpec {
-            esp_mib: 1,
-            usr_mib: 16,
-            oem_mib: 1,
-            root_mib: 1,
-            disk_guid: "00000000-0000-4000-8000-000000000000".parse().unwrap(),
-        };
-        File::create(&path)
-            .unwrap()
-            .set_len(spec.disk_size())
-            .unwrap();
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let t = layout::create(&mut f, &path, &spec).unwrap();
-        let (off, _) = t.byte_range(3).unwrap();
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(&std::fs::read(running).unwrap(), off)
-            .unwrap();
-        path
-    }
-
-    fn update(&self, disk: &Path, from: &Path, extra: &[&str]) -> (bool, String) {
-        let o = Command::new(env!("CARGO_BIN_EXE_droverctl"))
-            .args(["update", "--json", "--from"])
-            .arg(from)
-            .arg("--disk")
-            .arg(disk)
-            .arg("--trust")
-            .arg(self.p("release.pub.pem"))
-            .args(extra)
-            .output()
-            .unwrap();
-        let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-        s.push_str(&String::from_utf8_lossy(&o.stderr));
-        (o.status.success(), s)
-    }
-}
-
-fn slot_bytes(disk: &Path, slot: SlotId) -> Vec<u8> {
-    let (t, _) = PartitionTable::open(disk).unwrap();
-    let s = Slots::from_table(t, SlotId::A).unwrap();
-    let st = s.get(slot);
-    let all = std::fs::read(disk).unwrap();
-    all[st.offset as usize..(st.offset + st.size) as usize].to_vec()
-}
-
-fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
-    let (t, _) = PartitionTable::open(disk).unwrap();
-    let p = Slots::from_table(t, SlotId::A).unwrap().get(slot).prio;
-    (p.priority(), p.tries(), p.successful())
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_good_release_is_written_verified_and_chosen() {
@@ -202,7 +74,7 @@ fn bad_payloads_are_refused_and_lose_nothing() {
     let mut b = good_bytes.clone();
     b.extend_from_slice(&[0xee; 8192]);
     std::fs::write(&longer, &b).unwrap();
-    cases.push(("payload longer than its image", longer, "the file is"));
+    cases.push(("payload longer than its image", longer, "the payload is"));
 
     let unknown = fx.payload("unknown.img", "2.0.0", 3, 5, &stranger);
     cases.push(("unknown key", unknown, "not signed by a trusted key"));

@@ -22,6 +22,8 @@ const NEEDED: &[(&str, &str)] = &[
         "libtss2-dev",
     ),
     ("pkg-config", "pkg-config"),
+    ("nginx", "nginx-light"),
+    ("dbus-daemon", "dbus-daemon"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",

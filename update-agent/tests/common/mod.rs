@@ -1,0 +1,279 @@
+//! Shared by the update-agent tests: a signing key, slot images of any
+//! size, a disk with a running slot, the droverctl runner, and (for the
+//! channel tests) nginx serving a published repository on loopback.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use drover_core::keys::SigningKey;
+use drover_core::layout::{self, LayoutSpec};
+use drover_core::manifest::OsRelease;
+use drover_core::slot_image::{seal, SealInput};
+use drover_core::{PartitionTable, SlotId, Slots};
+
+pub struct Fx {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+}
+
+impl Fx {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, pem) = SigningKey::generate().unwrap();
+        std::fs::write(dir.path().join("release.pem"), pem).unwrap();
+        std::fs::write(
+            dir.path().join("release.pub.pem"),
+            key.public_key().to_pem(),
+        )
+        .unwrap();
+        Self { dir, key }
+    }
+
+    pub fn p(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+
+    /// A slot image of `mib` MiB of pseudo-random "file system" (the first
+    /// KiB zero, as EROFS leaves it), signed by `key`.
+    pub fn payload(
+        &self,
+        name: &str,
+        version: &str,
+        security: u64,
+        mib: usize,
+        key: &SigningKey,
+    ) -> PathBuf {
+        let path = self.p(name);
+        let mut data = vec![0u8; mib << 20];
+        let mut x = security.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.len() as u64 | 1;
+        for c in data[1024..].chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        std::fs::write(&path, &data).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        seal(
+            &f,
+            &path,
+            SealInput {
+                os: OsRelease {
+                    name: "drover".into(),
+                    version: version.into(),
+                    security_version: security,
+                },
+                fs_kind: "erofs".into(),
+                created: 1_700_000_000,
+                salt: vec![7; 32],
+                boot: None,
+                reference: Vec::new(),
+            },
+            &[key],
+        )
+        .unwrap();
+        path
+    }
+
+    /// A disk with `running` in USR-A (P1, successful) and B empty.
+    pub fn disk(&self, running: &Path) -> PathBuf {
+        self.disk_with(running, 16)
+    }
+
+    /// [`Fx::disk`] with slots of `usr_mib` MiB.
+    pub fn disk_with(&self, running: &Path, usr_mib: u64) -> PathBuf {
+        let path = self.p("disk.raw");
+        let spec = LayoutSpec {
+            esp_mib: 1,
+            usr_mib,
+            oem_mib: 1,
+            root_mib: 1,
+            disk_guid: "00000000-0000-4000-8000-000000000000".parse().unwrap(),
+        };
+        File::create(&path)
+            .unwrap()
+            .set_len(spec.disk_size())
+            .unwrap();
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let t = layout::create(&mut f, &path, &spec).unwrap();
+        let (off, _) = t.byte_range(3).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&std::fs::read(running).unwrap(), off)
+            .unwrap();
+        path
+    }
+
+    pub fn update(&self, disk: &Path, from: &Path, extra: &[&str]) -> (bool, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_droverctl"))
+            .args(["update", "--json", "--from"])
+            .arg(from)
+            .arg("--disk")
+            .arg(disk)
+            .arg("--trust")
+            .arg(self.p("release.pub.pem"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), s)
+    }
+}
+
+pub fn slot_bytes(disk: &Path, slot: SlotId) -> Vec<u8> {
+    let (t, _) = PartitionTable::open(disk).unwrap();
+    let s = Slots::from_table(t, SlotId::A).unwrap();
+    let st = s.get(slot);
+    let all = std::fs::read(disk).unwrap();
+    all[st.offset as usize..(st.offset + st.size) as usize].to_vec()
+}
+
+pub fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
+    let (t, _) = PartitionTable::open(disk).unwrap();
+    let p = Slots::from_table(t, SlotId::A).unwrap().get(slot).prio;
+    (p.priority(), p.tries(), p.successful())
+}
+
+/// nginx (Debian package nginx-light) serving `root` on a loopback port,
+/// one process without a master, stopped by its PID on drop. Its access log
+/// records the Range header of every request.
+pub struct Nginx {
+    child: std::process::Child,
+    /// The port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Serves `root`; `limit_rate` throttles each response (e.g. "20m").
+    pub fn serve(root: &Path, limit_rate: Option<&str>) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let d = dir.path().display();
+            let conf = format!(
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  log_format ranges '$request $status $http_range $body_bytes_sent';\n  \
+                 access_log {d}/access.log ranges;\n  client_body_temp_path {d}/body;\n  \
+                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+                 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+                 types {{ application/json json; }}\n  default_type application/octet-stream;\n  \
+                 server {{\n    listen 127.0.0.1:{port};\n    root {};\n    {}\n  }}\n}}\n",
+                root.display(),
+                limit_rate
+                    .map(|r| format!("limit_rate {r};"))
+                    .unwrap_or_default()
+            );
+            std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+            let mut child = Command::new("nginx")
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(dir.path().join("nginx.conf"))
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nginx (Debian package nginx-light; `cargo xtask deps` installs it)");
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(10) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx { child, port, dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx did not start");
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// The access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `payload` to `repo` as `drover publish` lays a repository
+/// out, signing the channel with `key`. `edit` may change the metadata
+/// before it is signed (an expiry in the past, a lower sequence).
+pub fn publish(
+    repo: &Path,
+    channel_name: &str,
+    payloads: &[&Path],
+    key: &SigningKey,
+    edit: impl FnOnce(&mut drover_core::channel::Metadata),
+) {
+    use drover_core::channel::{self, Metadata, Release, Rollout, SignedChannel};
+    use sha2::{Digest as _, Sha256};
+    let mut releases = Vec::new();
+    for p in payloads {
+        let f = File::open(p).unwrap();
+        let size = f.metadata().unwrap().len();
+        let h = drover_core::slot_image::read_header(&f, size, p).unwrap();
+        let m = drover_core::manifest::Manifest::from_bytes(&h.signed.bytes).unwrap();
+        let rel = format!("releases/{}", m.os.version);
+        std::fs::create_dir_all(repo.join(&rel)).unwrap();
+        std::fs::copy(p, repo.join(&rel).join("usr.img")).unwrap();
+        std::fs::write(repo.join(&rel).join("manifest.json"), &h.signed.bytes).unwrap();
+        let data = std::fs::read(p).unwrap();
+        releases.push(Release {
+            version: m.os.version.clone(),
+            security_version: m.os.security_version,
+            payload: format!("{rel}/usr.img"),
+            size,
+            sha256: hex::encode(Sha256::digest(&data)),
+            root_hash: m.verity.root_hash.clone(),
+            manifest: format!("{rel}/manifest.json"),
+            manifest_sha256: hex::encode(Sha256::digest(&h.signed.bytes)),
+            rollout: Rollout {
+                start: channel::now(),
+                hours: 0,
+            },
+        });
+    }
+    let mut meta = Metadata {
+        format: channel::FORMAT,
+        channel: channel_name.to_string(),
+        sequence: 1,
+        issued_at: channel::now(),
+        expires_at: channel::now() + 86_400,
+        releases,
+    };
+    edit(&mut meta);
+    let path = channel::channel_path(repo, channel_name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, SignedChannel::sign(&meta, &[key]).to_bytes()).unwrap();
+}
