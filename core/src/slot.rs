@@ -83,6 +83,19 @@ impl fmt::Display for SlotId {
 #[error("unknown slot '{0}': expected USR-A or USR-B (or A, B)")]
 pub struct UnknownSlot(pub String);
 
+impl serde::Serialize for SlotId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SlotId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for SlotId {
     type Err = UnknownSlot;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

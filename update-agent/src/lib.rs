@@ -1,12 +1,24 @@
 //! The update agent (`drover-agent`) and its CLI (`droverctl`).
 //!
-//! So far: the slot commands of `droverctl` and the offline update
-//! (`droverctl update --from DIR --disk IMAGE`), which work on a disk image
-//! file or block device (see [`ctl`] and [`apply`]). The daemon, the channel
-//! client and the D-Bus API come with issue 5; they will use [`apply`].
+//! * [`apply`]: writing a release into the inactive slot in the order that
+//!   keeps the machine bootable, from a file or over HTTP ([`source`]).
+//! * [`engine`]: checking a signed channel and applying a release, with the
+//!   resume point and the agent's memory in [`state`].
+//! * [`agent`], [`config`], [`dbus`], [`metrics`], [`reboot`], [`node`]:
+//!   the daemon: post-boot confirmation and rollback detection, polling,
+//!   reboot strategies through logind, the `org.drover.Update1` D-Bus API
+//!   and Prometheus metrics.
+//! * [`ctl`]: `droverctl`'s commands, online (through the agent) and
+//!   offline (`--disk`).
 
+pub mod agent;
 pub mod apply;
+pub mod config;
 pub mod ctl;
+pub mod dbus;
 pub mod engine;
+pub mod metrics;
+pub mod node;
+pub mod reboot;
 pub mod source;
 pub mod state;

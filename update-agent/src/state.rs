@@ -53,16 +53,18 @@ pub struct Download {
     pub durable: u64,
 }
 
-/// A detected rollback.
+/// A rollback: automatic (an update did not boot) or manual.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Rollback {
-    /// The version that failed.
-    pub failed_version: String,
-    /// The version running again.
-    pub running_version: String,
-    /// When it was detected.
+    /// The version left (the one that failed, for an automatic one).
+    pub from_version: String,
+    /// The version running (or booting next) instead.
+    pub to_version: String,
+    /// When, seconds since the Unix epoch.
     pub at: u64,
+    /// Asked for by an operator (`droverctl rollback`).
+    pub manual: bool,
 }
 
 /// The state file.

@@ -13,12 +13,24 @@ use super::SlotsJson;
 /// command does the same to a disk image offline.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Disk image file or block device to change.
-    #[arg(long, value_name = "PATH")]
-    pub disk: PathBuf,
+    /// Disk image file or block device to change (with --slot).
+    #[arg(long, value_name = "PATH", requires = "slot")]
+    pub disk: Option<PathBuf>,
     /// The slot: USR-A or USR-B.
-    #[arg(long, value_name = "SLOT")]
-    pub slot: SlotId,
+    #[arg(long, value_name = "SLOT", requires = "disk")]
+    pub slot: Option<SlotId>,
+    /// The slot this node booted, on the disk that holds it (what
+    /// drover-boot-complete.service runs once boot-complete.target is
+    /// reached).
+    #[arg(long, conflicts_with_all = ["disk", "slot"])]
+    pub booted: bool,
+    /// The boot record that names the booted slot (with --booted).
+    #[arg(
+        long,
+        default_value = "/run/drover/boot-record.json",
+        value_name = "FILE"
+    )]
+    pub boot_record: PathBuf,
     /// Print the resulting slots as JSON.
     #[arg(long)]
     pub json: bool,
@@ -27,19 +39,29 @@ pub struct Args {
 impl Args {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
-        let (table, mut file) = PartitionTable::open_rw(&self.disk)?;
-        let mut slots = Slots::from_table(table, self.slot)?;
+        let (disk, slot) = match (self.disk, self.slot) {
+            (Some(d), Some(s)) if !self.booted => (d, s),
+            _ if self.booted => (
+                crate::node::find_disk()?,
+                crate::node::booted(&self.boot_record)?.slot,
+            ),
+            _ => anyhow::bail!("give --booted, or --disk PATH and --slot SLOT"),
+        };
+        let mut file = crate::agent::open_locked(&disk)?;
+        let mut r: &std::fs::File = &file;
+        let table = PartitionTable::read(&mut r, &disk)?;
+        let mut slots = Slots::from_table(table, slot)?;
         slots
-            .mark_successful(self.slot)
+            .mark_successful(slot)
             .context("marking the slot successful")?;
         slots
-            .write(&mut file)
-            .with_context(|| format!("writing the partition table of {}", self.disk.display()))?;
+            .write(&mut *file)
+            .with_context(|| format!("writing the partition table of {}", disk.display()))?;
         let out = SlotsJson::from_slots(&slots);
         if self.json {
             println!("{}", serde_json::to_string(&out)?);
         } else {
-            println!("{} marked successful", self.slot);
+            println!("{slot} marked successful");
             out.print_text();
         }
         Ok(())

@@ -14,10 +14,14 @@ use super::SlotsJson;
 /// itself be rolled back.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Disk image file or block device to change (offline: the active slot
-    /// is the one that would boot next).
+    /// Disk image file or block device to change offline (the active slot
+    /// is the one that would boot next). Without it, drover-agent rolls
+    /// this node back.
     #[arg(long, value_name = "PATH")]
-    pub disk: PathBuf,
+    pub disk: Option<PathBuf>,
+    /// Reboot into the other slot right away (on a node).
+    #[arg(long, conflicts_with = "disk")]
+    pub reboot: bool,
     /// Print the resulting slots as JSON.
     #[arg(long)]
     pub json: bool,
@@ -26,12 +30,15 @@ pub struct Args {
 impl Args {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
-        let (mut slots, mut file) = Slots::open_offline(&self.disk, true)?;
+        let Some(disk) = self.disk else {
+            return super::online::rollback(self.reboot, self.json);
+        };
+        let (mut slots, mut file) = Slots::open_offline(&disk, true)?;
         let from = slots.active();
         let to = slots.rollback().context("rolling back")?;
         slots
             .write(&mut file)
-            .with_context(|| format!("writing the partition table of {}", self.disk.display()))?;
+            .with_context(|| format!("writing the partition table of {}", disk.display()))?;
         let out = SlotsJson::from_slots(&slots);
         if self.json {
             println!("{}", serde_json::to_string(&out)?);

@@ -10,10 +10,10 @@ use super::SlotsJson;
 /// boot stage would pick next, computed by the boot stage's own code.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Disk image file or block device to read (offline; required until the
-    /// agent's D-Bus API exists).
+    /// Disk image file or block device to read; by default the disk that
+    /// holds this node's slots.
     #[arg(long, value_name = "PATH")]
-    pub disk: PathBuf,
+    pub disk: Option<PathBuf>,
     /// Print JSON: {"slots":[…],"next":"USR-A"|null,"decision":…}.
     #[arg(long)]
     pub json: bool,
@@ -22,7 +22,11 @@ pub struct Args {
 impl Args {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
-        let (table, _) = PartitionTable::open(&self.disk)?;
+        let disk = match self.disk {
+            Some(d) => d,
+            None => crate::node::find_disk()?,
+        };
+        let (table, _) = PartitionTable::open(&disk)?;
         // Not `Slots::offline`: a disk where nothing boots must still be shown.
         let slots = drover_core::Slots::from_table(table, drover_core::SlotId::A)?;
         let out = SlotsJson::from_slots(&slots);

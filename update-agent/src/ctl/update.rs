@@ -1,4 +1,5 @@
-//! `droverctl update --from DIR --disk IMAGE`: an offline (air-gapped) update.
+//! `droverctl update`: through the agent on a node, or offline into a disk
+//! image (`--from DIR|URL|FILE --disk IMAGE`, an air-gapped update).
 
 use std::path::PathBuf;
 
@@ -24,8 +25,10 @@ pub struct Args {
     /// Where the release comes from: a published repository (a directory
     /// with channels/, or its http(s):// URL), a drover build output
     /// directory, or a usr.img file.
+    /// Required with --disk; on a node, the agent's configured server when
+    /// not given.
     #[arg(long, value_name = "DIR|URL|FILE")]
-    pub from: String,
+    pub from: Option<String>,
     /// The channel to take the release from, in a published repository.
     #[arg(long, default_value = "stable", value_name = "NAME")]
     pub channel: String,
@@ -33,11 +36,12 @@ pub struct Args {
     /// that failed, the resume point of an interrupted download).
     #[arg(long, default_value = "/var/lib/drover", value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Disk image file or block device to update (offline).
-    #[arg(long, value_name = "PATH")]
-    pub disk: PathBuf,
-    /// Trusted public key (PEM) or directory of keys; repeatable.
-    #[arg(long = "trust", value_name = "KEY", required = true)]
+    /// Disk image file or block device to update offline. Without it,
+    /// drover-agent does the update on this node.
+    #[arg(long, value_name = "PATH", requires = "from")]
+    pub disk: Option<PathBuf>,
+    /// Trusted public key (PEM) or directory of keys; repeatable (offline).
+    #[arg(long = "trust", value_name = "KEY", requires = "disk")]
     pub trust: Vec<PathBuf>,
     /// Accept a release whose security version is below the running one.
     #[arg(long)]
@@ -50,8 +54,15 @@ pub struct Args {
 impl Args {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
+        let Some(disk_path) = self.disk.clone() else {
+            return super::online::update(self.from.as_deref(), self.json);
+        };
+        if self.trust.is_empty() {
+            anyhow::bail!("--disk needs at least one --trust KEY");
+        }
+        let from = self.from.clone().unwrap_or_default();
         let trusted = TrustedKeys::load(&self.trust)?;
-        let (mut slots, mut disk) = Slots::open_offline(&self.disk, true)?;
+        let (mut slots, mut disk) = Slots::open_offline(&disk_path, true)?;
         let bar = if self.json {
             indicatif::ProgressBar::hidden()
         } else {
@@ -73,14 +84,14 @@ impl Args {
             bar.set_length(total);
             bar.set_position(done);
         };
-        let repo = Repo::parse(&self.from);
+        let repo = Repo::parse(&from);
         let is_repo = match &repo {
             Repo::Url(_) => true,
             Repo::Dir(d) => d.join("channels").is_dir(),
         };
         let report = if is_repo {
             let state = StateFile::in_dir(&self.state_dir);
-            let running = apply::running_manifest(&slots, &disk, &self.disk, &trusted)
+            let running = apply::running_manifest(&slots, &disk, &disk_path, &trusted)
                 .context("the running slot of the disk has no manifest signed by a trusted key")?;
             let node = Node {
                 version: running.os.version.clone(),
@@ -98,7 +109,7 @@ impl Args {
                 policy,
                 true,
             )
-            .with_context(|| format!("checking channel {} at {}", self.channel, self.from))?;
+            .with_context(|| format!("checking channel {} at {}", self.channel, from))?;
             let Some(release) = check.release else {
                 bar.finish_and_clear();
                 if self.json {
@@ -117,7 +128,7 @@ impl Args {
                 &release,
                 &mut slots,
                 &mut disk,
-                &self.disk,
+                &disk_path,
                 &trusted,
                 policy,
                 &state,
@@ -132,13 +143,13 @@ impl Args {
         } else {
             let payload = match &repo {
                 Repo::Dir(d) if d.is_dir() => d.join("usr.img"),
-                _ => PathBuf::from(&self.from),
+                _ => PathBuf::from(&from),
             };
             let mut src = apply::FileSource::open(&payload)?;
             apply::apply(
                 &mut slots,
                 &mut disk,
-                &self.disk,
+                &disk_path,
                 &mut src,
                 None,
                 &trusted,
@@ -153,7 +164,7 @@ impl Args {
             .with_context(|| {
                 format!(
                     "updating {} from {}",
-                    self.disk.display(),
+                    disk_path.display(),
                     payload.display()
                 )
             })?

@@ -1,0 +1,141 @@
+//! Prometheus metrics over plain HTTP (`GET /metrics`) on a local address.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::agent::{Agent, Operation, Status};
+
+const OPERATIONS: [Operation; 6] = [
+    Operation::Idle,
+    Operation::Checking,
+    Operation::Applying,
+    Operation::RebootPending,
+    Operation::Rebooting,
+    Operation::Confirming,
+];
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics text for a status.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<String>| {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for l in lines {
+            o.push_str(&format!("{name}{l}\n"));
+        }
+    };
+    metric(
+        "drover_booted_info",
+        "The booted slot and OS version.",
+        "gauge",
+        vec![format!(
+            "{{slot=\"{}\",version=\"{}\",measured=\"{}\"}} 1",
+            s.booted.slot.label(),
+            label(&s.booted.version),
+            s.booted.measured
+        )],
+    );
+    metric(
+        "drover_booted_successful",
+        "1 when the booted slot is marked successful.",
+        "gauge",
+        vec![format!(" {}", u8::from(s.booted_successful))],
+    );
+    metric(
+        "drover_last_check_timestamp_seconds",
+        "When the channel was last checked successfully (0: never).",
+        "gauge",
+        vec![format!(" {}", s.last_check.unwrap_or(0))],
+    );
+    metric(
+        "drover_update_operation",
+        "What the agent is doing (1 for the current operation).",
+        "gauge",
+        OPERATIONS
+            .iter()
+            .map(|op| {
+                let name = serde_json::to_value(op)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                format!("{{operation=\"{name}\"}} {}", u8::from(*op == s.operation))
+            })
+            .collect(),
+    );
+    let (done, total) = s.progress.unwrap_or((0, 0));
+    metric(
+        "drover_update_written_bytes",
+        "Bytes of the release being written.",
+        "gauge",
+        vec![format!(" {done}")],
+    );
+    metric(
+        "drover_update_size_bytes",
+        "Size of the release being written.",
+        "gauge",
+        vec![format!(" {total}")],
+    );
+    metric(
+        "drover_update_failures_total",
+        "Checks and updates that failed since the agent started.",
+        "counter",
+        vec![format!(" {}", s.failures)],
+    );
+    metric(
+        "drover_failed_versions",
+        "Versions that failed to boot on this node.",
+        "gauge",
+        vec![format!(" {}", s.failed_versions.len())],
+    );
+    metric(
+        "drover_last_rollback_timestamp_seconds",
+        "When the last rollback happened (0: never).",
+        "gauge",
+        vec![format!(
+            " {}",
+            s.last_rollback.as_ref().map(|r| r.at).unwrap_or(0)
+        )],
+    );
+    o
+}
+
+/// Serves metrics on `addr` from a thread of its own.
+pub fn serve(addr: &str, agent: Arc<Agent>) -> anyhow::Result<std::net::SocketAddr> {
+    let l = TcpListener::bind(addr).with_context(|| format!("listening on {addr} for metrics"))?;
+    let local = l.local_addr()?;
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(&c);
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Skip the headers.
+            let mut h = String::new();
+            while r.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+                h.clear();
+            }
+            let (code, body) = if line.starts_with("GET /metrics ") {
+                let _ = agent.refresh();
+                ("200 OK", render(&agent.status()))
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(local)
+}
