@@ -53,6 +53,7 @@ pub struct OtherSlot {
 
 /// Everything `droverctl status` shows.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Status {
     /// The booted slot and version.
     pub booted: Booted,

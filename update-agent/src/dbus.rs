@@ -61,18 +61,30 @@ fn failed(e: anyhow::Error) -> zbus::fdo::Error {
     zbus::fdo::Error::Failed(format!("{e:#}"))
 }
 
+// Methods that do blocking work (the disk, HTTP, calls to logind on the same
+// connection) run it on a thread of `blocking`'s pool: on the connection's
+// executor thread a call to logind would wait for a reply that thread must
+// read itself.
 #[zbus::interface(name = "org.drover.Update1")]
 impl Service {
     /// The agent's status, as JSON.
-    fn status(&self) -> zbus::fdo::Result<String> {
-        let _ = self.agent.refresh();
-        serde_json::to_string(&self.agent.status()).map_err(|e| failed(e.into()))
+    async fn status(&self) -> zbus::fdo::Result<String> {
+        let agent = Arc::clone(&self.agent);
+        blocking::unblock(move || {
+            let _ = agent.refresh();
+            serde_json::to_string(&agent.status()).map_err(|e| failed(e.into()))
+        })
+        .await
     }
 
     /// Checks the channel now (ignoring the rollout wave: an operator asked).
-    fn check(&self) -> zbus::fdo::Result<String> {
-        let c = self.agent.check(true, None).map_err(failed)?;
-        serde_json::to_string(&c).map_err(|e| failed(e.into()))
+    async fn check(&self) -> zbus::fdo::Result<String> {
+        let agent = Arc::clone(&self.agent);
+        blocking::unblock(move || {
+            let c = agent.check(true, None).map_err(failed)?;
+            serde_json::to_string(&c).map_err(|e| failed(e.into()))
+        })
+        .await
     }
 
     /// Starts an update now (ignoring the rollout wave), from `from` (a
@@ -101,10 +113,14 @@ impl Service {
     }
 
     /// Boots the other, previously good slot next; reboots when asked.
-    fn rollback(&self, reboot: bool) -> zbus::fdo::Result<String> {
-        let to = self.agent.rollback(reboot).map_err(failed)?;
-        serde_json::to_string(&serde_json::json!({ "next": to, "reboot": reboot }))
-            .map_err(|e| failed(e.into()))
+    async fn rollback(&self, reboot: bool) -> zbus::fdo::Result<String> {
+        let agent = Arc::clone(&self.agent);
+        blocking::unblock(move || {
+            let to = agent.rollback(reboot).map_err(failed)?;
+            serde_json::to_string(&serde_json::json!({ "next": to, "reboot": reboot }))
+                .map_err(|e| failed(e.into()))
+        })
+        .await
     }
 
     /// The operation changed.

@@ -277,3 +277,118 @@ pub fn publish(
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, SignedChannel::sign(&meta, &[key]).to_bytes()).unwrap();
 }
+
+/// A private `dbus-daemon` (session configuration: anyone may own any
+/// name) on a socket in a temporary directory, stopped by its PID on drop.
+/// Stands in for the system bus.
+pub struct Bus {
+    child: std::process::Child,
+    /// `unix:path=…`.
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Bus {
+    /// Starts the daemon and waits for its socket.
+    pub fn start() -> Bus {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("bus");
+        let address = format!("unix:path={}", sock.display());
+        let child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", "--address"])
+            .arg(&address)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus-daemon)");
+        let t = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(t.elapsed().as_secs() < 10, "dbus-daemon did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Bus {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the logind test double was asked and what it lists.
+#[derive(Default)]
+pub struct LogindState {
+    /// Reboot calls received.
+    pub reboots: u32,
+    /// Inhibitor locks it lists: (what, who, why, mode, uid, pid).
+    pub inhibitors: Vec<(String, String, String, String, u32, u32)>,
+}
+
+/// A test double for systemd-logind's `org.freedesktop.login1.Manager`,
+/// only its `ListInhibitors` and `Reboot` methods, on the private bus: it
+/// records reboots instead of rebooting.
+pub struct FakeLogind {
+    state: std::sync::Arc<std::sync::Mutex<LogindState>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.login1.Manager")]
+impl FakeLogind {
+    fn list_inhibitors(&self) -> Vec<(String, String, String, String, u32, u32)> {
+        self.state.lock().unwrap().inhibitors.clone()
+    }
+    fn reboot(&self, _interactive: bool) {
+        self.state.lock().unwrap().reboots += 1;
+    }
+}
+
+/// Serves a [`FakeLogind`] on `bus`; the connection must be kept alive.
+pub fn fake_logind(
+    bus: &Bus,
+) -> (
+    zbus::blocking::Connection,
+    std::sync::Arc<std::sync::Mutex<LogindState>>,
+) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(LogindState::default()));
+    let conn = zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.login1")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/login1",
+            FakeLogind {
+                state: std::sync::Arc::clone(&state),
+            },
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    (conn, state)
+}
+
+/// Sets a slot's attribute bits on a disk image.
+pub fn set_bits(disk: &Path, slot: SlotId, priority: u8, tries: u8, successful: bool) {
+    let (mut t, mut f) = PartitionTable::open_rw(disk).unwrap();
+    let s = Slots::from_table(t.clone(), SlotId::A).unwrap();
+    let part = s.get(slot).partition;
+    let bits = drover_core::GptPrio::from_raw(t.entry(part).unwrap().flags)
+        .with_priority(priority)
+        .with_tries(tries)
+        .with_successful(successful);
+    t.set_attributes(part, bits.raw()).unwrap();
+    t.write(&mut f, false).unwrap();
+}
+
+/// Writes a payload into a slot of a disk image.
+pub fn write_slot(disk: &Path, slot: SlotId, payload: &Path) {
+    use std::os::unix::fs::FileExt;
+    let (t, f) = PartitionTable::open_rw(disk).unwrap();
+    let s = Slots::from_table(t, SlotId::A).unwrap();
+    f.write_all_at(&std::fs::read(payload).unwrap(), s.get(slot).offset)
+        .unwrap();
+}

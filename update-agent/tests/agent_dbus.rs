@@ -1,0 +1,387 @@
+//! drover-agent as a process on a private D-Bus (dbus-daemon started by the
+//! test), with nginx serving the channel, a disk image as the node's disk
+//! and a boot record standing for what drover-boot hands on. logind is a
+//! test double on the same bus that records reboots.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_core::SlotId;
+
+mod common;
+use common::*;
+
+struct Agent {
+    child: Child,
+    bus: String,
+    metrics: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts drover-agent for `disk`, booted from `slot` running `version`.
+    fn start(fx: &Fx, bus: &Bus, disk: &Path, slot: SlotId, version: &str, extra: &str) -> Agent {
+        let dir = fx.p(&format!("agent-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let record = dir.join("boot-record.json");
+        std::fs::write(
+            &record,
+            serde_json::json!({
+                "slot": slot.label(), "decision": "candidate", "version": version,
+                "refused": [], "measured": false, "not_measured_reason": "no TPM device",
+                "pcr": 8, "banks": [], "events": []
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "channel = \"stable\"\nauto-update = false\npoll-interval-secs = 3600\n\
+             trusted-keys = [\"{}\"]\nstate-dir = \"{}\"\ndisk = \"{}\"\nboot-record = \"{}\"\n\
+             bus = \"{}\"\nmetrics-listen = \"127.0.0.1:{metrics}\"\n{extra}\n",
+            fx.p("release.pub.pem").display(),
+            fx.p("state").display(),
+            disk.display(),
+            record.display(),
+            bus.address,
+        );
+        std::fs::write(dir.join("conf.d/10-test.toml"), conf).unwrap();
+        let log = dir.join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+            .arg("--config")
+            .arg(dir.join("none.toml"))
+            .arg("--config-dir")
+            .arg(dir.join("conf.d"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut a = Agent {
+            child,
+            bus: bus.address.clone(),
+            metrics,
+            log,
+        };
+        let t = Instant::now();
+        loop {
+            if a.ctl(&["status", "--json"]).0 {
+                return a;
+            }
+            if let Some(st) = a.child.try_wait().unwrap() {
+                panic!("drover-agent exited ({st}):\n{}", a.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no agent on the bus:\n{}",
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> (bool, String) {
+        // `timeout`: a hang fails the test instead of stalling the run.
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_droverctl"))
+            .arg("--bus")
+            .arg(&self.bus)
+            .args(args)
+            .output()
+            .unwrap();
+        let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), s)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (ok, out) = self.ctl(&["status", "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn wait_until(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let s = self.status();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{what}: status is {s:#}\nagent log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn update_through_dbus_writes_the_slot_and_reboots_through_logind() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v1, &v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_logind_conn, logind) = fake_logind(&bus);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &format!("server = \"{}\"", web.url()),
+    );
+    let s = agent.status();
+    assert_eq!(s["booted"]["slot"], "USR-A");
+    assert_eq!(s["operation"], "idle");
+    assert_eq!(s["other"]["state"], "empty");
+
+    let (ok, out) = agent.ctl(&["check", "--json"]);
+    assert!(ok, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(c["verdict"]["result"], "available");
+    assert_eq!(c["verdict"]["version"], "1.1.0");
+
+    let (ok, out) = agent.ctl(&["update", "--json"]);
+    assert!(ok, "{out}\n{}", agent.log());
+    assert!(out.contains("1.1.0 written"), "{out}");
+    let payload = std::fs::read(&v2).unwrap();
+    assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+    wait_for("no reboot asked of logind", || {
+        logind.lock().unwrap().reboots == 1
+    });
+    let s = agent.status();
+    assert_eq!(s["operation"], "rebooting");
+    assert_eq!(s["other"]["state"], "staged");
+    assert_eq!(s["other"]["version"], "1.1.0");
+    let m = agent.metrics();
+    assert!(
+        m.contains("drover_booted_info{slot=\"USR-A\",version=\"1.0.0\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("drover_update_operation{operation=\"rebooting\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("drover_last_check_timestamp_seconds "), "{m}");
+    assert!(
+        agent.log().contains("update written and verified"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn a_shutdown_inhibitor_holds_the_reboot_until_it_is_released() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    logind.lock().unwrap().inhibitors.push((
+        "shutdown:sleep".into(),
+        "etcd".into(),
+        "compacting".into(),
+        "block".into(),
+        0,
+        4242,
+    ));
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &format!("server = \"{}\"", web.url()),
+    );
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    let s = agent.wait_until("reboot pending", |s| s["operation"] == "reboot-pending");
+    assert!(
+        s["reboot-blocked"]
+            .as_str()
+            .unwrap_or("")
+            .contains("etcd (pid 4242)"),
+        "{s:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        logind.lock().unwrap().reboots,
+        0,
+        "rebooted through an inhibitor"
+    );
+    logind.lock().unwrap().inhibitors.clear();
+    wait_for("no reboot after the inhibitor went", || {
+        logind.lock().unwrap().reboots == 1
+    });
+}
+
+#[test]
+fn a_failed_update_is_detected_after_boot_marked_and_not_installed_again() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    // 1.1.0 was written to B and chosen; its one try was used up without
+    // success, and the stage fell back to A.
+    write_slot(&disk, SlotId::B, &v2);
+    set_bits(&disk, SlotId::B, 2, 0, false);
+    std::fs::create_dir_all(fx.p("state")).unwrap();
+    std::fs::write(
+        fx.p("state/agent-state.json"),
+        r#"{"pending": {"version": "1.1.0", "slot": "USR-B", "from-version": "1.0.0"}}"#,
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &format!("server = \"{}\"", web.url()),
+    );
+    let s = agent.status();
+    assert_eq!(s["last-rollback"]["from-version"], "1.1.0", "{s:#}");
+    assert_eq!(s["last-rollback"]["to-version"], "1.0.0");
+    assert_eq!(s["last-rollback"]["manual"], false);
+    assert_eq!(s["failed-versions"][0], "1.1.0");
+    assert_eq!(
+        bits(&disk, SlotId::B).0,
+        0,
+        "the failed slot keeps a priority"
+    );
+    assert!(agent.log().contains("ROLLBACK"), "{}", agent.log());
+    // Never again on its own.
+    let (ok, out) = agent.ctl(&["check", "--json"]);
+    assert!(ok, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(c["verdict"]["result"], "up-to-date", "{c:#}");
+    assert_eq!(c["skipped"][0][0], "1.1.0");
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(logind.lock().unwrap().reboots, 0);
+    let (ok, out) = agent.ctl(&["status"]);
+    assert!(ok && out.contains("automatic from 1.1.0 to 1.0.0"), "{out}");
+}
+
+#[test]
+fn manual_rollback_through_dbus_reboots_into_the_previous_slot() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    // B runs 1.1.0 (successful); A still holds the good 1.0.0.
+    let disk = fx.disk(&v1);
+    write_slot(&disk, SlotId::B, &v2);
+    set_bits(&disk, SlotId::B, 2, 0, true);
+    set_bits(&disk, SlotId::A, 1, 0, true);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let agent = Agent::start(&fx, &bus, &disk, SlotId::B, "1.1.0", "");
+    assert_eq!(agent.status()["other"]["state"], "good");
+    let (ok, out) = agent.ctl(&["rollback", "--reboot"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("USR-A boots next"), "{out}");
+    assert_eq!(bits(&disk, SlotId::A), (2, 0, true));
+    assert_eq!(bits(&disk, SlotId::B), (1, 0, true));
+    wait_for("no reboot", || logind.lock().unwrap().reboots == 1);
+    let s = agent.status();
+    assert_eq!(s["last-rollback"]["manual"], true);
+    assert_eq!(s["last-rollback"]["from-version"], "1.1.0");
+    assert_eq!(s["last-rollback"]["to-version"], "1.0.0");
+}
+
+#[test]
+fn cancel_stops_the_write_and_leaves_the_slot_unbootable() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 100, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, Some("10m"));
+    let disk = fx.disk_with(&v1, 128);
+    let a_before = slot_bytes(&disk, SlotId::A);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &format!("server = \"{}\"", web.url()),
+    );
+    let bus_addr = bus.address.clone();
+    let upd = std::thread::spawn(move || {
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(env!("CARGO_BIN_EXE_droverctl"))
+            .args(["--bus", &bus_addr, "update", "--json"])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    });
+    agent.wait_until("applying with progress", |s| {
+        s["operation"] == "applying" && s["progress"][0].as_u64().unwrap_or(0) > 0
+    });
+    let (ok, out) = agent.ctl(&["cancel"]);
+    assert!(ok, "{out}");
+    let (ok, out) = upd.join().unwrap();
+    assert!(!ok && out.contains("cancelled"), "{out}");
+    assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+    assert_eq!(logind.lock().unwrap().reboots, 0);
+    assert_eq!(agent.status()["operation"], "idle");
+}
