@@ -27,7 +27,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             verity_bench(mib)
         }
         Some("image") => image_bench(),
-        _ => bail!("usage: cargo xtask bench verity [--size-mib N] | image"),
+        Some("apply") => {
+            let mib = match &args[1..] {
+                [] => 1024,
+                [flag, n] if flag == "--size-mib" => {
+                    n.parse().context("--size-mib takes a number")?
+                }
+                _ => bail!("usage: cargo xtask bench apply [--size-mib N]"),
+            };
+            crate::bench_apply::run(mib)
+        }
+        _ => bail!("usage: cargo xtask bench verity [--size-mib N] | image | apply [--size-mib N]"),
     }
 }
 
@@ -182,7 +192,7 @@ fn image_bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_dir() -> anyhow::Result<PathBuf> {
+pub fn bench_dir() -> anyhow::Result<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -190,7 +200,7 @@ fn bench_dir() -> anyhow::Result<PathBuf> {
 
 /// Writes `mib` MiB of pseudo-random data (xorshift, fixed seed) unless a
 /// file of that size is already there.
-fn data_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
+pub fn data_file(dir: &Path, mib: u64) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("verity-{mib}m.data"));
     if std::fs::metadata(&path)
         .map(|m| m.len() == mib << 20)

@@ -4,9 +4,11 @@
 //! * `cargo xtask deps`: install the Debian packages the tests use.
 //! * `cargo xtask test`: install them, then run every test of the workspace.
 //! * `cargo xtask bench verity [--size-mib N]`: Drover vs `veritysetup format`.
+//! * `cargo xtask bench apply`: the agent's apply vs `curl | dd`, and its memory.
 //! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
 
 mod bench;
+mod bench_apply;
 mod demo;
 mod deps;
 
@@ -24,6 +26,9 @@ commands:
   test                      deps, then every test of the workspace (the README's test command)
   bench verity [--size-mib N]
                             format the same file with Drover and veritysetup, print times and ratio
+  bench apply [--size-mib N]
+                            drover-agent applying a payload from nginx vs curl | dd oflag=direct;
+                            the agent's idle and peak memory
   fuzz [--seconds N]        run each cargo-fuzz target for N seconds (default 30; needs nightly)"
 }
 
