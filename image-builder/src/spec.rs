@@ -29,6 +29,82 @@ pub struct ImageSpec {
     /// Partition sizes of the disk image.
     #[serde(default)]
     pub disk: DiskSection,
+    /// The update agent and its defaults.
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+/// `[agent]`: drover-agent, droverctl and their units go into the image
+/// unless `enabled = false`; the other keys become
+/// `/usr/lib/drover/agent.toml` (a node overrides them with drop-ins in
+/// `/etc/drover/agent.toml.d/`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentSection {
+    /// Install the agent.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Update repository URL (none: the node's drop-in sets it).
+    pub server: Option<String>,
+    /// Channel.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// `immediate`, `off` or `window`.
+    #[serde(default = "default_strategy")]
+    pub reboot_strategy: String,
+    /// Seconds between checks.
+    pub poll_interval_secs: Option<u64>,
+    /// Seconds a new slot may take to reach boot-complete.target.
+    pub boot_complete_timeout_secs: Option<u64>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            server: None,
+            channel: default_channel(),
+            reboot_strategy: default_strategy(),
+            poll_interval_secs: None,
+            boot_complete_timeout_secs: None,
+        }
+    }
+}
+
+impl AgentSection {
+    /// The image's `/usr/lib/drover/agent.toml`.
+    pub fn defaults_toml(&self) -> String {
+        let mut t = String::from(
+            "# drover-agent defaults of this image. Override on a node in\n# /etc/drover/agent.toml.d/*.toml.\n",
+        );
+        if let Some(s) = &self.server {
+            t.push_str(&format!("server = {s:?}\n"));
+        }
+        t.push_str(&format!("channel = {:?}\n", self.channel));
+        if let Some(p) = self.poll_interval_secs {
+            t.push_str(&format!("poll-interval-secs = {p}\n"));
+        }
+        if let Some(p) = self.boot_complete_timeout_secs {
+            t.push_str(&format!("boot-complete-timeout-secs = {p}\n"));
+        }
+        t.push_str(&format!(
+            "trusted-keys = [\"/usr/lib/drover/keys\"]\n\n[reboot]\nstrategy = {:?}\n",
+            self.reboot_strategy
+        ));
+        t
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_channel() -> String {
+    "stable".into()
+}
+
+fn default_strategy() -> String {
+    "immediate".into()
 }
 
 /// `[os]`
@@ -249,6 +325,15 @@ impl ImageSpec {
                 self.os.version
             ));
         }
+        if !["immediate", "off", "window"].contains(&self.agent.reboot_strategy.as_str()) {
+            return Err(format!(
+                "at `agent.reboot-strategy`: '{}' is not immediate, off or window",
+                self.agent.reboot_strategy
+            ));
+        }
+        if self.agent.enabled && !self.debian.packages.iter().any(|p| p == "dbus") {
+            return Err("at `debian.packages`: the update agent ([agent] enabled) needs `dbus` (its API and logind are on the system bus); add it or set agent.enabled = false".into());
+        }
         if !self
             .debian
             .packages
@@ -309,8 +394,33 @@ security-version = 1
 
 [debian]
 suite = "bookworm"
-packages = ["systemd", "linux-image-amd64"]
+packages = ["systemd", "dbus", "linux-image-amd64"]
 "#;
+
+    #[test]
+    fn the_agent_section_becomes_agent_toml_and_needs_dbus() {
+        let s = ImageSpec::parse(&format!(
+            "{GOOD}\n[agent]\nserver = \"https://updates.example/drover\"\nchannel = \"beta\"\nreboot-strategy = \"off\"\n"
+        ))
+        .unwrap();
+        let t = s.agent.defaults_toml();
+        assert!(
+            t.contains("server = \"https://updates.example/drover\""),
+            "{t}"
+        );
+        assert!(t.contains("channel = \"beta\""), "{t}");
+        assert!(t.contains("strategy = \"off\""), "{t}");
+        let e =
+            ImageSpec::parse(&format!("{GOOD}\n[agent]\nreboot-strategy = \"now\"\n")).unwrap_err();
+        assert!(e.contains("agent.reboot-strategy"), "{e}");
+        let e = ImageSpec::parse(&GOOD.replace("\"dbus\", ", "")).unwrap_err();
+        assert!(e.contains("dbus"), "{e}");
+        assert!(ImageSpec::parse(&format!(
+            "{}\n[agent]\nenabled = false\n",
+            GOOD.replace("\"dbus\", ", "")
+        ))
+        .is_ok());
+    }
 
     #[test]
     fn a_minimal_spec_gets_defaults() {

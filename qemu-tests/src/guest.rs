@@ -35,6 +35,9 @@ pub struct GuestBuilder {
     name: String,
     probe_kernel: Option<PathBuf>,
     tpm_dir: Option<PathBuf>,
+    channel_port: Option<u16>,
+    allow_reboot: bool,
+    agent_socket: Option<PathBuf>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -44,6 +47,8 @@ pub struct Guest {
     console: Arc<Mutex<Vec<u8>>>,
     name: String,
     swtpm: Option<Child>,
+    agent_socket: Option<PathBuf>,
+    seen: usize,
 }
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -59,7 +64,32 @@ impl GuestBuilder {
             name: name.to_string(),
             probe_kernel: None,
             tpm_dir: None,
+            channel_port: None,
+            allow_reboot: false,
+            agent_socket: None,
         }
+    }
+
+    /// A virtio-serial port for the QEMU guest agent (`qemu-guest-agent`
+    /// in the image), its host end a UNIX socket at `sock`: the tests run
+    /// commands in the guest through it ([`Guest::exec`]).
+    pub fn guest_agent(mut self, sock: &Path) -> Self {
+        self.agent_socket = Some(sock.to_owned());
+        self
+    }
+
+    /// A virtio NIC on QEMU user networking; the guest's connections to
+    /// 10.0.2.100:80 reach `127.0.0.1:port` on the host (a `socat` per
+    /// connection), and nothing else outside the guest is reachable.
+    pub fn channel(mut self, port: u16) -> Self {
+        self.channel_port = Some(port);
+        self
+    }
+
+    /// Let the guest reboot (QEMU resets instead of exiting), for updates.
+    pub fn allow_reboot(mut self) -> Self {
+        self.allow_reboot = true;
+        self
     }
 
     /// Attaches a software TPM 2.0 (`swtpm`, a TIS device) whose state and
@@ -102,7 +132,6 @@ impl GuestBuilder {
             "-smp",
             "1",
             "-nographic",
-            "-no-reboot",
             "-nodefaults",
             "-serial",
             "stdio",
@@ -139,6 +168,28 @@ impl GuestBuilder {
                         vars.display()
                     ));
             }
+        }
+        if !self.allow_reboot {
+            cmd.arg("-no-reboot");
+        }
+        if let Some(port) = self.channel_port {
+            cmd.arg("-netdev")
+                .arg(format!(
+                    "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{port}"
+                ))
+                .args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
+        if let Some(sock) = &self.agent_socket {
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,path={},server=on,wait=off,id=qga0",
+                    sock.display()
+                ))
+                .args(["-device", "virtio-serial"])
+                .args([
+                    "-device",
+                    "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                ]);
         }
         let swtpm = match &self.tpm_dir {
             None => None,
@@ -188,6 +239,8 @@ impl GuestBuilder {
             console,
             name: self.name,
             swtpm,
+            agent_socket: self.agent_socket,
+            seen: 0,
         })
     }
 }
@@ -231,14 +284,27 @@ impl Guest {
         String::from_utf8_lossy(&self.console.lock().expect("console lock")).into_owned()
     }
 
-    /// Waits until the console has a line containing `marker`, and returns
-    /// that line. Fails (with the console) on timeout or when QEMU exits.
+    /// Waits until the console has a line containing `marker` after the
+    /// line the last wait matched, and returns that line. Fails (with the
+    /// console) on timeout or when QEMU exits.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<String> {
         let start = Instant::now();
         loop {
             let text = self.console();
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-                return Ok(line.to_string());
+            let mut pos = self.seen.min(text.len());
+            while !text.is_char_boundary(pos) {
+                pos -= 1;
+            }
+            let rest = &text[pos..];
+            if let Some(i) = rest.find(marker) {
+                let line_start = rest[..i].rfind('\n').map(|n| n + 1).unwrap_or(0);
+                let line_end = rest[i..].find('\n').map(|n| i + n).unwrap_or(rest.len());
+                if line_end < rest.len() {
+                    self.seen = pos + line_end;
+                    return Ok(rest[line_start..line_end]
+                        .trim_end_matches('\r')
+                        .to_string());
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 anyhow::bail!(
@@ -275,6 +341,87 @@ impl Guest {
             "{msg}\n----- console of {} (last 150 lines) -----\n{tail}\n-----",
             self.name
         );
+    }
+
+    /// Runs `argv` in the guest through the QEMU guest agent; with `wait`,
+    /// waits for it and returns its exit code and standard output (and
+    /// error). Without, returns as soon as it started (for a command that
+    /// reboots the guest).
+    pub fn exec(&self, argv: &[&str], wait: bool) -> anyhow::Result<(i64, String)> {
+        use base64::Engine as _;
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let sock = self
+            .agent_socket
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this guest has no guest agent port"))?;
+        let stream = std::os::unix::net::UnixStream::connect(sock)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut w = &stream;
+        let mut r = BufReader::new(&stream);
+        let mut call = |v: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+            w.write_all(format!("{v}\n").as_bytes())?;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line)? == 0 {
+                    anyhow::bail!("the guest agent closed the connection");
+                }
+                let reply: serde_json::Value = match serde_json::from_str(line.trim()) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                };
+                if let Some(e) = reply.get("error") {
+                    anyhow::bail!("guest agent: {e}");
+                }
+                if let Some(ret) = reply.get("return") {
+                    return Ok(ret.clone());
+                }
+            }
+        };
+        let (path, args) = argv.split_first().expect("a command");
+        let ret = call(serde_json::json!({
+            "execute": "guest-exec",
+            "arguments": {"path": path, "arg": args, "capture-output": true}
+        }))?;
+        let pid = ret["pid"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("guest-exec returned no pid: {ret}"))?;
+        if !wait {
+            return Ok((0, String::new()));
+        }
+        let start = Instant::now();
+        loop {
+            let st = call(serde_json::json!({
+                "execute": "guest-exec-status", "arguments": {"pid": pid}
+            }))?;
+            if st["exited"].as_bool() == Some(true) {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let mut out = String::new();
+                for k in ["out-data", "err-data"] {
+                    if let Some(d) = st[k].as_str() {
+                        out.push_str(&String::from_utf8_lossy(&b64.decode(d)?));
+                    }
+                }
+                return Ok((st["exitcode"].as_i64().unwrap_or(-1), out));
+            }
+            if start.elapsed() > Duration::from_secs(300) {
+                anyhow::bail!("{argv:?} still running in the guest after 300 s");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Waits until the guest agent answers (it starts late in the boot).
+    pub fn wait_for_agent(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.exec(&["/bin/true"], true) {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    anyhow::bail!("{}: the guest agent did not answer: {e}", self.name)
+                }
+                Err(_) => std::thread::sleep(Duration::from_secs(2)),
+            }
+        }
     }
 
     /// Stops QEMU (kill by PID) and waits for it.

@@ -16,12 +16,12 @@ use sha2::{Digest, Sha256};
 pub const SPEC: &str = r##"
 [os]
 name = "drover"
-version = "1.0.0"
+version = "@VERSION@"
 security-version = 1
 
 [debian]
 suite = "bookworm"
-packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "linux-image-amd64"]
+packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "udev", "dbus", "qemu-guest-agent", "linux-image-amd64"]
 
 [kernel]
 cmdline = "console=tty0 console=ttyS0,115200 panic=5"
@@ -44,13 +44,14 @@ measured=$(sed -n 's/.*"measured": \\([a-z]*\\).*/\\1/p' /run/drover/boot-record
 pcr8=$(cat /sys/class/tpm/tpm0/pcr-sha256/8 2>/dev/null || echo none)
 echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts root_size=$root_size measured=$measured pcr8_sha256=$pcr8 multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
 echo "DROVER-BOOT-RECORD $(tr -d '\\n' < /run/drover/boot-record.json)" > /dev/ttyS0
+echo "DROVER-STATUS $(droverctl status --json 2>&1 | tr -d '\\n')" > /dev/ttyS0
 """
 
 [[files]]
 path = "/usr/lib/systemd/system/drover-test-report.service"
 contents = """[Unit]
 Description=Boot facts for Drover's QEMU tests (test image only)
-After=multi-user.target
+After=multi-user.target drover-boot-complete.service
 
 [Service]
 Type=oneshot
@@ -60,6 +61,36 @@ ExecStart=/usr/lib/drover-test/report
 [[files]]
 path = "/usr/lib/systemd/system/multi-user.target.wants/drover-test-report.service"
 link = "../drover-test-report.service"
+
+# The update channel: QEMU forwards 10.0.2.100:80 of the guest to the test's
+# HTTP server on the host's loopback (guestfwd).
+[agent]
+server = "http://10.0.2.100/"
+channel = "stable"
+poll-interval-secs = 15
+boot-complete-timeout-secs = 120
+
+[[files]]
+path = "/etc/drover/agent.toml.d/50-test.toml"
+contents = "poll-jitter-secs = 0\n"
+
+[[files]]
+path = "/etc/systemd/network/80-dhcp.network"
+contents = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+
+[[files]]
+path = "/usr/lib/systemd/system/multi-user.target.wants/systemd-networkd.service"
+link = "../systemd-networkd.service"
+
+[[files]]
+path = "/usr/lib/systemd/system/sockets.target.wants/systemd-networkd.socket"
+link = "../systemd-networkd.socket"
+
+[[files]]
+path = "/usr/lib/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service"
+link = "../systemd-networkd-wait-online.service"
+
+@EXTRA@
 
 [disk]
 esp-mib = 64
@@ -104,13 +135,49 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The shared test image, built on first use.
-pub fn test_image() -> &'static TestImage {
-    static IMAGE: OnceLock<TestImage> = OnceLock::new();
-    IMAGE.get_or_init(|| build().unwrap_or_else(|e| panic!("building the QEMU test image: {e:#}")))
+/// The spec of release `version`, with `extra` TOML (more `[[files]]`)
+/// added.
+pub fn spec(version: &str, extra: &str) -> String {
+    SPEC.replace("@VERSION@", version).replace("@EXTRA@", extra)
 }
 
-fn build() -> anyhow::Result<TestImage> {
+/// The shared test image (1.0.0, a whole disk), built on first use.
+pub fn test_image() -> &'static TestImage {
+    static IMAGE: OnceLock<TestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = build("v1", &spec("1.0.0", ""), false)
+            .unwrap_or_else(|e| panic!("building the QEMU test image: {e:#}"));
+        TestImage {
+            disk: dir.join("out/disk.raw"),
+            usr_img: dir.join("out/usr.img"),
+            kernel: dir.join("stage-vmlinuz"),
+            initrd: dir.join("stage-initrd.img"),
+            dir,
+        }
+    })
+}
+
+/// A release built from [`spec`]`(version, extra)`, slot image only: its
+/// build directory (holding `usr.img`, for `drover publish`). Built once
+/// per run (and reused while its inputs stay the same).
+pub fn release(name: &str, version: &str, extra: &str) -> PathBuf {
+    build(name, &spec(version, extra), true)
+        .unwrap_or_else(|e| panic!("building test release {name}: {e:#}"))
+        .join("out")
+}
+
+/// The test signing key pair: `(secret, public)`.
+pub fn keys() -> (PathBuf, PathBuf) {
+    let base = target_dir().join("tmp/drover-qemu-image");
+    (base.join("test.pem"), base.join("test.pub.pem"))
+}
+
+/// The `drover` binary the tests build with.
+pub fn drover_binary() -> PathBuf {
+    target_dir().join("debug/drover")
+}
+
+fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf> {
     let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(&cargo)
@@ -121,55 +188,67 @@ fn build() -> anyhow::Result<TestImage> {
             "drover-image-builder",
             "-p",
             "drover-boot",
+            "-p",
+            "drover-update-agent",
             "--bins",
         ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
-    let drover = target.join("debug/drover");
-    let boot = target.join("debug/drover-boot");
-    let dir = target.join("tmp/drover-qemu-image");
+    let bins = target.join("debug");
+    let drover = bins.join("drover");
+    let boot = bins.join("drover-boot");
+    let base = target.join("tmp/drover-qemu-image");
+    std::fs::create_dir_all(&base)?;
+    let dir = if name == "v1" {
+        base.clone()
+    } else {
+        base.join(name)
+    };
     std::fs::create_dir_all(&dir)?;
     let lock = std::fs::File::create(dir.join(".lock"))?;
     lock.lock().context("locking the test image directory")?;
+    let (sec, public) = keys();
+    {
+        let klock = std::fs::File::create(base.join(".keys.lock"))?;
+        klock.lock().context("locking the test keys")?;
+        if !sec.is_file() || !public.is_file() {
+            let _ = std::fs::remove_file(&sec);
+            let _ = std::fs::remove_file(&public);
+            run(Command::new(&drover)
+                .arg("keygen")
+                .arg("--secret")
+                .arg(&sec)
+                .arg("--public")
+                .arg(&public))?;
+        }
+    }
 
     let mut h = Sha256::new();
-    h.update(SPEC.as_bytes());
-    h.update(std::fs::read(&drover)?);
-    h.update(std::fs::read(&boot)?);
+    h.update(spec_text.as_bytes());
+    for b in ["drover", "drover-boot", "drover-agent", "droverctl"] {
+        h.update(std::fs::read(bins.join(b))?);
+    }
+    h.update(std::fs::read(&public)?);
     let key = hex::encode(h.finalize());
-    let image = TestImage {
-        disk: dir.join("out/disk.raw"),
-        usr_img: dir.join("out/usr.img"),
-        kernel: dir.join("stage-vmlinuz"),
-        initrd: dir.join("stage-initrd.img"),
-        dir: dir.clone(),
-    };
     let stamp = dir.join("inputs.sha256");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
-        && image.initrd.is_file()
-    {
-        return Ok(image);
+    let done = if slot_only {
+        dir.join("out/usr.img")
+    } else {
+        dir.join("stage-initrd.img")
+    };
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && done.is_file() {
+        return Ok(dir);
     }
     let _ = std::fs::remove_file(&stamp);
-    let (sec, public) = (dir.join("test.pem"), dir.join("test.pub.pem"));
-    if !sec.is_file() || !public.is_file() {
-        let _ = std::fs::remove_file(&sec);
-        let _ = std::fs::remove_file(&public);
-        run(Command::new(&drover)
-            .arg("keygen")
-            .arg("--secret")
-            .arg(&sec)
-            .arg("--public")
-            .arg(&public))?;
-    }
-    std::fs::write(dir.join("spec.toml"), SPEC)?;
+    std::fs::copy(&public, dir.join("test.pub.pem"))?;
+    std::fs::write(dir.join("spec.toml"), spec_text)?;
     let out = dir.join("out");
     let _ = std::fs::remove_dir_all(&out);
     eprintln!(
-        "qemu-tests: building the test image in {} (about 2 minutes)",
+        "qemu-tests: building test image {name} in {} (about 2 minutes)",
         dir.display()
     );
-    run(Command::new(&drover)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
+    let mut cmd = Command::new(&drover);
+    cmd.env("SOURCE_DATE_EPOCH", "1700000000")
         .args(["build", "--quiet", "--spec"])
         .arg(dir.join("spec.toml"))
         .arg("--key")
@@ -177,21 +256,30 @@ fn build() -> anyhow::Result<TestImage> {
         .arg("--out")
         .arg(&out)
         .arg("--boot-binary")
-        .arg(&boot))?;
-    for (from, to) in [
-        ("::/drover/vmlinuz", &image.kernel),
-        ("::/drover/initrd.img", &image.initrd),
-    ] {
-        run(Command::new("mcopy")
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .arg("-o")
-            .arg("-i")
-            .arg(format!("{}@@1M", image.disk.display()))
-            .arg(from)
-            .arg(to))?;
+        .arg(&boot)
+        .arg("--agent-binaries")
+        .arg(&bins);
+    if slot_only {
+        cmd.arg("--slot-only");
+    }
+    run(&mut cmd)?;
+    if !slot_only {
+        let disk = out.join("disk.raw");
+        for (from, to) in [
+            ("::/drover/vmlinuz", dir.join("stage-vmlinuz")),
+            ("::/drover/initrd.img", dir.join("stage-initrd.img")),
+        ] {
+            run(Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-o")
+                .arg("-i")
+                .arg(format!("{}@@1M", disk.display()))
+                .arg(from)
+                .arg(&to))?;
+        }
     }
     std::fs::File::create(&stamp)?.write_all(key.as_bytes())?;
-    Ok(image)
+    Ok(dir)
 }
 
 impl TestImage {

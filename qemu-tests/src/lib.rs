@@ -7,7 +7,9 @@
 //!   only when a test fails.
 //! * [`accel`]: KVM when a short probe shows a KVM guest actually runs, TCG
 //!   otherwise.
+//! * [`web`]: nginx serving a published update repository on loopback.
 
 pub mod accel;
 pub mod guest;
 pub mod image;
+pub mod web;

@@ -544,11 +544,23 @@ impl Agent {
             at: drover_core::channel::now(),
             manual: true,
         };
+        // The version rolled back from is not installed again on the
+        // agent's own initiative (the operator chose to leave it).
+        let left = self.booted.version.clone();
         self.state.update(|s| {
             s.pending = None;
             s.last_rollback = Some(rb.clone());
+            if !s.failed_versions.contains(&left) {
+                s.failed_versions.push(left.clone());
+            }
         })?;
-        self.status.lock().expect("status lock").last_rollback = Some(rb);
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.last_rollback = Some(rb);
+            if !s.failed_versions.contains(&left) {
+                s.failed_versions.push(left);
+            }
+        }
         tracing::warn!(
             "manual rollback: {} ({}) boots next instead of {}",
             to,

@@ -14,8 +14,9 @@ pub struct State {
     /// Highest channel sequence number seen, per channel: metadata below it
     /// is a rollback and refused.
     pub sequence: BTreeMap<String, u64>,
-    /// Versions that failed to boot on this node: never installed again on
-    /// the agent's own initiative.
+    /// Versions that failed to boot on this node, or that an operator
+    /// rolled back from: never installed again on the agent's own
+    /// initiative.
     pub failed_versions: Vec<String>,
     /// An update written and chosen for the next boot, not yet confirmed.
     pub pending: Option<Pending>,

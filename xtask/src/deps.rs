@@ -23,6 +23,7 @@ const NEEDED: &[(&str, &str)] = &[
     ),
     ("pkg-config", "pkg-config"),
     ("nginx", "nginx-light"),
+    ("socat", "socat"),
     ("dbus-daemon", "dbus-daemon"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (

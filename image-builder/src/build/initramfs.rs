@@ -201,11 +201,11 @@ pub fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// The boot binary without its debug information (`strip --strip-debug`,
+/// A binary without its debug information (`strip --strip-debug`,
 /// binutils): a development build carries tens of MiB of it, which the ESP
 /// has no room for and the boot does not use. The binary as it is when
 /// `strip` is missing.
-fn read_stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
     let tmp = tempfile::NamedTempFile::new().context("a temporary file for strip")?;
     let stripped = Command::new("strip")
         .arg("--strip-debug")

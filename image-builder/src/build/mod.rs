@@ -36,6 +36,8 @@ pub struct BuildOptions {
     pub rootfs: Option<PathBuf>,
     /// The `drover-boot` binary for both initramfs images.
     pub boot_binary: PathBuf,
+    /// The directory with `drover-agent` and `droverctl`.
+    pub agent_binaries: PathBuf,
     /// Package cache directory.
     pub cache: PathBuf,
     /// `SOURCE_DATE_EPOCH`.
@@ -241,7 +243,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
     })?;
 
     let tree = st.run("usr", "making a /usr-only tree", || {
-        usr::prepare(&root, spec)
+        usr::prepare(&root, spec, Some(&opts.agent_binaries))
     })?;
 
     let trusted_pem: Vec<(String, Vec<u8>)> = spec

@@ -4,7 +4,8 @@
 //! * `/etc` becomes the factory copy `/usr/share/factory/etc`, which the
 //!   slot's initramfs copies to ROOT on first boot;
 //! * everything outside `/usr` is dropped (it lives on ROOT);
-//! * os-release, the trusted keys and the extra files of the spec go in.
+//! * os-release, the trusted keys, the update agent (binaries, units, D-Bus
+//!   policy, defaults) and the extra files of the spec go in.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,28 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prepares `root` in place.
-pub fn prepare(root: &Path, spec: &ImageSpec) -> anyhow::Result<UsrTree> {
+/// The agent's units, enabled for multi-user.target.
+const AGENT_UNITS: [(&str, &str); 2] = [
+    (
+        "drover-agent.service",
+        include_str!("../../../update-agent/units/drover-agent.service"),
+    ),
+    (
+        "drover-boot-complete.service",
+        include_str!("../../../update-agent/units/drover-boot-complete.service"),
+    ),
+];
+
+/// Who may own and call `org.drover.Update1` on the system bus.
+const DBUS_POLICY: &str = include_str!("../../../update-agent/units/org.drover.Update1.conf");
+
+/// Prepares `root` in place. `agent_binaries` holds `drover-agent` and
+/// `droverctl` when the spec enables the agent.
+pub fn prepare(
+    root: &Path,
+    spec: &ImageSpec,
+    agent_binaries: Option<&Path>,
+) -> anyhow::Result<UsrTree> {
     let usr = root.join("usr");
     if !usr.is_dir() {
         bail!("{} has no /usr: not a root file system", root.display());
@@ -166,6 +187,41 @@ pub fn prepare(root: &Path, spec: &ImageSpec) -> anyhow::Result<UsrTree> {
         spec.kernel.cmdline.as_bytes(),
         0o644,
     )?;
+
+    // The update agent.
+    if spec.agent.enabled {
+        let bins = agent_binaries
+            .context("the spec enables the update agent but no agent binaries were given")?;
+        for b in ["drover-agent", "droverctl"] {
+            let src = bins.join(b);
+            if !src.is_file() {
+                bail!(
+                    "no {} (build it with `cargo build -p drover-update-agent`, or pass --agent-binaries DIR)",
+                    src.display()
+                );
+            }
+            let data = super::initramfs::read_stripped(&src)?;
+            write_file(&usr.join("bin").join(b), &data, 0o755)?;
+        }
+        let sd = usr.join("lib/systemd/system");
+        for (name, text) in AGENT_UNITS {
+            write_file(&sd.join(name), text.as_bytes(), 0o644)?;
+            let wants = sd.join("multi-user.target.wants");
+            std::fs::create_dir_all(&wants)?;
+            let _ = std::fs::remove_file(wants.join(name));
+            std::os::unix::fs::symlink(format!("../{name}"), wants.join(name))?;
+        }
+        write_file(
+            &usr.join("share/dbus-1/system.d/org.drover.Update1.conf"),
+            DBUS_POLICY.as_bytes(),
+            0o644,
+        )?;
+        write_file(
+            &usr.join("lib/drover/agent.toml"),
+            spec.agent.defaults_toml().as_bytes(),
+            0o644,
+        )?;
+    }
 
     // Extra files.
     for f in &spec.files {

@@ -33,6 +33,11 @@ pub struct Args {
     /// The drover-boot binary. Default: next to this drover binary.
     #[arg(long, value_name = "FILE")]
     pub boot_binary: Option<PathBuf>,
+    /// Directory holding drover-agent and droverctl (installed into the
+    /// image unless the spec says `[agent] enabled = false`). Default: the
+    /// directory of this drover binary.
+    #[arg(long, value_name = "DIR")]
+    pub agent_binaries: Option<PathBuf>,
     /// Package cache directory. Default: $DROVER_CACHE_DIR or ~/.cache/drover.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -88,6 +93,14 @@ impl Args {
             out: self.out,
             rootfs: self.rootfs,
             boot_binary,
+            agent_binaries: match self.agent_binaries {
+                Some(d) => d,
+                None => std::env::current_exe()
+                    .context("locating this executable")?
+                    .parent()
+                    .context("the directory of this executable")?
+                    .to_path_buf(),
+            },
             cache: self
                 .cache_dir
                 .unwrap_or_else(build::rootfs::default_cache_dir),

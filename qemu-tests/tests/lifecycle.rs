@@ -1,0 +1,120 @@
+//! The life cycle (issue 6): v1 boots with the agent pointed at a channel
+//! served by nginx on the host's loopback (the guest reaches it only
+//! through QEMU user networking); v2 is published; the agent downloads it,
+//! writes USR-B, flips and reboots; the machine comes up on v2 and marks it
+//! successful; then `droverctl rollback --reboot` brings v1 back.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use drover_qemu_tests::guest::{Firmware, GuestBuilder};
+use drover_qemu_tests::image::{self, test_image};
+use drover_qemu_tests::web::Nginx;
+
+const BOOT: Duration = Duration::from_secs(600);
+
+fn publish(repo: &Path, build_dir: &Path) {
+    let (sec, _) = image::keys();
+    let o = Command::new(image::drover_binary())
+        .args(["publish", "--channel", "stable", "--repo"])
+        .arg(repo)
+        .arg("--image")
+        .arg(build_dir)
+        .arg("--key")
+        .arg(sec)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "drover publish: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn json_after<'a>(line: &'a str, marker: &str) -> serde_json::Value {
+    let s: &'a str = line.split_once(marker).map(|x| x.1).unwrap_or("");
+    serde_json::from_str(s.trim()).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn update_over_the_channel_then_manual_rollback() {
+    let img = test_image();
+    let v2 = image::release("v2", "2.0.0", "");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let web = Nginx::serve(&repo, None);
+    let disk = img.fresh_disk(dir.path());
+    let sock = dir.path().join("qga.sock");
+    let mut g = GuestBuilder::new(
+        "lifecycle",
+        &disk,
+        Firmware::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            append: "console=ttyS0,115200 drover.stage panic=5".into(),
+        },
+    )
+    .channel(web.port)
+    .guest_agent(&sock)
+    .allow_reboot()
+    .start()
+    .unwrap();
+
+    // v1 up, nothing published yet.
+    g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+    publish(&repo, &v2);
+
+    // The agent polls, writes B, reboots; v2 comes up on B.
+    let line = g.expect("DROVER-TEST-REPORT slot=USR-B version=2.0.0", BOOT);
+    if !line.contains("multi_user=active") {
+        g.fail(&format!("v2 did not reach multi-user: {line}"));
+    }
+    let log = web.access_log();
+    if !log.contains("releases/2.0.0/usr.img") {
+        g.fail(&format!(
+            "the payload was not fetched from the channel:\n{log}"
+        ));
+    }
+    g.wait_for_agent(Duration::from_secs(120))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    // Marked successful once boot-complete.target was reached.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..60 {
+        let (code, out) = g
+            .exec(&["/usr/bin/droverctl", "status", "--json"], true)
+            .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+        status = json_after(&format!("x{out}"), "x");
+        if code == 0 && status["booted-successful"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    if status["booted"]["slot"] != "USR-B"
+        || status["booted"]["version"] != "2.0.0"
+        || status["booted-successful"] != true
+        || status["other"]["version"] != "1.0.0"
+        || status["other"]["state"] != "good"
+    {
+        g.fail(&format!("droverctl status on v2: {status:#}"));
+    }
+
+    // Manual rollback: back to v1, reported as such.
+    g.exec(&["/usr/bin/droverctl", "rollback", "--reboot"], false)
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+    let console = g.console();
+    let last = console
+        .lines()
+        .filter(|l| l.contains("DROVER-STATUS "))
+        .last()
+        .unwrap_or("");
+    let st = json_after(last, "DROVER-STATUS ");
+    if st["booted"]["version"] != "1.0.0"
+        || st["last-rollback"]["manual"] != true
+        || st["last-rollback"]["from-version"] != "2.0.0"
+        || st["last-rollback"]["to-version"] != "1.0.0"
+    {
+        g.fail(&format!("status after the manual rollback: {st:#}"));
+    }
+}
