@@ -210,7 +210,8 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
     {
         let klock = std::fs::File::create(base.join(".keys.lock"))?;
         klock.lock().context("locking the test keys")?;
-        if !sec.is_file() || !public.is_file() {
+        let nonempty = |p: &Path| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false);
+        if !nonempty(&sec) || !nonempty(&public) {
             let _ = std::fs::remove_file(&sec);
             let _ = std::fs::remove_file(&public);
             run(Command::new(&drover)
@@ -239,7 +240,9 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
         return Ok(dir);
     }
     let _ = std::fs::remove_file(&stamp);
-    std::fs::copy(&public, dir.join("test.pub.pem"))?;
+    if dir != base {
+        std::fs::copy(&public, dir.join("test.pub.pem"))?;
+    }
     std::fs::write(dir.join("spec.toml"), spec_text)?;
     let out = dir.join("out");
     let _ = std::fs::remove_dir_all(&out);

@@ -106,8 +106,7 @@ fn update_over_the_channel_then_manual_rollback() {
     let console = g.console();
     let last = console
         .lines()
-        .filter(|l| l.contains("DROVER-STATUS "))
-        .last()
+        .rfind(|l| l.contains("DROVER-STATUS "))
         .unwrap_or("");
     let st = json_after(last, "DROVER-STATUS ");
     if st["booted"]["version"] != "1.0.0"
