@@ -17,7 +17,6 @@
 //!   (restart on corruption), mount ROOT, populate `/etc` on first boot,
 //!   switch root to systemd.
 
-pub mod devices;
 pub mod dm;
 pub mod early;
 pub mod grow;

@@ -81,9 +81,10 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
             .context("no drover.verity= on the command line")?,
     )?;
     let disk = crate::stage::find_disk(start)?;
-    let usr_part = crate::devices::partition_node(&disk, &slot)
+    let usr_part = drover_core::devices::partition_node(&disk, &slot)
         .with_context(|| format!("no {slot} partition"))?;
-    let root_part = crate::devices::partition_node(&disk, "ROOT").context("no ROOT partition")?;
+    let root_part =
+        drover_core::devices::partition_node(&disk, "ROOT").context("no ROOT partition")?;
     let dev = dm::create_verity(
         "usr",
         &VerityTable {

@@ -120,6 +120,7 @@ pub fn choose_and_prepare(
                     .iter()
                     .map(|(s, e)| (s.to_string(), e.clone()))
                     .collect();
+                append_record(&p.initrd, &p.record)?;
                 return Ok(p);
             }
             Err(e) => {
@@ -165,7 +166,7 @@ fn check_and_prepare(
         .boot
         .as_ref()
         .context("the manifest names no kernel: this slot cannot be booted")?;
-    let node = crate::devices::partition_node(disk, slot.label())
+    let node = drover_core::devices::partition_node(disk, slot.label())
         .with_context(|| format!("no device node for {slot} on {}", disk.display()))?;
     let name = "drover-stage-usr";
     let _ = dm::remove(name);
@@ -260,7 +261,8 @@ fn check_and_prepare(
     std::fs::create_dir_all(dir)?;
     let kpath = dir.join("slot-kernel");
     std::fs::write(&kpath, &kernel)?;
-    write_initrd(&dir.join("slot-initrd"), &initramfs, &record)?;
+    // The record goes on once the caller has filled in the decision.
+    std::fs::write(dir.join("slot-initrd"), &initramfs)?;
     Ok(Prepared {
         slot,
         kernel: kpath,
@@ -270,11 +272,10 @@ fn check_and_prepare(
     })
 }
 
-/// The slot initramfs with a second cpio archive appended that holds the
-/// boot record (the kernel unpacks concatenated archives in order).
-fn write_initrd(path: &Path, initramfs: &[u8], record: &BootRecord) -> anyhow::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(initramfs)?;
+/// Appends a second cpio archive holding the boot record to the slot
+/// initramfs (the kernel unpacks concatenated archives in order).
+fn append_record(path: &Path, record: &BootRecord) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     let json = serde_json::to_vec_pretty(record)?;
     let mut c = drover_core::cpio::Cpio::new(Vec::new(), 0);
     c.dir("etc")?;
@@ -287,8 +288,8 @@ fn write_initrd(path: &Path, initramfs: &[u8], record: &BootRecord) -> anyhow::R
 /// Finds the disk with the slots, waiting up to 10 s for devices to appear.
 pub fn find_disk(start: Instant) -> anyhow::Result<PathBuf> {
     for _ in 0..100 {
-        let parts = crate::devices::partitions(Path::new("/sys/class/block"));
-        if let Some(d) = crate::devices::slot_disk(&parts) {
+        let parts = drover_core::devices::partitions(Path::new("/sys/class/block"));
+        if let Some(d) = drover_core::devices::slot_disk(&parts) {
             step(start, &format!("slots found on {}", d.display()));
             return Ok(d);
         }

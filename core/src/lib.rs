@@ -5,6 +5,8 @@
 //! * [`verity`]: dm-verity hash trees, compatible with `veritysetup`.
 //! * [`keys`], [`manifest`], [`slot_image`]: the signed slot manifest and
 //!   the layout of a slot image.
+//! * [`devices`]: finding the slot disk and its partitions in sysfs (no
+//!   udev needed: the boot stage runs before it, and early units too).
 //! * [`channel`]: the signed update channel metadata.
 //! * [`measure`]: the events the boot stage extends into a TPM PCR, and
 //!   their replay.
@@ -14,6 +16,7 @@
 
 pub mod channel;
 pub mod cpio;
+pub mod devices;
 pub mod gptprio;
 pub mod keys;
 pub mod layout;

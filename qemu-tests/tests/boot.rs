@@ -185,6 +185,9 @@ fn through_ovmf_and_systemd_boot_with_a_tpm_pcr8_replays_from_the_boot_record() 
     let json = record_line.split_once("DROVER-BOOT-RECORD ").unwrap().1;
     let record: serde_json::Value = serde_json::from_str(json.trim())
         .unwrap_or_else(|e| g.fail(&format!("boot record is not JSON ({e}): {json}")));
+    if record["decision"] != "candidate" || record["slot"] != "USR-A" {
+        g.fail(&format!("boot record: {record:#}"));
+    }
     let events: Vec<measure::Event> = serde_json::from_value(record["events"].clone()).unwrap();
     let components: Vec<&str> = events.iter().map(|e| e.component.as_str()).collect();
     assert_eq!(

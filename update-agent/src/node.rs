@@ -42,29 +42,16 @@ pub fn booted(record: &Path) -> anyhow::Result<Booted> {
     })
 }
 
-/// The disk holding the partition labelled USR-A: `/dev/disk/by-partlabel`
-/// resolved, then the partition's parent in sysfs.
+/// The disk holding the partitions labelled USR-A and USR-B, from sysfs
+/// (`PARTNAME=` of each partition's uevent): no udev needed, so it works
+/// in units that run before udev has made `/dev/disk/by-partlabel`.
 pub fn find_disk() -> anyhow::Result<PathBuf> {
-    let link = Path::new("/dev/disk/by-partlabel").join(SlotId::A.label());
-    let part = std::fs::canonicalize(&link)
-        .with_context(|| format!("no {} (is udev running?)", link.display()))?;
-    let name = part
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("partition device name")?;
-    let sys = std::fs::canonicalize(Path::new("/sys/class/block").join(name))?;
-    let parent = sys
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .context("partition without a parent disk in sysfs")?;
-    let disk = Path::new("/dev").join(parent);
+    let parts = drover_core::devices::partitions(Path::new("/sys/class/block"));
+    let Some(disk) = drover_core::devices::slot_disk(&parts) else {
+        bail!("no disk has partitions labelled USR-A and USR-B (see /sys/class/block/*/uevent)");
+    };
     if !disk.exists() {
-        bail!(
-            "{} (the disk of {}) does not exist",
-            disk.display(),
-            part.display()
-        );
+        bail!("{} (the disk of the slots) does not exist", disk.display());
     }
     Ok(disk)
 }
