@@ -139,10 +139,20 @@ pub fn run() -> anyhow::Result<()> {
     // The demo's node: the agent follows the channel at 10.0.2.100 (QEMU
     // forwards it to nginx on the host's loopback), networkd brings up the
     // NIC, and the QEMU guest agent lets the demo run droverctl inside.
-    let spec = spec.replace(
-        "    \"linux-image-amd64\",",
-        "    \"qemu-guest-agent\",\n    \"linux-image-amd64\",",
-    ) + DEMO_SPEC_EXTRA;
+    let spec =
+        spec.replace(
+            "    \"linux-image-amd64\",",
+            "    \"qemu-guest-agent\",\n    \"linux-image-amd64\",",
+        )
+        .replace(
+            "# server = \"https://updates.example.com/drover/\"",
+            "server = \"http://10.0.2.100/\"\npoll-interval-secs = 15",
+        ) + DEMO_SPEC_EXTRA;
+    if !spec.contains("server = \"http://10.0.2.100/\"") || !spec.contains("qemu-guest-agent") {
+        bail!(
+            "examples/container-host.toml changed: the demo cannot point its agent at the channel"
+        );
+    }
     let mut outs: Vec<PathBuf> = Vec::new();
     for (v, sv) in [("1.0.0", 1), ("1.1.0", 1)] {
         let s = spec
@@ -320,11 +330,6 @@ fn status(start: Instant, g: &Guest, what: &str) -> anyhow::Result<()> {
 
 /// Added to the default spec for the demo's node.
 const DEMO_SPEC_EXTRA: &str = r#"
-[agent]
-server = "http://10.0.2.100/"
-channel = "stable"
-poll-interval-secs = 15
-
 [[files]]
 path = "/etc/drover/agent.toml.d/50-demo.toml"
 contents = "poll-jitter-secs = 0\n"
