@@ -103,12 +103,9 @@ fn update_over_the_channel_then_manual_rollback() {
     g.exec(&["/usr/bin/droverctl", "rollback", "--reboot"], false)
         .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
-    let console = g.console();
-    let last = console
-        .lines()
-        .rfind(|l| l.contains("DROVER-STATUS "))
-        .unwrap_or("");
-    let st = json_after(last, "DROVER-STATUS ");
+    // The report prints the agent's status on the next lines.
+    let last = g.expect("DROVER-STATUS ", BOOT);
+    let st = json_after(&last, "DROVER-STATUS ");
     if st["booted"]["version"] != "1.0.0"
         || st["last-rollback"]["manual"] != true
         || st["last-rollback"]["from-version"] != "2.0.0"
