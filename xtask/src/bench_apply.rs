@@ -59,23 +59,7 @@ fn payload(dir: &Path, mib: u64, key: &SigningKey) -> anyhow::Result<PathBuf> {
     let f = OpenOptions::new().read(true).write(true).open(&p)?;
     use std::os::unix::fs::FileExt as _;
     f.write_all_at(&[0u8; 1024], 0)?;
-    seal(
-        &f,
-        &p,
-        SealInput {
-            os: OsRelease {
-                name: "drover".into(),
-                version: "2.0.0".into(),
-                security_version: 1,
-            },
-            fs_kind: "erofs".into(),
-            created: 1_700_000_000,
-            salt: vec![3; 32],
-            boot: None,
-            reference: Vec::new(),
-        },
-        &[key],
-    )?;
+    seal_as(&p, "2.0.0", key)?;
     Ok(p)
 }
 
@@ -282,14 +266,20 @@ fn payload_small(dir: &Path, key: &SigningKey) -> anyhow::Result<PathBuf> {
         *b = (i % 251) as u8;
     }
     std::fs::write(&p, data)?;
-    let f = OpenOptions::new().read(true).write(true).open(&p)?;
+    seal_as(&p, "1.0.0", key)?;
+    Ok(p)
+}
+
+/// Seals the file at `p` in place as release `version`, signed by `key`.
+fn seal_as(p: &Path, version: &str, key: &SigningKey) -> anyhow::Result<()> {
+    let f = OpenOptions::new().read(true).write(true).open(p)?;
     seal(
         &f,
-        &p,
+        p,
         SealInput {
             os: OsRelease {
                 name: "drover".into(),
-                version: "1.0.0".into(),
+                version: version.into(),
                 security_version: 1,
             },
             fs_kind: "erofs".into(),
@@ -300,5 +290,5 @@ fn payload_small(dir: &Path, key: &SigningKey) -> anyhow::Result<PathBuf> {
         },
         &[key],
     )?;
-    Ok(p)
+    Ok(())
 }
