@@ -37,13 +37,7 @@ fn json_after<'a>(line: &'a str, marker: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or(serde_json::Value::Null)
 }
 
-/// Ignored in the default run (and so in CI) until it has proven stable
-/// there: it passed its update and confirmation steps here, then failed
-/// once on its own race (fixed) and once on a 600 s timeout while the
-/// machine also ran a full CI rehearsal. Run it with
-/// `cargo nextest run -p drover-qemu-tests --test lifecycle --run-ignored all`.
 #[test]
-#[ignore = "three TCG boots plus a download; not yet proven stable beside the other QEMU tests"]
 fn update_over_the_channel_then_manual_rollback() {
     let img = test_image();
     let v2 = image::release("v2", "2.0.0", "");
