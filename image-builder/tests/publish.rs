@@ -71,7 +71,7 @@ fn publish_signs_a_channel_and_counts_up() {
     let repo = dir.path().join("repo");
     let b1 = build_dir(dir.path(), "b1", "1.0.0", 0xa1, &key);
     let b2 = build_dir(dir.path(), "b2", "1.1.0", 0xb2, &key);
-    let publish = |b: &Path, extra: &[&str]| {
+    let publish_with = |b: &Path, key: &Path, extra: &[&str]| {
         let mut args = vec![
             "publish",
             "--repo",
@@ -81,11 +81,12 @@ fn publish_signs_a_channel_and_counts_up() {
             "--image",
             b.to_str().unwrap(),
             "--key",
-            sec.to_str().unwrap(),
+            key.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         drover(&args)
     };
+    let publish = |b: &Path, extra: &[&str]| publish_with(b, &sec, extra);
     let (ok, out) = publish(&b1, &["--rollout-hours", "6"]);
     assert!(ok, "{out}");
     let m = read_channel(&repo, &key);
@@ -122,17 +123,7 @@ fn publish_signs_a_channel_and_counts_up() {
     let sec2 = dir.path().join("k2.pem");
     std::fs::write(&sec2, pem2).unwrap();
     let b3 = build_dir(dir.path(), "b3", "1.2.0", 0xd3, &k2);
-    let (ok, out) = drover(&[
-        "publish",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--channel",
-        "stable",
-        "--image",
-        b3.to_str().unwrap(),
-        "--key",
-        sec2.to_str().unwrap(),
-    ]);
+    let (ok, out) = publish_with(&b3, &sec2, &[]);
     assert!(
         !ok && out.contains("does not verify with this key"),
         "{out}"
