@@ -431,6 +431,8 @@ pub struct VerifiedSlot {
     pub params: VerityParams,
     /// Root hash from the manifest.
     pub root_hash: [u8; 32],
+    /// Bytes of the whole slot image ([`SlotHeader::image_size`]).
+    pub image_size: u64,
 }
 
 /// Reads a slot image and verifies its manifest signature and the
@@ -450,6 +452,7 @@ pub fn open_verified<R: ReadAt + ?Sized>(
     };
     let params = m.verity.params().map_err(malformed)?;
     let root_hash = m.verity.root_hash_bytes().map_err(malformed)?;
+    let image_size = header.image_size();
     let l = header.locator;
     if l.data_size != params.data_size()
         || l.data_size != m.filesystem.size
@@ -466,6 +469,7 @@ pub fn open_verified<R: ReadAt + ?Sized>(
         verified,
         params,
         root_hash,
+        image_size,
     })
 }
 

@@ -256,9 +256,7 @@ pub fn apply(
     let v = slot_image::open_verified(src.at(), size, &name_path, trusted)
         .map_err(ApplyError::Payload)?;
     let m = v.verified.manifest.clone();
-    let header =
-        slot_image::read_header(src.at(), size, &name_path).map_err(ApplyError::Payload)?;
-    let total = header.image_size();
+    let total = v.image_size;
     if total != size {
         return Err(ApplyError::Payload(slot_image::SlotImageError::Malformed {
             path: name_path,
