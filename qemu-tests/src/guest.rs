@@ -410,6 +410,40 @@ impl Guest {
         }
     }
 
+    /// `droverctl status --json` in the guest, parsed.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, out) = self.exec(&["/usr/bin/droverctl", "status", "--json"], true)?;
+        if code != 0 {
+            anyhow::bail!("droverctl status exited with {code}: {out}");
+        }
+        serde_json::from_str(out.trim())
+            .map_err(|e| anyhow::anyhow!("droverctl status --json printed no JSON ({e}): {out}"))
+    }
+
+    /// Polls [`Guest::status`] every 2 s until `done` holds for it, and
+    /// returns that status; fails the test (with the console) on timeout.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        let mut last = String::from("(no answer yet)");
+        while start.elapsed() < timeout {
+            match self.status() {
+                Ok(st) if done(&st) => return st,
+                Ok(st) => last = format!("{st:#}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        self.fail(&format!(
+            "waited {} s for {what}; last status: {last}",
+            timeout.as_secs()
+        ))
+    }
+
     /// Waits until the guest agent answers (it starts late in the boot).
     pub fn wait_for_agent(&self, timeout: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
@@ -450,6 +484,13 @@ impl Guest {
             timeout.as_secs()
         )
     }
+}
+
+/// The JSON that follows `marker` on a console line (such as the test
+/// image's `DROVER-STATUS {...}`), or null.
+pub fn json_after(line: &str, marker: &str) -> serde_json::Value {
+    let s = line.split_once(marker).map(|x| x.1).unwrap_or("");
+    serde_json::from_str(s.trim()).unwrap_or(serde_json::Value::Null)
 }
 
 impl Drop for Guest {

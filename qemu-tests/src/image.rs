@@ -166,6 +166,34 @@ pub fn release(name: &str, version: &str, extra: &str) -> PathBuf {
         .join("out")
 }
 
+/// A release built from a whole spec text (for a release that changes
+/// what [`spec`]'s `extra` cannot reach, such as the kernel command line).
+pub fn release_spec(name: &str, spec_text: &str) -> PathBuf {
+    build(name, spec_text, true)
+        .unwrap_or_else(|e| panic!("building test release {name}: {e:#}"))
+        .join("out")
+}
+
+/// Publishes the release built in `build_dir` to channel `stable` of the
+/// static repository `repo`, signed with the test key.
+pub fn publish(repo: &Path, build_dir: &Path) {
+    let (sec, _) = keys();
+    let o = Command::new(drover_binary())
+        .args(["publish", "--channel", "stable", "--repo"])
+        .arg(repo)
+        .arg("--image")
+        .arg(build_dir)
+        .arg("--key")
+        .arg(sec)
+        .output()
+        .expect("running drover publish");
+    assert!(
+        o.status.success(),
+        "drover publish: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The test signing key pair: `(secret, public)`.
 pub fn keys() -> (PathBuf, PathBuf) {
     let base = target_dir().join("tmp/drover-qemu-image");

@@ -4,38 +4,13 @@
 //! writes USR-B, flips and reboots; the machine comes up on v2 and marks it
 //! successful; then `droverctl rollback --reboot` brings v1 back.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Firmware, GuestBuilder};
-use drover_qemu_tests::image::{self, test_image};
+use drover_qemu_tests::guest::{json_after, Firmware, GuestBuilder};
+use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
 const BOOT: Duration = Duration::from_secs(600);
-
-fn publish(repo: &Path, build_dir: &Path) {
-    let (sec, _) = image::keys();
-    let o = Command::new(image::drover_binary())
-        .args(["publish", "--channel", "stable", "--repo"])
-        .arg(repo)
-        .arg("--image")
-        .arg(build_dir)
-        .arg("--key")
-        .arg(sec)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "drover publish: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn json_after<'a>(line: &'a str, marker: &str) -> serde_json::Value {
-    let s: &'a str = line.split_once(marker).map(|x| x.1).unwrap_or("");
-    serde_json::from_str(s.trim()).unwrap_or(serde_json::Value::Null)
-}
 
 #[test]
 fn update_over_the_channel_then_manual_rollback() {
@@ -79,20 +54,11 @@ fn update_over_the_channel_then_manual_rollback() {
     g.wait_for_agent(Duration::from_secs(120))
         .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
     // Marked successful once boot-complete.target was reached.
-    let mut status = serde_json::Value::Null;
-    for _ in 0..60 {
-        let (code, out) = g
-            .exec(&["/usr/bin/droverctl", "status", "--json"], true)
-            .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
-        status = json_after(&format!("x{out}"), "x");
-        if code == 0 && status["booted-successful"] == true {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    let status = g.wait_status(Duration::from_secs(120), "v2 marked successful", |st| {
+        st["booted-successful"] == true
+    });
     if status["booted"]["slot"] != "USR-B"
         || status["booted"]["version"] != "2.0.0"
-        || status["booted-successful"] != true
         || status["other"]["version"] != "1.0.0"
         || status["other"]["state"] != "good"
     {

@@ -317,10 +317,15 @@ impl Agent {
     }
 
     /// Called while confirming: once the booted slot is marked successful,
-    /// the update is confirmed; past the timeout, the agent reboots into
-    /// the previous slot (the new one has no tries left, so the stage
-    /// falls back).
-    pub fn confirm_tick(&self, since_boot: std::time::Duration) -> anyhow::Result<()> {
+    /// the update is confirmed; when a check `boot-complete.target`
+    /// requires has failed (`failed_checks`, see [`crate::assess`]) or
+    /// past the timeout, the agent reboots into the previous slot (the new
+    /// one has no tries left, so the stage falls back).
+    pub fn confirm_tick(
+        &self,
+        since_boot: std::time::Duration,
+        failed_checks: impl FnOnce() -> Vec<String>,
+    ) -> anyhow::Result<()> {
         if self.status().operation != Operation::Confirming {
             return Ok(());
         }
@@ -331,6 +336,17 @@ impl Agent {
                 "update confirmed: boot-complete.target reached and the slot marked successful"
             );
             self.set_op(Operation::Idle);
+            return Ok(());
+        }
+        let failed = failed_checks();
+        if !failed.is_empty() {
+            tracing::warn!(
+                failed_units = %failed.join(" "),
+                "boot assessment failed ({} required by boot-complete.target failed): rebooting into the previous slot",
+                failed.join(", ")
+            );
+            self.set_op(Operation::Rebooting);
+            self.rebooter.reboot()?;
         } else if since_boot.as_secs() >= self.cfg.boot_complete_timeout_secs {
             tracing::warn!(
                 "boot-complete.target not reached within {} s: rebooting into the previous slot",

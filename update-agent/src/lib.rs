@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod assess;
 pub mod config;
 pub mod ctl;
 pub mod dbus;

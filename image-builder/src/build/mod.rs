@@ -99,6 +99,8 @@ pub struct BuildReport {
     /// Reference values of the boot stage on the ESP (what the firmware
     /// measures): systemd-boot, stage kernel, stage initramfs.
     pub boot_stage: Vec<ReferenceValue>,
+    /// The Debian packages in the image, `name:arch version`, sorted.
+    pub packages: Vec<String>,
     /// Time per stage.
     pub stages: Vec<StageTime>,
 }
@@ -242,6 +244,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         rootfs::create(&source, &root, &opts.cache, epoch, &w.join("rootfs.log"))
     })?;
 
+    let packages = rootfs::installed_packages(&root)?;
     let tree = st.run("usr", "making a /usr-only tree", || {
         usr::prepare(&root, spec, Some(&opts.agent_binaries))
     })?;
@@ -445,6 +448,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         manifest_sha256: hex::encode(Sha256::digest(&signed.bytes)),
         artifacts,
         boot_stage,
+        packages,
         stages: st.times,
     };
     // Publish: old build.json first out, new build.json last in.

@@ -75,6 +75,43 @@ pub fn create(
     }
 }
 
+/// The Debian packages installed in the tree at `root`, as sorted
+/// `name version` lines from dpkg's status database (empty for a tree
+/// without one). Recorded in `build.json`: the inputs of a build that
+/// fetched from a live mirror are only the same when these are.
+pub fn installed_packages(root: &Path) -> anyhow::Result<Vec<String>> {
+    let status = root.join("var/lib/dpkg/status");
+    let text = match std::fs::read_to_string(&status) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", status.display())),
+    };
+    Ok(parse_dpkg_status(&text))
+}
+
+fn parse_dpkg_status(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let (Some(pkg), Some(version), Some(state)) =
+            (field("Package"), field("Version"), field("Status"))
+        else {
+            continue;
+        };
+        if state.ends_with(" installed") {
+            let arch = field("Architecture").unwrap_or("all");
+            out.push(format!("{pkg}:{arch} {version}"));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn mmdebstrap(
     d: &DebianSection,
     target: &Path,
@@ -126,4 +163,25 @@ fn mmdebstrap(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_lists_installed_packages_only() {
+        let text = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\n\
+                    Version: 1:1.2.13.dfsg-1\nDescription: x\n continued\n\n\
+                    Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n\
+                    Package: base-files\nStatus: install ok installed\nArchitecture: amd64\n\
+                    Version: 12.4+deb12u5\n";
+        assert_eq!(
+            parse_dpkg_status(text),
+            vec![
+                "base-files:amd64 12.4+deb12u5".to_string(),
+                "zlib1g:amd64 1:1.2.13.dfsg-1".to_string()
+            ]
+        );
+    }
 }

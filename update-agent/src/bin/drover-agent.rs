@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use drover_update_agent::agent::Agent;
+use drover_update_agent::assess;
 use drover_update_agent::config::{self, Config};
 use drover_update_agent::reboot::Logind;
 use drover_update_agent::{dbus, metrics, node};
@@ -108,7 +109,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Instant::now() + Duration::from_secs(random_below(60).min(cfg.poll_jitter_secs));
     loop {
         std::thread::sleep(Duration::from_secs(2));
-        if let Err(e) = agent.confirm_tick(started.elapsed()) {
+        let failed_checks = || {
+            assess::failed_boot_checks(&conn).unwrap_or_else(|e| {
+                // No systemd on this bus (a test bus, a container): only
+                // the timeout decides.
+                tracing::debug!("boot assessment: {e}");
+                Vec::new()
+            })
+        };
+        if let Err(e) = agent.confirm_tick(started.elapsed(), failed_checks) {
             tracing::error!("{e:#}");
         }
         if let Err(e) = agent.maybe_reboot() {

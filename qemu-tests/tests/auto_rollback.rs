@@ -1,0 +1,146 @@
+//! Automatic rollback (issue 6): an update whose boot fails brings the
+//! machine back to the version it ran, on its own, and is never installed
+//! again. Two ways a boot fails, on one machine one after the other:
+//!
+//! 1. 3.0.0 boots, but a health check (a unit `RequiredBy=`
+//!    `boot-complete.target`) fails, so the slot is never marked
+//!    successful; the agent sees the failed check and reboots, and the
+//!    stage, finding the slot's tries used up, boots the previous one.
+//! 2. 3.0.1 has a kernel command line its kernel cannot start with (no
+//!    init: the kernel panics, `panic=5` reboots it); the stage again
+//!    falls back.
+//!
+//! The machine starts on 1.0.0 (the shared test image) rather than on a
+//! 2.0.0 reached by an update first: the property is the same, "back to the
+//! version that ran before", and one update cycle less keeps the test
+//! inside a few TCG boots.
+
+use std::time::Duration;
+
+use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::image::{self, publish, test_image};
+use drover_qemu_tests::web::Nginx;
+
+const BOOT: Duration = Duration::from_secs(600);
+
+/// The health check of release 3.0.0: a unit that fails, required by
+/// `boot-complete.target` (systemd's boot assessment hook).
+const FAILING_HEALTH_CHECK: &str = r#"
+[[files]]
+path = "/usr/lib/systemd/system/drover-test-health.service"
+contents = """[Unit]
+Description=A health check that fails (Drover test release only)
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'echo DROVER-TEST-HEALTH failing on purpose > /dev/ttyS0; exit 1'
+"""
+
+[[files]]
+path = "/usr/lib/systemd/system/boot-complete.target.requires/drover-test-health.service"
+link = "../drover-test-health.service"
+"#;
+
+/// Requests for `version`'s payload in nginx's access log.
+fn payload_requests(web: &Nginx, version: &str) -> usize {
+    let needle = format!("releases/{version}/usr.img");
+    web.access_log()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Waits for the agent, on the old slot again, to report the rollback of
+/// `failed` (not a manual one) and to have given that slot priority 0.
+fn expect_rollback(g: &mut Guest, failed: &str) {
+    g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+    g.wait_for_agent(Duration::from_secs(120))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    let st = g.wait_status(
+        Duration::from_secs(120),
+        &format!("the rollback of {failed} reported"),
+        |st| st["last-rollback"]["from-version"] == failed,
+    );
+    if st["booted"]["slot"] != "USR-A"
+        || st["booted"]["version"] != "1.0.0"
+        || st["booted-successful"] != true
+        || st["last-rollback"]["to-version"] != "1.0.0"
+        || st["last-rollback"]["manual"] != false
+        || !st["failed-versions"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == failed))
+        || st["other"]["state"] != "unbootable"
+    {
+        g.fail(&format!("status after the rollback of {failed}: {st:#}"));
+    }
+}
+
+#[test]
+fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
+    let img = test_image();
+    let health = image::release("v3-health", "3.0.0", FAILING_HEALTH_CHECK);
+    let cmdline = "console=tty0 console=ttyS0,115200 panic=5\"";
+    let spec = image::spec("3.0.1", "");
+    assert!(spec.contains(cmdline), "the test spec's command line moved");
+    // No init in the slot's initramfs and no root device: the kernel panics.
+    let panics = image::release_spec(
+        "v3-panic",
+        &spec.replace(
+            cmdline,
+            "console=tty0 console=ttyS0,115200 panic=5 rdinit=/drover-test-no-such-init\"",
+        ),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let web = Nginx::serve(&repo, None);
+    let disk = img.fresh_disk(dir.path());
+    let sock = dir.path().join("qga.sock");
+    let mut g = GuestBuilder::new(
+        "auto-rollback",
+        &disk,
+        Firmware::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            append: "console=ttyS0,115200 drover.stage panic=5".into(),
+        },
+    )
+    .channel(web.port)
+    .guest_agent(&sock)
+    .allow_reboot()
+    .start()
+    .unwrap();
+    g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+
+    // 1. A failing health check.
+    publish(&repo, &health);
+    // Only 3.0.0 has this unit: the line shows the new slot booted. The
+    // agent sees the check failed and reboots at once (no timeout), so
+    // the test image's report may not get to print on this boot.
+    g.expect("DROVER-TEST-HEALTH failing on purpose", BOOT);
+    expect_rollback(&mut g, "3.0.0");
+
+    // 2. A kernel that cannot start.
+    publish(&repo, &panics);
+    g.expect("Kernel panic", BOOT);
+    expect_rollback(&mut g, "3.0.1");
+
+    // Not installed again: more polls of the channel, which still
+    // offers 3.0.1, fetch no payload and leave USR-B alone.
+    let fetched = payload_requests(&web, "3.0.1");
+    let checked = g.status().unwrap_or_else(|e| g.fail(&format!("{e:#}")))["last-check"].clone();
+    let st = g.wait_status(Duration::from_secs(120), "two more checks", |st| {
+        st["last-check"].as_u64().unwrap_or(0) > checked.as_u64().unwrap_or(0) + 15
+    });
+    if payload_requests(&web, "3.0.1") != fetched
+        || !matches!(st["operation"].as_str(), Some("idle" | "checking"))
+        || st["other"]["state"] != "unbootable"
+    {
+        g.fail(&format!(
+            "3.0.1 was tried again: status {st:#}\naccess log:\n{}",
+            web.access_log()
+        ));
+    }
+}

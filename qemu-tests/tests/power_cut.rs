@@ -1,0 +1,155 @@
+//! Power cuts during an update (issue 6): QEMU is killed (SIGKILL, the
+//! guest gets no warning) at points of the write of 2.0.0 into USR-B
+//! chosen from a fixed seed. After every cut the machine must boot 1.0.0
+//! from USR-A, verified, with USR-B never made bootable; the agent then
+//! resumes the download from its last synced point, and after the last cut
+//! the update completes: 2.0.0 boots from USR-B and is marked successful.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use drover_core::{PartitionTable, SlotId, Slots};
+use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::image::{self, publish, test_image};
+use drover_qemu_tests::web::Nginx;
+
+const BOOT: Duration = Duration::from_secs(600);
+const SEED: u64 = 0x6d72_6f76_6572;
+const CUTS: usize = 3;
+/// The agent's resume granularity (`drover_update_agent::apply::CHECKPOINT_BYTES`).
+const CHECKPOINT: u64 = 32 << 20;
+
+/// `CUTS` points in (0.1, 0.9) of the payload, ascending, from [`SEED`]
+/// (xorshift64*, so the test cuts at the same points every run).
+fn cut_points() -> Vec<f64> {
+    let mut x = SEED;
+    let mut v: Vec<f64> = (0..CUTS)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+            0.1 + 0.8 * (r as f64 / (1u64 << 53) as f64)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// (priority, tries, successful) of `slot`, read from the disk image.
+fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
+    let (t, _) = PartitionTable::open(disk).unwrap();
+    let p = Slots::from_table(t, SlotId::A).unwrap().get(slot).prio;
+    (p.priority(), p.tries(), p.successful())
+}
+
+fn start(name: &str, disk: &Path, sock: &Path, port: u16) -> Guest {
+    let img = test_image();
+    let _ = std::fs::remove_file(sock);
+    GuestBuilder::new(
+        name,
+        disk,
+        Firmware::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            append: "console=ttyS0,115200 drover.stage panic=5".into(),
+        },
+    )
+    .channel(port)
+    .guest_agent(sock)
+    .allow_reboot()
+    .start()
+    .unwrap()
+}
+
+/// Expects 1.0.0 booted from USR-A through dm-verity.
+fn expect_v1_verified(g: &mut Guest) {
+    let line = g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+    if !line.contains("usr=ro usr_source=/dev/dm-") || !line.contains("multi_user=active") {
+        g.fail(&format!("1.0.0 did not come up verified: {line}"));
+    }
+}
+
+/// Largest start offset of a range request for the 2.0.0 payload.
+fn furthest_resume(web: &Nginx) -> u64 {
+    web.access_log()
+        .lines()
+        .filter(|l| l.contains("releases/2.0.0/usr.img"))
+        .filter_map(|l| {
+            let r = l.split_once("bytes=")?.1;
+            r.split('-').next()?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_completes() {
+    let img = test_image();
+    let v2 = image::release("v2", "2.0.0", "");
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    // Throttled so that the cut points can be hit by polling the agent.
+    let web = Nginx::serve(&repo, Some("12m"));
+    let disk = img.fresh_disk(dir.path());
+    let sock = dir.path().join("qga.sock");
+    let points = cut_points();
+    eprintln!("power_cut: seed {SEED:#x}, cuts at {points:.3?} of the payload");
+
+    let mut g = start("power-cut-0", &disk, &sock, web.port);
+    expect_v1_verified(&mut g);
+    publish(&repo, &v2);
+    for (i, &at) in points.iter().enumerate() {
+        g.wait_for_agent(Duration::from_secs(180))
+            .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+        // Poll the agent's progress; cut the power once it passes `at`.
+        let t = Instant::now();
+        let written = loop {
+            if t.elapsed() > BOOT {
+                g.fail(&format!("the write never reached {at:.3} of the payload"));
+            }
+            if let Ok(st) = g.status() {
+                let p = &st["progress"];
+                if let (Some(done), Some(all)) = (p[0].as_u64(), p[1].as_u64()) {
+                    if all > 0 && done as f64 >= at * all as f64 {
+                        break (done, all);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        g.stop();
+        eprintln!(
+            "power_cut: cut {} at {} of {} bytes",
+            i + 1,
+            written.0,
+            written.1
+        );
+        let (prio_b, ..) = bits(&disk, SlotId::B);
+        let (prio_a, _, good_a) = bits(&disk, SlotId::A);
+        assert_eq!(prio_b, 0, "cut {}: USR-B bootable mid-write", i + 1);
+        assert!(prio_a > 0 && good_a, "cut {}: USR-A no longer good", i + 1);
+        g = start(&format!("power-cut-{}", i + 1), &disk, &sock, web.port);
+        expect_v1_verified(&mut g);
+    }
+
+    // The last boot: the agent resumes, finishes, flips and reboots.
+    let line = g.expect("DROVER-TEST-REPORT slot=USR-B version=2.0.0", BOOT);
+    if !line.contains("usr_source=/dev/dm-") || !line.contains("multi_user=active") {
+        g.fail(&format!("2.0.0 did not come up verified: {line}"));
+    }
+    g.wait_for_agent(Duration::from_secs(180))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    g.wait_status(Duration::from_secs(180), "2.0.0 marked successful", |st| {
+        st["booted"]["version"] == "2.0.0" && st["booted-successful"] == true
+    });
+    // The downloads were resumed, not restarted: some request for the
+    // payload started at a synced point past the first one.
+    let resumed = furthest_resume(&web);
+    if resumed < CHECKPOINT {
+        g.fail(&format!(
+            "no download resumed past {CHECKPOINT} bytes; access log:\n{}",
+            web.access_log()
+        ));
+    }
+}
