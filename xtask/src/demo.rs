@@ -1,11 +1,9 @@
 //! `cargo xtask demo`: the main job, narrated. Builds v1 and v2 of the
 //! default image (examples/container-host.toml) with a development key,
-//! boots v1 in QEMU through OVMF and systemd-boot, applies v2 to the
-//! inactive slot offline, boots v2, rolls back and boots v1 again.
-//!
-//! The network path (the agent following a channel over HTTP) is issue 5;
-//! until then the update is applied with `droverctl update --disk`, which
-//! runs the agent's checks and order of writes.
+//! publishes v2 to a signed channel served by nginx on loopback, boots v1 in
+//! QEMU through OVMF and systemd-boot with the agent pointed at the channel
+//! (reachable from the guest only through QEMU user networking), and shows
+//! the agent updating to v2, rebooting, confirming, then a manual rollback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::web::Nginx;
 
 fn say(start: Instant, msg: &str) {
     println!("\n[demo {:>4}s] {msg}", start.elapsed().as_secs());
@@ -63,40 +62,6 @@ fn run_quiet(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn boot(
-    start: Instant,
-    name: &str,
-    disk: &Path,
-    dir: &Path,
-    expect_slot: &str,
-    expect_version: &str,
-) -> anyhow::Result<()> {
-    let mut g = GuestBuilder::new(
-        name,
-        disk,
-        Firmware::Ovmf {
-            vars: dir.join(format!("{name}-vars.fd")),
-        },
-    )
-    .probe_kernel(&dir.join("stage-vmlinuz"))
-    .start()?;
-    let t = Duration::from_secs(600);
-    show(start, &mut g, "chose USR-", t)?;
-    show(start, &mut g, "kexec into", t)?;
-    let l = show(start, &mut g, "/usr: USR-", t)?;
-    if !l.contains(expect_slot) {
-        bail!("expected {expect_slot}: {l}");
-    }
-    let w = show(start, &mut g, "Welcome to", t)?;
-    if !w.contains(expect_version) {
-        bail!("expected Drover {expect_version}: {w}");
-    }
-    // The login prompt on the serial console: systemd is up and getty runs.
-    show(start, &mut g, "login:", t)?;
-    g.stop();
-    Ok(())
 }
 
 /// Whether an earlier build in `out` is from the same spec text and newer
@@ -171,6 +136,23 @@ pub fn run() -> anyhow::Result<()> {
     let spec = std::fs::read_to_string(root.join("examples/container-host.toml"))?;
     let trust = format!("keys = [\"{}\"]", public.display());
     let spec = spec.replace("# keys = [\"keys/release.pub.pem\"]", &trust);
+    // The demo's node: the agent follows the channel at 10.0.2.100 (QEMU
+    // forwards it to nginx on the host's loopback), networkd brings up the
+    // NIC, and the QEMU guest agent lets the demo run droverctl inside.
+    let spec =
+        spec.replace(
+            "    \"linux-image-amd64\",",
+            "    \"qemu-guest-agent\",\n    \"linux-image-amd64\",",
+        )
+        .replace(
+            "# server = \"https://updates.example.com/drover/\"",
+            "server = \"http://10.0.2.100/\"\npoll-interval-secs = 15",
+        ) + DEMO_SPEC_EXTRA;
+    if !spec.contains("server = \"http://10.0.2.100/\"") || !spec.contains("qemu-guest-agent") {
+        bail!(
+            "examples/container-host.toml changed: the demo cannot point its agent at the channel"
+        );
+    }
     let mut outs: Vec<PathBuf> = Vec::new();
     for (v, sv) in [("1.0.0", 1), ("1.1.0", 1)] {
         let s = spec
@@ -178,7 +160,13 @@ pub fn run() -> anyhow::Result<()> {
             .replace("security-version = 1", &format!("security-version = {sv}"));
         let spec_path = dir.join(format!("container-host-{v}.toml"));
         let out = dir.join(format!("out-{v}"));
-        if reusable(&spec_path, &s, &out, &[bin("drover"), bin("drover-boot")]) {
+        let bins = [
+            bin("drover"),
+            bin("drover-boot"),
+            bin("drover-agent"),
+            bin("droverctl"),
+        ];
+        if reusable(&spec_path, &s, &out, &bins) {
             say(
                 start,
                 &format!(
@@ -224,63 +212,137 @@ pub fn run() -> anyhow::Result<()> {
             .arg("::/drover/vmlinuz")
             .arg(dir.join("stage-vmlinuz")),
     )?;
-    let slots = |what: &str| -> anyhow::Result<()> {
-        say(start, what);
-        print!(
-            "{}",
-            run_quiet(
-                Command::new(bin("droverctl"))
-                    .arg("slots")
-                    .arg("--disk")
-                    .arg(&disk)
-            )?
-        );
-        Ok(())
-    };
-    slots("the node's disk: v1.0.0 in USR-A, USR-B empty")?;
-    say(start, "booting the node in QEMU (OVMF, systemd-boot, drover-boot stage, kexec into the slot); TCG takes a minute or two");
-    boot(start, "v1", &disk, &dir, "USR-A", "1.0.0")?;
-
-    say(start, "applying 1.1.0 to the inactive slot (signature, security version, stream + verity check, then one try)");
+    say(start, "the node's disk: v1.0.0 in USR-A, USR-B empty");
     print!(
         "{}",
         run_quiet(
             Command::new(bin("droverctl"))
-                .arg("update")
-                .arg("--from")
-                .arg(&outs[1])
+                .arg("slots")
                 .arg("--disk")
                 .arg(&disk)
-                .arg("--trust")
-                .arg(&public)
         )?
     );
+
+    let repo = dir.join("repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    let web = Nginx::serve(&repo, None);
     say(
         start,
-        "rebooting: the stage uses up USR-B's try, checks every block of the new slot and boots it",
+        &format!(
+            "an empty update channel served by nginx on 127.0.0.1:{} (the guest sees it as http://10.0.2.100/)",
+            web.port
+        ),
     );
-    boot(start, "v2", &disk, &dir, "USR-B", "1.1.0")?;
-    say(start, "1.1.0 is up (login prompt): marking USR-B successful (the agent will do this after boot-complete.target)");
+    let sock = dir.join("qga.sock");
+    let _ = std::fs::remove_file(&sock);
+    say(start, "booting the node in QEMU (OVMF, systemd-boot, drover-boot stage, kexec into the slot); TCG takes a minute or two");
+    let mut g = GuestBuilder::new(
+        "demo",
+        &disk,
+        Firmware::Ovmf {
+            vars: dir.join("demo-vars.fd"),
+        },
+    )
+    .probe_kernel(&dir.join("stage-vmlinuz"))
+    .channel(web.port)
+    .guest_agent(&sock)
+    .allow_reboot()
+    .start()?;
+    let t = Duration::from_secs(900);
+    show(start, &mut g, "chose USR-A", t)?;
+    show(start, &mut g, "kexec into", t)?;
+    show(start, &mut g, "Welcome to", t)?;
+    show(start, &mut g, "login:", t)?;
+    g.wait_for_agent(t)?;
+    status(start, &g, "droverctl status on the node")?;
+
+    say(
+        start,
+        "publishing 1.1.0 to the channel (drover publish: payload, manifest, signed metadata)",
+    );
     print!(
         "{}",
         run_quiet(
-            Command::new(bin("droverctl"))
-                .args(["mark-successful", "--slot", "USR-B", "--disk"])
-                .arg(&disk)
+            Command::new(bin("drover"))
+                .args(["publish", "--channel", "stable", "--repo"])
+                .arg(&repo)
+                .arg("--image")
+                .arg(&outs[1])
+                .arg("--key")
+                .arg(&key)
         )?
+    );
+    say(start, "the agent polls every 15 s: it checks the signed metadata, streams 1.1.0 into USR-B while hashing it, flips the priorities and reboots through logind");
+    show(start, &mut g, "drover-boot: ", t)?;
+    show(start, &mut g, "chose USR-B", t)?;
+    show(start, &mut g, "every block was checked", t)?;
+    show(start, &mut g, "kexec into USR-B", t)?;
+    show(start, &mut g, "Welcome to", t)?;
+    show(start, &mut g, "login:", t)?;
+    g.wait_for_agent(t)?;
+    say(start, "1.1.0 is up; drover-boot-complete.service marks USR-B successful once boot-complete.target is reached");
+    let t0 = Instant::now();
+    loop {
+        let st = g.status()?;
+        if st["booted"]["version"] == "1.1.0" && st["booted-successful"] == true {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("USR-B was not marked successful: {st:#}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    status(start, &g, "droverctl status on the node")?;
+    let log = web.access_log();
+    let fetched: Vec<&str> = log.lines().filter(|l| l.contains("usr.img")).collect();
+    say(
+        start,
+        &format!(
+            "what the node fetched from the channel (nginx log): {}",
+            fetched.join(" | ")
+        ),
     );
 
-    say(start, "manual rollback to the previous version");
-    print!(
-        "{}",
-        run_quiet(
-            Command::new(bin("droverctl"))
-                .arg("rollback")
-                .arg("--disk")
-                .arg(&disk)
-        )?
+    say(
+        start,
+        "manual rollback: droverctl rollback --reboot on the node",
     );
-    boot(start, "rollback", &disk, &dir, "USR-A", "1.0.0")?;
-    slots("done: the node runs 1.0.0 again, 1.1.0 stays in USR-B as a rollback target")?;
+    g.exec(&["/usr/bin/droverctl", "rollback", "--reboot"], false)?;
+    show(start, &mut g, "chose USR-A", t)?;
+    show(start, &mut g, "kexec into", t)?;
+    show(start, &mut g, "Welcome to", t)?;
+    show(start, &mut g, "login:", t)?;
+    g.wait_for_agent(t)?;
+    status(start, &g, "done: the node runs 1.0.0 again, reported as a manual rollback; the agent will not reinstall 1.1.0 on its own")?;
+    g.stop();
     Ok(())
 }
+
+/// Prints `droverctl status` from inside the guest.
+fn status(start: Instant, g: &Guest, what: &str) -> anyhow::Result<()> {
+    say(start, what);
+    let (_, out) = g.exec(&["/usr/bin/droverctl", "status"], true)?;
+    for l in out.lines() {
+        println!("    {l}");
+    }
+    Ok(())
+}
+
+/// Added to the default spec for the demo's node.
+const DEMO_SPEC_EXTRA: &str = r#"
+[[files]]
+path = "/etc/drover/agent.toml.d/50-demo.toml"
+contents = "poll-jitter-secs = 0\n"
+
+[[files]]
+path = "/etc/systemd/network/80-dhcp.network"
+contents = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+
+[[files]]
+path = "/usr/lib/systemd/system/multi-user.target.wants/systemd-networkd.service"
+link = "../systemd-networkd.service"
+
+[[files]]
+path = "/usr/lib/systemd/system/sockets.target.wants/systemd-networkd.socket"
+link = "../systemd-networkd.socket"
+"#;

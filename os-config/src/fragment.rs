@@ -1,0 +1,248 @@
+//! One config fragment as written: every field optional, unknown keys
+//! refused, each value checked by its type as it is read (so an error
+//! names the fragment and the key).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    AbsPath, Channel, DropInName, Hostname, Line, Mode, NodePath, Owner, Sha256Hex, SshKey,
+    SysctlKey, UnitName, Url, UserName,
+};
+
+/// A fragment: the whole schema, every part optional.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Fragment {
+    /// The node's host name (`/etc/hostname`).
+    pub hostname: Option<Hostname>,
+    /// Users to create (by `systemd-sysusers`), with SSH keys.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Files to write.
+    #[serde(default)]
+    pub files: Vec<File>,
+    /// systemd units: new ones, drop-ins, enabling.
+    #[serde(default)]
+    pub units: Vec<Unit>,
+    /// Kernel parameters (`/etc/sysctl.d`).
+    #[serde(default)]
+    pub sysctl: BTreeMap<SysctlKey, SysctlValue>,
+    /// The update agent's settings.
+    pub update: Option<Update>,
+    /// The kubelet.
+    pub kubelet: Option<Kubelet>,
+}
+
+/// A user.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct User {
+    /// Login name. `root` takes only `ssh-authorized-keys`.
+    pub name: UserName,
+    /// User (and primary group) id; default: from 1000 up, in order.
+    pub uid: Option<u32>,
+    /// GECOS field.
+    pub gecos: Option<Line>,
+    /// Login shell; default `/bin/bash`.
+    pub shell: Option<AbsPath>,
+    /// Supplementary groups (created when missing).
+    #[serde(default)]
+    pub groups: Vec<UserName>,
+    /// `authorized_keys` lines.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<SshKey>,
+}
+
+/// A file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    /// Where.
+    pub path: NodePath,
+    /// Permission bits, octal; default `0644`.
+    pub mode: Option<Mode>,
+    /// Owner; default `root`.
+    pub owner: Option<Owner>,
+    /// Group; default the owner's primary group.
+    pub group: Option<Owner>,
+    /// Text contents.
+    pub contents: Option<String>,
+    /// Binary contents, base64.
+    pub contents_base64: Option<String>,
+}
+
+/// A unit.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Unit {
+    /// Unit name with its suffix.
+    pub name: UnitName,
+    /// The unit file (for a new unit, written to `/etc/systemd/system`).
+    pub contents: Option<String>,
+    /// Enable it (links as its `[Install]` section says).
+    pub enabled: Option<bool>,
+    /// Drop-ins (`/etc/systemd/system/NAME.d/`).
+    #[serde(default)]
+    pub drop_ins: Vec<DropIn>,
+}
+
+/// A unit drop-in.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DropIn {
+    /// `NAME.conf`.
+    pub name: DropInName,
+    /// Its text.
+    pub contents: String,
+}
+
+/// A sysctl value: text or a number.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    /// A number.
+    Int(i64),
+    /// Text, one line.
+    Text(Line),
+}
+
+impl std::fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SysctlValue::Int(i) => write!(f, "{i}"),
+            SysctlValue::Text(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// The update agent's settings (rendered as an agent drop-in).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Update {
+    /// The release repository.
+    pub server: Option<Url>,
+    /// Channel.
+    pub channel: Option<Channel>,
+    /// `immediate`, `off` or `window`.
+    pub reboot_strategy: Option<RebootStrategy>,
+    /// The maintenance window, for `window`.
+    pub window: Option<Window>,
+    /// Seconds between checks.
+    pub poll_interval_secs: Option<u64>,
+}
+
+/// When the agent reboots into an update.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootStrategy {
+    /// As soon as the update is written.
+    Immediate,
+    /// Never on its own.
+    Off,
+    /// Inside the maintenance window.
+    Window,
+}
+
+/// A weekly maintenance window, UTC.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Window {
+    /// Days: `mon` … `sun`.
+    pub days: Vec<Weekday>,
+    /// Start, `HH:MM`.
+    pub start: ClockTime,
+    /// Length in minutes (1 to 1440).
+    pub length_minutes: WindowLength,
+}
+
+/// A day of the week.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    /// Monday.
+    Mon,
+    /// Tuesday.
+    Tue,
+    /// Wednesday.
+    Wed,
+    /// Thursday.
+    Thu,
+    /// Friday.
+    Fri,
+    /// Saturday.
+    Sat,
+    /// Sunday.
+    Sun,
+}
+
+/// `HH:MM`, 24 hours.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClockTime(String);
+
+impl TryFrom<String> for ClockTime {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() == 5
+            && s.split_once(':')
+                .and_then(|(h, m)| Some((h.parse::<u8>().ok()?, m.parse::<u8>().ok()?)))
+                .is_some_and(|(h, m)| h < 24 && m < 60);
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!("'{s}' is not a time of day HH:MM"))
+        }
+    }
+}
+
+impl From<ClockTime> for String {
+    fn from(c: ClockTime) -> String {
+        c.0
+    }
+}
+
+/// Minutes, 1 to 1440.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct WindowLength(u32);
+
+impl TryFrom<u32> for WindowLength {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        if (1..=1440).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(format!("{n} minutes: a window is 1 to 1440 minutes long"))
+        }
+    }
+}
+
+impl From<WindowLength> for u32 {
+    fn from(w: WindowLength) -> u32 {
+        w.0
+    }
+}
+
+/// The kubelet.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Kubelet {
+    /// Enable `kubelet.service`.
+    pub enabled: Option<bool>,
+    /// The SHA-256 of `/opt/bin/kubelet` (not a Debian package: a
+    /// `[[files]]` entry, the installer or provisioning puts it there);
+    /// `kubelet.service` refuses to start any other binary.
+    pub binary_sha256: Option<Sha256Hex>,
+    /// `--kubeconfig` for the API server.
+    pub kubeconfig: Option<NodePath>,
+    /// Cluster DNS servers (IP addresses).
+    pub cluster_dns: Option<Vec<std::net::IpAddr>>,
+    /// Cluster domain.
+    pub cluster_domain: Option<Hostname>,
+    /// Node labels.
+    pub node_labels: Option<BTreeMap<Line, Line>>,
+    /// Maximum pods.
+    pub max_pods: Option<u32>,
+}
