@@ -14,6 +14,66 @@ use crate::dm::{self, VerityTable};
 use crate::early::cmdline_value;
 use crate::stage::step;
 
+/// Applies the node config on first boot (see `drover_os_config`), with
+/// the OEM partition mounted read-only at `/oem` while it runs. A config
+/// that fails validation stops the boot: nothing of it was applied, and
+/// the message stays on the console.
+fn node_config(start: Instant, disk: &Path, sysroot: &Path, cmdline: &str) -> anyhow::Result<()> {
+    use drover_os_config::firstboot::{self, Outcome, Places};
+    let oem_dir = Path::new("/oem");
+    let oem = match drover_core::devices::partition_node(disk, "OEM") {
+        Some(dev) => {
+            std::fs::create_dir_all(oem_dir)?;
+            match mount(
+                Some(&dev),
+                oem_dir,
+                Some("ext4"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                None::<&str>,
+            ) {
+                Ok(()) => Some(oem_dir),
+                Err(e) => {
+                    step(
+                        start,
+                        &format!("OEM partition not mounted ({e}): its config is not read"),
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let r = firstboot::run(&Places {
+        sysroot,
+        fw_cfg: Path::new(firstboot::FW_CFG),
+        oem,
+        cmdline,
+    });
+    if oem.is_some() {
+        let _ = nix::mount::umount(oem_dir);
+    }
+    match r {
+        Ok(Outcome::Applied(s)) => step(
+            start,
+            &format!(
+                "node config applied ({} actions) from {}",
+                s.actions,
+                s.sources.join(", ")
+            ),
+        ),
+        Ok(Outcome::AlreadyApplied(s)) => step(
+            start,
+            &format!(
+                "node config: applied on first boot (from {}), not again",
+                s.sources.join(", ")
+            ),
+        ),
+        Ok(Outcome::NoConfig) => step(start, "node config: none given"),
+        Err(e) => bail!("node config refused, nothing of it applied: {e}"),
+    }
+    Ok(())
+}
+
 /// The parsed `drover.verity=` argument.
 #[derive(Debug, PartialEq, Eq)]
 pub struct VerityArg {
@@ -165,6 +225,8 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     }
     std::fs::set_permissions(sysroot.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     std::fs::set_permissions(sysroot.join("root"), std::fs::Permissions::from_mode(0o700))?;
+
+    node_config(start, &disk, sysroot, &cmdline)?;
     for (link, target) in [
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),

@@ -26,6 +26,9 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Add a built release to a signed update channel in a static directory.
     Publish(commands::publish::Args),
+    /// Check a node config (os-config) before it goes to a node.
+    #[command(subcommand)]
+    Config(commands::config::Command),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Verity(c) => c.run(),
         Command::Inspect(a) => a.run(),
         Command::Publish(a) => a.run(),
+        Command::Config(c) => c.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

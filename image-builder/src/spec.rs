@@ -177,6 +177,8 @@ pub fn default_modules() -> Vec<String> {
         "vfat",
         "nls_cp437",
         "nls_iso8859-1",
+        // QEMU's fw_cfg in sysfs: where a VM's node config arrives.
+        "qemu_fw_cfg",
     ]
     .map(String::from)
     .to_vec()

@@ -116,3 +116,41 @@ fn verity_format_refuses_a_partial_block() {
         "{err}"
     );
 }
+
+#[test]
+fn config_check_lists_the_actions_and_names_a_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.toml");
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &base,
+        "hostname = \"base\"\n[update]\nchannel = \"stable\"\nserver = \"https://u.example/\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &node,
+        "hostname = \"node-7\"\n[[files]]\npath = \"/etc/motd\"\ncontents = \"hi\\n\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = drover(&["config", "check", s(&base), s(&node)]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("valid: "), "{out}");
+    assert!(out.contains("write   /etc/hostname"), "{out}");
+    assert!(
+        out.contains("/etc/drover/agent.toml.d/50-node-config.toml"),
+        "{out}"
+    );
+    let (ok, out, _) = drover(&["config", "check", "--json", s(&base), s(&node)]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["settings"]["hostname"], "node-7");
+    assert!(v["actions"].as_array().unwrap().len() >= 3);
+
+    std::fs::write(&node, "[[users]]\nname = \"core\"\nuid = \"x\"\n").unwrap();
+    let (ok, _, err) = drover(&["config", "check", s(&node)]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{}: users[0].uid: invalid type", node.display())),
+        "{err}"
+    );
+}

@@ -218,13 +218,18 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
     let mut actions = Vec::new();
     // Parent directories that do not exist yet (and are not made by an
     // earlier action): root-owned 0755.
+    // (Not listed when checking without the image: which exist is the
+    // image's business.)
     let parents = |actions: &mut Vec<Action>, path: &str| {
+        let Some(root) = root else {
+            return;
+        };
         let mut cur = String::new();
         let comps: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         for c in &comps[..comps.len() - 1] {
             cur.push('/');
             cur.push_str(c);
-            let exists = root.is_some_and(|r| r.join(&cur[1..]).exists());
+            let exists = root.join(&cur[1..]).exists();
             let planned = actions
                 .iter()
                 .any(|a| matches!(a, Action::Mkdir { path, .. } if *path == cur));
@@ -385,7 +390,7 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
             format!("/home/{}", u.name)
         };
         if uid != 0 {
-            parents(&mut actions, &format!("{home}/x"));
+            parents(&mut actions, &home);
             actions.push(Action::Mkdir {
                 path: home.clone(),
                 mode: 0o700,

@@ -38,6 +38,7 @@ pub struct GuestBuilder {
     channel_port: Option<u16>,
     allow_reboot: bool,
     agent_socket: Option<PathBuf>,
+    fw_cfg: Vec<(String, PathBuf)>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -67,7 +68,15 @@ impl GuestBuilder {
             channel_port: None,
             allow_reboot: false,
             agent_socket: None,
+            fw_cfg: Vec::new(),
         }
+    }
+
+    /// A file for the guest through QEMU's fw_cfg, under `name` (such as
+    /// `opt/org.drover/config`, where a node config arrives).
+    pub fn fw_cfg(mut self, name: &str, file: &Path) -> Self {
+        self.fw_cfg.push((name.to_string(), file.to_owned()));
+        self
     }
 
     /// A virtio-serial port for the QEMU guest agent (`qemu-guest-agent`
@@ -171,6 +180,10 @@ impl GuestBuilder {
         }
         if !self.allow_reboot {
             cmd.arg("-no-reboot");
+        }
+        for (name, file) in &self.fw_cfg {
+            cmd.arg("-fw_cfg")
+                .arg(format!("name={name},file={}", file.display()));
         }
         if let Some(port) = self.channel_port {
             cmd.arg("-netdev")

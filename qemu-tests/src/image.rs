@@ -21,7 +21,7 @@ security-version = 1
 
 [debian]
 suite = "bookworm"
-packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "udev", "dbus", "qemu-guest-agent", "linux-image-amd64"]
+packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "udev", "dbus", "qemu-guest-agent", "containerd", "runc", "linux-image-amd64"]
 
 [kernel]
 cmdline = "console=tty0 console=ttyS0,115200 panic=5"
@@ -94,7 +94,7 @@ link = "../systemd-networkd-wait-online.service"
 
 [disk]
 esp-mib = 64
-usr-mib = 384
+usr-mib = 640
 oem-mib = 8
 root-mib = 64
 "##;

@@ -65,6 +65,9 @@ const AGENT_UNITS: [(&str, &str); 2] = [
     ),
 ];
 
+/// The kubelet's unit (kubelet-unit/), shipped where containerd is.
+const KUBELET_UNIT: &str = include_str!("../../../kubelet-unit/kubelet.service");
+
 /// Who may own and call `org.drover.Update1` on the system bus.
 const DBUS_POLICY: &str = include_str!("../../../update-agent/units/org.drover.Update1.conf");
 
@@ -221,6 +224,13 @@ pub fn prepare(
             spec.agent.defaults_toml().as_bytes(),
             0o644,
         )?;
+    }
+
+    // The kubelet's unit, beside containerd (inert until the node config
+    // enables it and the binary is there).
+    let sd = usr.join("lib/systemd/system");
+    if sd.join("containerd.service").is_file() {
+        write_file(&sd.join("kubelet.service"), KUBELET_UNIT.as_bytes(), 0o644)?;
     }
 
     // Extra files.

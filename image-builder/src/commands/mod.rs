@@ -1,6 +1,7 @@
 //! The subcommands of `drover`.
 
 pub mod build;
+pub mod config;
 pub mod inspect;
 pub mod keygen;
 pub mod publish;

@@ -1,0 +1,218 @@
+//! The node config (issue 7) in QEMU: a config through fw_cfg is applied
+//! on first boot before systemd starts (hostname, a user's SSH key, a
+//! file, a unit, a sysctl, the kubelet), not again on the next boot, and
+//! an invalid one stops the first boot with its message. containerd runs
+//! in the image; the kubelet starts with its rendered config when a
+//! binary is there and is skipped, saying why, when it is not.
+
+use std::path::Path;
+use std::time::Duration;
+
+use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::image::test_image;
+use sha2::{Digest as _, Sha256};
+
+const BOOT: Duration = Duration::from_secs(600);
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGa3d2C2Y9Y5wE8pCk2xQe2mC0vF0k3h1mJk6m1yN0tR ops@drover-test";
+
+/// A test stand-in for the kubelet (the real one is not a Debian package
+/// and this machine cannot fetch it): records its arguments and idles.
+const KUBELET_STAND_IN: &str = "#!/bin/sh\n\
+# Test stand-in for the kubelet: records its arguments, then idles.\n\
+echo \"$@\" > /var/lib/kubelet/stand-in-args\n\
+exec sleep infinity\n";
+
+fn start(name: &str, disk: &Path, sock: &Path, config: &Path) -> Guest {
+    let img = test_image();
+    let _ = std::fs::remove_file(sock);
+    GuestBuilder::new(
+        name,
+        disk,
+        Firmware::Direct {
+            kernel: img.kernel.clone(),
+            initrd: img.initrd.clone(),
+            append: "console=ttyS0,115200 drover.stage panic=5".into(),
+        },
+    )
+    .fw_cfg("opt/org.drover/config", config)
+    .guest_agent(sock)
+    .allow_reboot()
+    .start()
+    .unwrap()
+}
+
+/// Runs a shell command in the guest; its exit code and output.
+fn sh(g: &Guest, script: &str) -> (i64, String) {
+    g.exec(&["/bin/sh", "-c", script], true)
+        .unwrap_or_else(|e| g.fail(&format!("{script}: {e:#}")))
+}
+
+/// Runs a shell command in the guest until its output contains `want`.
+fn expect_sh(g: &Guest, script: &str, want: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..60 {
+        out = sh(g, script).1;
+        if out.contains(want) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    g.fail(&format!("`{script}` never printed '{want}'; last: {out}"))
+}
+
+#[test]
+fn a_config_from_fw_cfg_is_applied_once_and_the_kubelet_runs_beside_containerd() {
+    let img = test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = img.fresh_disk(dir.path());
+    let sock = dir.path().join("qga.sock");
+    let sha = hex::encode(Sha256::digest(KUBELET_STAND_IN.as_bytes()));
+    let config = format!(
+        r#"
+hostname = "drover-test-node"
+
+[[users]]
+name = "core"
+ssh-authorized-keys = ["{KEY}"]
+
+[[files]]
+path = "/etc/drover-test/hello"
+mode = "0640"
+owner = "core"
+contents = "hello from the node config\n"
+
+[[files]]
+path = "/opt/bin/kubelet"
+mode = "0755"
+contents = '''{KUBELET_STAND_IN}'''
+
+[[units]]
+name = "drover-test-hello.service"
+enabled = true
+contents = """
+[Unit]
+Description=A unit from the node config (Drover test)
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'echo DROVER-TEST-HELLO-UNIT > /dev/ttyS0'
+[Install]
+WantedBy=multi-user.target
+"""
+
+[sysctl]
+"vm.swappiness" = 7
+
+[kubelet]
+binary-sha256 = "{sha}"
+cluster-domain = "cluster.local"
+max-pods = 42
+node-labels = {{ "drover.test/role" = "worker" }}
+"#
+    );
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, config).unwrap();
+
+    let mut g = start("node-config", &disk, &sock, &cfg);
+    let line = g.expect("node config applied", BOOT);
+    if !line.contains("fw_cfg opt/org.drover/config") {
+        g.fail(&format!("applied from where? {line}"));
+    }
+    g.expect("DROVER-TEST-HELLO-UNIT", BOOT);
+    g.expect("DROVER-TEST-REPORT slot=USR-A", BOOT);
+    g.wait_for_agent(Duration::from_secs(180))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+
+    let checks = [
+        ("hostname", "drover-test-node"),
+        ("cat /home/core/.ssh/authorized_keys", KEY),
+        (
+            "stat -c '%U %G %a' /home/core/.ssh/authorized_keys",
+            "core core 600",
+        ),
+        (
+            "getent passwd core",
+            "core:x:1000:1000::/home/core:/bin/bash",
+        ),
+        ("cat /etc/drover-test/hello", "hello from the node config"),
+        ("stat -c '%U %a' /etc/drover-test/hello", "core 640"),
+        ("systemctl is-active drover-test-hello.service", "active"),
+        ("sysctl -n vm.swappiness", "7"),
+        ("cat /etc/kubernetes/kubelet-config.yaml", "maxPods: 42"),
+    ];
+    for (script, want) in checks {
+        let (_, out) = sh(&g, script);
+        if !out.contains(want) {
+            g.fail(&format!(
+                "`{script}` printed '{}', not '{want}'",
+                out.trim()
+            ));
+        }
+    }
+    expect_sh(&g, "systemctl is-active containerd.service", "active");
+    // The kubelet runs with the rendered config and the node labels.
+    let args = expect_sh(
+        &g,
+        "systemctl is-active kubelet.service; cat /var/lib/kubelet/stand-in-args",
+        "--config=/etc/kubernetes/kubelet-config.yaml",
+    );
+    if !args.starts_with("active") || !args.contains("--node-labels=drover.test/role=worker") {
+        g.fail(&format!("kubelet: {args}"));
+    }
+
+    // The second boot does not apply the config again: a change made by
+    // hand stays. Without its binary, the kubelet is skipped and says why.
+    sh(
+        &g,
+        "echo changed-by-hand > /etc/hostname && rm /opt/bin/kubelet && sync",
+    );
+    g.exec(&["/usr/bin/systemctl", "reboot"], false)
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    g.expect("node config: applied on first boot", BOOT);
+    g.expect("DROVER-TEST-REPORT slot=USR-A", BOOT);
+    g.wait_for_agent(Duration::from_secs(180))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    let (_, host) = sh(&g, "hostname");
+    if host.trim() != "changed-by-hand" {
+        g.fail(&format!("the config was applied again: hostname {host}"));
+    }
+    let status = expect_sh(
+        &g,
+        "systemctl status kubelet.service; true",
+        "ConditionFileIsExecutable=/opt/bin/kubelet",
+    );
+    let (_, active) = sh(&g, "systemctl is-active kubelet.service; true");
+    if active.trim() != "inactive" {
+        g.fail(&format!("kubelet without a binary: {active}\n{status}"));
+    }
+}
+
+#[test]
+fn an_invalid_config_stops_the_first_boot_with_its_message() {
+    let img = test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = img.fresh_disk(dir.path());
+    let sock = dir.path().join("qga.sock");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "hostname = \"fine\"\n[[files]]\npath = \"/usr/lib/evil\"\ncontents = \"x\"\n",
+    )
+    .unwrap();
+    let mut g = start("node-config-invalid", &disk, &sock, &cfg);
+    let line = g.expect("RESCUE: node config refused", BOOT);
+    for want in [
+        "fw_cfg opt/org.drover/config",
+        "files[0].path",
+        "/usr is the verified, read-only image",
+    ] {
+        if !line.contains(want) {
+            g.fail(&format!("the message does not say '{want}': {line}"));
+        }
+    }
+    // The boot stops there: systemd never starts.
+    std::thread::sleep(Duration::from_secs(10));
+    if g.console().contains("Welcome to") || g.console().contains("DROVER-TEST-REPORT") {
+        g.fail("the boot went on after an invalid config");
+    }
+}
