@@ -208,17 +208,17 @@ pub fn drover_binary() -> PathBuf {
 fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf> {
     let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The same build nextest makes (`cargo test --no-run` of the whole
+    // workspace, all targets): a no-op under `cargo xtask test`. A build of
+    // only the three packages resolves features differently, rebuilds the
+    // binaries and replaces them under tests that are running.
     run(Command::new(&cargo)
         .args([
-            "build",
+            "test",
+            "--no-run",
             "--quiet",
-            "-p",
-            "drover-image-builder",
-            "-p",
-            "drover-boot",
-            "-p",
-            "drover-update-agent",
-            "--bins",
+            "--workspace",
+            "--all-targets",
         ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
     let bins = target.join("debug");
