@@ -121,6 +121,13 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     // the test image's report may not get to print on this boot.
     g.expect("DROVER-TEST-HEALTH failing on purpose", BOOT);
     expect_rollback(&mut g, "3.0.0");
+    // The agent rebooted because the check failed, not after a timeout
+    // (the test image's is 900 s): its journal from that boot says so.
+    let line = g.expect(
+        "boot assessment failed (drover-test-health.service required by boot-complete.target failed)",
+        BOOT,
+    );
+    assert!(line.contains("DROVER-PREVIOUS-BOOT agent:"), "{line}");
 
     // 2. A kernel that cannot start.
     publish(&repo, &panics);

@@ -283,12 +283,16 @@ pub fn run() -> anyhow::Result<()> {
     say(start, "1.1.0 is up; drover-boot-complete.service marks USR-B successful once boot-complete.target is reached");
     let t0 = Instant::now();
     loop {
-        let st = g.status()?;
-        if st["booted"]["version"] == "1.1.0" && st["booted-successful"] == true {
-            break;
+        // The agent starts after the login prompt: no answer yet is not
+        // an error.
+        let st = g.status();
+        if let Ok(st) = &st {
+            if st["booted"]["version"] == "1.1.0" && st["booted-successful"] == true {
+                break;
+            }
         }
         if t0.elapsed() > Duration::from_secs(300) {
-            bail!("USR-B was not marked successful: {st:#}");
+            bail!("USR-B was not marked successful: {st:?}");
         }
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -318,10 +322,18 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints `droverctl status` from inside the guest.
+/// Prints `droverctl status` from inside the guest (waiting for the agent,
+/// which starts after the login prompt).
 fn status(start: Instant, g: &Guest, what: &str) -> anyhow::Result<()> {
     say(start, what);
-    let (_, out) = g.exec(&["/usr/bin/droverctl", "status"], true)?;
+    let t0 = Instant::now();
+    let out = loop {
+        let (code, out) = g.exec(&["/usr/bin/droverctl", "status"], true)?;
+        if code == 0 || t0.elapsed() > Duration::from_secs(180) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
     for l in out.lines() {
         println!("    {l}");
     }
