@@ -137,7 +137,7 @@ node-labels = {{ "drover.test/role" = "worker" }}
         ("cat /etc/drover-test/hello", "hello from the node config"),
         ("stat -c '%U %a' /etc/drover-test/hello", "core 640"),
         ("systemctl is-active drover-test-hello.service", "active"),
-        ("sysctl -n vm.swappiness", "7"),
+        ("cat /proc/sys/vm/swappiness", "7"),
         ("cat /etc/kubernetes/kubelet-config.yaml", "maxPods: 42"),
     ];
     for (script, want) in checks {
