@@ -57,6 +57,19 @@ pub enum Action {
 }
 
 impl Action {
+    /// A root-owned 0644 file (the shape of most of what a config writes).
+    fn root_file(path: &str, contents: Vec<u8>, why: impl Into<String>) -> Self {
+        Action::Write {
+            path: path.to_string(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: contents.len(),
+            contents,
+            why: why.into(),
+        }
+    }
+
     /// The path acted on.
     pub fn path(&self) -> &str {
         match self {
@@ -246,15 +259,11 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
 
     if let Some(h) = &settings.hostname {
         parents(&mut actions, "/etc/hostname");
-        actions.push(Action::Write {
-            path: "/etc/hostname".into(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: h.as_str().len() + 1,
-            contents: format!("{h}\n").into_bytes(),
-            why: "hostname".into(),
-        });
+        actions.push(Action::root_file(
+            "/etc/hostname",
+            format!("{h}\n").into_bytes(),
+            "hostname",
+        ));
     }
 
     // Users: passwd, group and shadow lines, homes, authorized_keys.
@@ -479,28 +488,20 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
         let unit_path = format!("/etc/systemd/system/{}", u.name);
         if let Some(c) = &u.contents {
             parents(&mut actions, &unit_path);
-            actions.push(Action::Write {
-                path: unit_path.clone(),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: c.len(),
-                contents: c.clone().into_bytes(),
-                why: key.clone(),
-            });
+            actions.push(Action::root_file(
+                &unit_path,
+                c.clone().into_bytes(),
+                key.clone(),
+            ));
         }
         for d in &u.drop_ins {
             let p = format!("/etc/systemd/system/{}.d/{}", u.name, d.name);
             parents(&mut actions, &p);
-            actions.push(Action::Write {
-                path: p,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: d.contents.len(),
-                contents: d.contents.clone().into_bytes(),
-                why: format!("{key}.drop-ins"),
-            });
+            actions.push(Action::root_file(
+                &p,
+                d.contents.clone().into_bytes(),
+                format!("{key}.drop-ins"),
+            ));
         }
         if !u.enabled {
             continue;
@@ -561,29 +562,17 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
         }
         let p = "/etc/sysctl.d/90-drover-node-config.conf";
         parents(&mut actions, p);
-        actions.push(Action::Write {
-            path: p.into(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: text.len(),
-            contents: text.into_bytes(),
-            why: "sysctl".into(),
-        });
+        actions.push(Action::root_file(p, text.into_bytes(), "sysctl"));
     }
 
     if let Some(u) = &settings.update {
         let text = crate::render::agent_drop_in(u);
         parents(&mut actions, AGENT_DROP_IN);
-        actions.push(Action::Write {
-            path: AGENT_DROP_IN.into(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: text.len(),
-            contents: text.into_bytes(),
-            why: "update".into(),
-        });
+        actions.push(Action::root_file(
+            AGENT_DROP_IN,
+            text.into_bytes(),
+            "update",
+        ));
     }
 
     if let Some(k) = &settings.kubelet {
@@ -592,15 +581,7 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
             (KUBELET_ENV, crate::render::kubelet_env(k)),
         ] {
             parents(&mut actions, path);
-            actions.push(Action::Write {
-                path: path.into(),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: text.len(),
-                contents: text.into_bytes(),
-                why: "kubelet".into(),
-            });
+            actions.push(Action::root_file(path, text.into_bytes(), "kubelet"));
         }
         if k.enabled {
             let p = "/etc/systemd/system/multi-user.target.wants/kubelet.service";

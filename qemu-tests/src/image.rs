@@ -336,6 +336,16 @@ impl TestImage {
         p
     }
 
+    /// The boot stage started directly (`-kernel`/`-initrd`, no firmware):
+    /// the stage picks the slot from the disk as it would under OVMF.
+    pub fn stage_direct(&self) -> crate::guest::Firmware {
+        crate::guest::Firmware::Direct {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            append: "console=ttyS0,115200 drover.stage panic=5".into(),
+        }
+    }
+
     /// The signing key of the test image.
     pub fn secret_key(&self) -> PathBuf {
         self.dir.join("test.pem")

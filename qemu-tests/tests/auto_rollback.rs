@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::guest::{Guest, GuestBuilder};
 use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
@@ -98,20 +98,12 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     let web = Nginx::serve(&repo, None);
     let disk = img.fresh_disk(dir.path());
     let sock = dir.path().join("qga.sock");
-    let mut g = GuestBuilder::new(
-        "auto-rollback",
-        &disk,
-        Firmware::Direct {
-            kernel: img.kernel.clone(),
-            initrd: img.initrd.clone(),
-            append: "console=ttyS0,115200 drover.stage panic=5".into(),
-        },
-    )
-    .channel(web.port)
-    .guest_agent(&sock)
-    .allow_reboot()
-    .start()
-    .unwrap();
+    let mut g = GuestBuilder::new("auto-rollback", &disk, img.stage_direct())
+        .channel(web.port)
+        .guest_agent(&sock)
+        .allow_reboot()
+        .start()
+        .unwrap();
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
 
     // 1. A failing health check.

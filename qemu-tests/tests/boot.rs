@@ -16,12 +16,7 @@ const REPORT: &str = "DROVER-TEST-REPORT";
 
 /// The boot stage started directly with `-kernel`/`-initrd`.
 fn direct() -> Firmware {
-    let img = test_image();
-    Firmware::Direct {
-        kernel: img.kernel.clone(),
-        initrd: img.initrd.clone(),
-        append: "console=ttyS0,115200 drover.stage panic=5".into(),
-    }
+    test_image().stage_direct()
 }
 
 /// `key=value` from the report line.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{json_after, Firmware, GuestBuilder};
+use drover_qemu_tests::guest::{json_after, GuestBuilder};
 use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
@@ -21,20 +21,12 @@ fn update_over_the_channel_then_manual_rollback() {
     let web = Nginx::serve(&repo, None);
     let disk = img.fresh_disk(dir.path());
     let sock = dir.path().join("qga.sock");
-    let mut g = GuestBuilder::new(
-        "lifecycle",
-        &disk,
-        Firmware::Direct {
-            kernel: img.kernel.clone(),
-            initrd: img.initrd.clone(),
-            append: "console=ttyS0,115200 drover.stage panic=5".into(),
-        },
-    )
-    .channel(web.port)
-    .guest_agent(&sock)
-    .allow_reboot()
-    .start()
-    .unwrap();
+    let mut g = GuestBuilder::new("lifecycle", &disk, img.stage_direct())
+        .channel(web.port)
+        .guest_agent(&sock)
+        .allow_reboot()
+        .start()
+        .unwrap();
 
     // v1 up, nothing published yet.
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::guest::{Guest, GuestBuilder};
 use drover_qemu_tests::image::test_image;
 use sha2::{Digest as _, Sha256};
 
@@ -25,20 +25,12 @@ exec sleep infinity\n";
 fn start(name: &str, disk: &Path, sock: &Path, config: &Path) -> Guest {
     let img = test_image();
     let _ = std::fs::remove_file(sock);
-    GuestBuilder::new(
-        name,
-        disk,
-        Firmware::Direct {
-            kernel: img.kernel.clone(),
-            initrd: img.initrd.clone(),
-            append: "console=ttyS0,115200 drover.stage panic=5".into(),
-        },
-    )
-    .fw_cfg("opt/org.drover/config", config)
-    .guest_agent(sock)
-    .allow_reboot()
-    .start()
-    .unwrap()
+    GuestBuilder::new(name, disk, img.stage_direct())
+        .fw_cfg("opt/org.drover/config", config)
+        .guest_agent(sock)
+        .allow_reboot()
+        .start()
+        .unwrap()
 }
 
 /// Runs a shell command in the guest; its exit code and output.

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drover_core::{PartitionTable, SlotId, Slots};
-use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::guest::{Guest, GuestBuilder};
 use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
@@ -46,20 +46,12 @@ fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
 fn start(name: &str, disk: &Path, sock: &Path, port: u16) -> Guest {
     let img = test_image();
     let _ = std::fs::remove_file(sock);
-    GuestBuilder::new(
-        name,
-        disk,
-        Firmware::Direct {
-            kernel: img.kernel.clone(),
-            initrd: img.initrd.clone(),
-            append: "console=ttyS0,115200 drover.stage panic=5".into(),
-        },
-    )
-    .channel(port)
-    .guest_agent(sock)
-    .allow_reboot()
-    .start()
-    .unwrap()
+    GuestBuilder::new(name, disk, img.stage_direct())
+        .channel(port)
+        .guest_agent(sock)
+        .allow_reboot()
+        .start()
+        .unwrap()
 }
 
 /// Expects 1.0.0 booted from USR-A through dm-verity.
