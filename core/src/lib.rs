@@ -17,6 +17,7 @@
 pub mod channel;
 pub mod cpio;
 pub mod devices;
+pub mod eventlog;
 pub mod gptprio;
 pub mod keys;
 pub mod layout;

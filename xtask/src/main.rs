@@ -114,6 +114,7 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
         "locator_and_slot_reader",
         "verity_superblock",
         "gpt_table",
+        "tcg_event_log",
     ] {
         run(Command::new("cargo")
             .args([
