@@ -14,6 +14,7 @@
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
+pub mod bootcheck;
 pub mod channel;
 pub mod cpio;
 pub mod devices;

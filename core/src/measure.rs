@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256, Sha384, Sha512};
 pub const PCR: u32 = 8;
 
 /// A PCR bank's hash algorithm Drover can extend and replay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Bank {
     /// SHA-1, still allocated by many TPMs; extended so that it cannot be

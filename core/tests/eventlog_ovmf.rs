@@ -95,3 +95,32 @@ fn the_firmware_log_covers_the_boot_chain_pcrs() {
         );
     }
 }
+
+#[test]
+fn the_recorded_boot_verifies_and_a_changed_stage_initrd_does_not() {
+    let log = eventlog::parse(&fixture("binary_bios_measurements")).unwrap();
+    let mut tpm = BTreeMap::new();
+    for (bank, file) in [
+        (Bank::Sha256, "pcr-sha256.txt"),
+        (Bank::Sha1, "pcr-sha1.txt"),
+    ] {
+        for (pcr, v) in pcrs(file) {
+            tpm.insert((bank, pcr), v);
+        }
+    }
+    let record: serde_json::Value = serde_json::from_slice(&fixture("boot-record.json")).unwrap();
+    let events: Vec<measure::Event> = serde_json::from_value(record["events"].clone()).unwrap();
+    let v = drover_core::bootcheck::verify(Some(&log), &tpm, &events, &events);
+    assert!(v.verified, "{:?}", v.problems);
+    // The TPM as it would read after a different stage initramfs was
+    // measured into PCR 9 by the EFI stub: the log no longer explains it.
+    tpm.insert((Bank::Sha256, 9), vec![0x42; 32]);
+    let v = drover_core::bootcheck::verify(Some(&log), &tpm, &events, &events);
+    assert!(!v.verified);
+    assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+    assert!(
+        v.problems[0].starts_with("PCR 9 (sha256)"),
+        "{:?}",
+        v.problems
+    );
+}
