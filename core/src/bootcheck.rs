@@ -41,6 +41,9 @@ pub struct EventCheck {
     pub ok: bool,
 }
 
+/// PCR values read from a TPM, by bank and index.
+pub type PcrValues = BTreeMap<(Bank, u32), Vec<u8>>;
+
 /// The whole verdict.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Verification {
@@ -61,7 +64,7 @@ pub struct Verification {
 /// PCR is checked (and that is said).
 pub fn verify(
     firmware: Option<&EventLog>,
-    tpm: &BTreeMap<(Bank, u32), Vec<u8>>,
+    tpm: &PcrValues,
     recorded: &[Event],
     expected: &[Event],
 ) -> Verification {
@@ -172,7 +175,7 @@ mod tests {
     use super::*;
     use crate::eventlog;
 
-    fn setup() -> (EventLog, BTreeMap<(Bank, u32), Vec<u8>>, Vec<Event>) {
+    fn setup() -> (EventLog, PcrValues, Vec<Event>) {
         let bytes = eventlog::build(
             &[Bank::Sha256],
             &[
