@@ -45,6 +45,7 @@ pcr8=$(cat /sys/class/tpm/tpm0/pcr-sha256/8 2>/dev/null || echo none)
 echo "DROVER-TEST-REPORT slot=$slot version=$version usr=$usr_opts usr_source=$usr_src root=$root_opts root_size=$root_size measured=$measured pcr8_sha256=$pcr8 multi_user=$(systemctl is-active multi-user.target)" > /dev/ttyS0
 echo "DROVER-BOOT-RECORD $(tr -d '\\n' < /run/drover/boot-record.json)" > /dev/ttyS0
 echo "DROVER-STATUS $(droverctl status --json 2>&1 | tr -d '\\n')" > /dev/ttyS0
+echo "DROVER-VERIFY-BOOT $(droverctl verify-boot --json 2>/dev/null | tr -d '\\n')" > /dev/ttyS0
 # What the agent said on the boot before, for a failing test's console.
 journalctl -b -1 -u drover-agent -o cat --no-pager 2>/dev/null | tail -n 15 | sed 's/^/DROVER-PREVIOUS-BOOT agent: /' > /dev/ttyS0
 """

@@ -72,6 +72,15 @@ fn direct_boot_reaches_multi_user_on_usr_a_with_verity_usr_and_writable_root() {
     if !ok {
         g.fail(&format!("unexpected boot facts: {line}"));
     }
+    // Without a TPM, verify-boot says the boot was not measured.
+    let vline = g.expect("DROVER-VERIFY-BOOT ", BOOT_TIMEOUT);
+    let verdict = drover_qemu_tests::guest::json_after(&vline, "DROVER-VERIFY-BOOT ");
+    if verdict["measured"] != false
+        || verdict["verified"] != false
+        || verdict["not_measured_reason"] != "no TPM device"
+    {
+        g.fail(&format!("verify-boot without a TPM: {verdict:#}"));
+    }
     let console = g.console();
     assert!(
         console.contains("NOT MEASURED (no TPM device)"),
@@ -201,6 +210,18 @@ fn through_ovmf_and_systemd_boot_with_a_tpm_pcr8_replays_from_the_boot_record() 
     );
     // What the TPM holds is exactly what the recorded events replay to,
     // and the events are what the signed manifest predicts.
+    // droverctl verify-boot on the node: the firmware log and Drover's
+    // events replay to the TPM's PCRs, the events match the manifest.
+    let vline = g.expect("DROVER-VERIFY-BOOT ", BOOT_TIMEOUT);
+    let verdict = drover_qemu_tests::guest::json_after(&vline, "DROVER-VERIFY-BOOT ");
+    if verdict["verified"] != true
+        || verdict["measured"] != true
+        || !verdict["checks"]["pcrs"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["pcr"] == 0) && p.iter().any(|x| x["pcr"] == 8))
+    {
+        g.fail(&format!("verify-boot on the node: {verdict:#}"));
+    }
     let replayed = hex::encode(measure::replay(measure::Bank::Sha256, &events));
     let pcr8 = field(&line, "pcr8_sha256").to_ascii_lowercase();
     if pcr8 != replayed {

@@ -37,6 +37,9 @@ enum Command {
     /// Write a newer release to the other slot (through the agent, or offline
     /// into a disk image).
     Update(ctl::update::Args),
+    /// Check this boot's TPM measurements against the event logs and the
+    /// booted slot's signed manifest.
+    VerifyBoot(ctl::verify_boot::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Rollback(a) => a.run(),
         Command::MarkSuccessful(a) => a.run(),
         Command::Update(a) => a.run(),
+        Command::VerifyBoot(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ pub mod online;
 pub mod rollback;
 pub mod slots;
 pub mod update;
+pub mod verify_boot;
 
 use drover_core::{Decision, Slots};
 use serde::Serialize;
