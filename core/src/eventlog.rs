@@ -24,17 +24,6 @@ pub const EV_SEPARATOR: u32 = 0x4;
 /// `EV_EFI_BOOT_SERVICES_APPLICATION`: an EFI binary the firmware loaded.
 pub const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
 
-/// TPM algorithm ids of the banks.
-fn bank_of(alg: u16) -> Option<Bank> {
-    match alg {
-        0x0004 => Some(Bank::Sha1),
-        0x000b => Some(Bank::Sha256),
-        0x000c => Some(Bank::Sha384),
-        0x000d => Some(Bank::Sha512),
-        _ => None,
-    }
-}
-
 /// One event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEvent {
@@ -58,7 +47,7 @@ pub struct BankKey(pub u16);
 impl BankKey {
     /// The bank, when Drover knows it.
     pub fn bank(self) -> Option<Bank> {
-        bank_of(self.0)
+        Bank::from_tpm_alg(self.0)
     }
 }
 
@@ -167,7 +156,7 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, ParseError> {
     for _ in 0..n {
         let alg = s.u16("algorithm id")?;
         let size = s.u16("digest size")? as usize;
-        if let Some(b) = bank_of(alg) {
+        if let Some(b) = Bank::from_tpm_alg(alg) {
             if b.size() != size {
                 return Err(ParseError {
                     offset: spec_start + s.pos,
@@ -266,9 +255,7 @@ impl EventLog {
                 }
                 v
             });
-            let mut buf = cur.clone();
-            buf.extend_from_slice(d);
-            *cur = bank.hash(&buf);
+            *cur = bank.extend(cur, d);
         }
         Ok(pcrs)
     }
@@ -278,21 +265,13 @@ impl EventLog {
 /// the same format): the Spec ID event for `banks`, then `events` as
 /// `(pcr, type, data)`, each digest the bank's hash of `data`.
 pub fn build(banks: &[Bank], events: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
-    let alg = |b: Bank| -> u16 {
-        match b {
-            Bank::Sha1 => 0x0004,
-            Bank::Sha256 => 0x000b,
-            Bank::Sha384 => 0x000c,
-            Bank::Sha512 => 0x000d,
-        }
-    };
     let mut spec = Vec::new();
     spec.extend_from_slice(SPEC_ID);
     spec.extend_from_slice(&0u32.to_le_bytes()); // platform class
     spec.extend_from_slice(&[0, 2, 0, 2]); // minor, major, errata, uintn size
     spec.extend_from_slice(&(banks.len() as u32).to_le_bytes());
     for b in banks {
-        spec.extend_from_slice(&alg(*b).to_le_bytes());
+        spec.extend_from_slice(&b.tpm_alg().to_le_bytes());
         spec.extend_from_slice(&(b.size() as u16).to_le_bytes());
     }
     spec.push(0); // vendor info size
@@ -307,7 +286,7 @@ pub fn build(banks: &[Bank], events: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
         out.extend_from_slice(&ty.to_le_bytes());
         out.extend_from_slice(&(banks.len() as u32).to_le_bytes());
         for b in banks {
-            out.extend_from_slice(&alg(*b).to_le_bytes());
+            out.extend_from_slice(&b.tpm_alg().to_le_bytes());
             out.extend_from_slice(&b.hash(data));
         }
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());

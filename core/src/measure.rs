@@ -63,6 +63,31 @@ impl Bank {
         }
     }
 
+    /// What a TPM's `PCR_Extend` makes of `pcr` with `digest`:
+    /// the bank's hash of `pcr || digest`.
+    pub fn extend(self, pcr: &[u8], digest: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(pcr.len() + digest.len());
+        buf.extend_from_slice(pcr);
+        buf.extend_from_slice(digest);
+        self.hash(&buf)
+    }
+
+    /// The TPM 2.0 algorithm id (`TPM_ALG_SHA256` = 0x000b, …), as event
+    /// logs and quotes name banks.
+    pub fn tpm_alg(self) -> u16 {
+        match self {
+            Bank::Sha1 => 0x0004,
+            Bank::Sha256 => 0x000b,
+            Bank::Sha384 => 0x000c,
+            Bank::Sha512 => 0x000d,
+        }
+    }
+
+    /// The bank of a TPM 2.0 algorithm id, when Drover knows it.
+    pub fn from_tpm_alg(alg: u16) -> Option<Bank> {
+        Bank::ALL.into_iter().find(|b| b.tpm_alg() == alg)
+    }
+
     /// The name Linux uses under `/sys/class/tpm/tpm0/pcr-<name>/`.
     pub fn name(self) -> &'static str {
         match self {
@@ -106,9 +131,7 @@ impl Event {
 pub fn replay(bank: Bank, events: &[Event]) -> Vec<u8> {
     let mut pcr = vec![0u8; bank.size()];
     for e in events {
-        let mut buf = pcr.clone();
-        buf.extend_from_slice(&bank.hash(&e.data()));
-        pcr = bank.hash(&buf);
+        pcr = bank.extend(&pcr, &bank.hash(&e.data()));
     }
     pcr
 }
