@@ -170,24 +170,20 @@ pub fn run(p: &Places<'_>) -> Result<Outcome, Error> {
         sha256: hex::encode(h.finalize()),
         actions: actions.len(),
     };
-    let io = |e: std::io::Error| Error::Io {
-        path: stamp_path.clone(),
-        source: e,
-    };
+    // Written last, by the same atomic write as the config's own files.
     let dir = stamp_path.parent().expect("stamp has a parent");
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(".node-config.json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(&stamp).expect("serializable"),
-    )
-    .map_err(io)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, &stamp_path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let json = serde_json::to_vec_pretty(&stamp).expect("serializable");
+    crate::apply(
+        &[crate::Action::root_file(
+            &format!("/{STAMP}"),
+            json,
+            "the stamp",
+        )],
+        p.sysroot,
+    )?;
     Ok(Outcome::Applied(stamp))
 }

@@ -58,7 +58,7 @@ pub enum Action {
 
 impl Action {
     /// A root-owned 0644 file (the shape of most of what a config writes).
-    fn root_file(path: &str, contents: Vec<u8>, why: impl Into<String>) -> Self {
+    pub(crate) fn root_file(path: &str, contents: Vec<u8>, why: impl Into<String>) -> Self {
         Action::Write {
             path: path.to_string(),
             mode: 0o644,
@@ -158,6 +158,16 @@ impl Accounts {
         a.group = group;
         a
     }
+}
+
+/// Appends `line` to a line-based database (passwd, shadow), ending the
+/// text before it with a newline if it lacks one.
+fn append_line(text: &mut String, line: &str) {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
 }
 
 /// Mode and owner of an existing file in the image, or defaults.
@@ -307,28 +317,25 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
                     ));
                 }
             }
-            if !passwd.is_empty() && !passwd.ends_with('\n') {
-                passwd.push('\n');
-            }
-            passwd.push_str(&format!(
-                "{}:x:{}:{}:{}:/home/{}:{}\n",
-                u.name,
-                u.uid,
-                u.uid,
-                u.gecos
-                    .as_ref()
-                    .map(|g| g.as_str().replace(':', " "))
-                    .unwrap_or_default(),
-                u.name,
-                u.shell
-            ));
+            append_line(
+                &mut passwd,
+                &format!(
+                    "{}:x:{}:{}:{}:/home/{}:{}",
+                    u.name,
+                    u.uid,
+                    u.uid,
+                    u.gecos
+                        .as_ref()
+                        .map(|g| g.as_str().replace(':', " "))
+                        .unwrap_or_default(),
+                    u.name,
+                    u.shell
+                ),
+            );
             group_lines.push(format!("{}:x:{}:", u.name, u.uid));
             if acc.shadow.is_some() {
-                if !shadow.is_empty() && !shadow.ends_with('\n') {
-                    shadow.push('\n');
-                }
                 // `*`: no password login; SSH keys only.
-                shadow.push_str(&format!("{}:*:0:0:99999:7:::\n", u.name));
+                append_line(&mut shadow, &format!("{}:*:0:0:99999:7:::", u.name));
             }
             user_ids.insert(u.name.to_string(), (u.uid, u.uid));
         }
