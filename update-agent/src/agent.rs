@@ -125,7 +125,8 @@ pub fn open_locked(disk: &std::path::Path) -> anyhow::Result<Flock<File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", disk.display()))
 }
 
-fn slots_of(disk: &std::path::Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
+/// The slots of the partition table on `disk` (open as `f`), `booted` active.
+pub(crate) fn slots_of(disk: &std::path::Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
     let mut r = f;
     let table = PartitionTable::read(&mut r, disk)?;
     Ok(Slots::from_table(table, booted)?)

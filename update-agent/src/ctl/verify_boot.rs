@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use drover_core::bootcheck::{self, PcrValues, Verification};
+use drover_core::eventlog;
 use drover_core::keys::TrustedKeys;
 use drover_core::measure::{self, Bank, Event};
 use drover_core::slot_image::{self, Window};
-use drover_core::{eventlog, PartitionTable, Slots};
 use serde::Serialize;
 
 /// Check this boot's measurements: replay the firmware's TCG event log and
@@ -87,8 +87,7 @@ fn expected(record: &serde_json::Value, trusted: &TrustedKeys) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let disk = crate::node::find_disk()?;
     let f = File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
-    let mut r = &f;
-    let slots = Slots::from_table(PartitionTable::read(&mut r, &disk)?, booted)?;
+    let slots = crate::agent::slots_of(&disk, &f, booted)?;
     let st = slots.get(booted);
     let w = Window {
         file: &f,
