@@ -434,27 +434,39 @@ impl Guest {
     }
 
     /// Polls [`Guest::status`] every 2 s until `done` holds for it, and
-    /// returns that status; fails the test (with the console) on timeout.
+    /// returns that status; on timeout, an error with the last answer.
+    pub fn try_wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let start = Instant::now();
+        let mut last = String::from("(no answer yet)");
+        while start.elapsed() < timeout {
+            match self.status() {
+                Ok(st) if done(&st) => return Ok(st),
+                Ok(st) => last = format!("{st:#}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        anyhow::bail!(
+            "waited {} s for {what}; last status: {last}",
+            timeout.as_secs()
+        )
+    }
+
+    /// [`Guest::try_wait_status`], failing the test (with the console) on
+    /// timeout.
     pub fn wait_status(
         &self,
         timeout: Duration,
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let start = Instant::now();
-        let mut last = String::from("(no answer yet)");
-        while start.elapsed() < timeout {
-            match self.status() {
-                Ok(st) if done(&st) => return st,
-                Ok(st) => last = format!("{st:#}"),
-                Err(e) => last = format!("{e:#}"),
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        self.fail(&format!(
-            "waited {} s for {what}; last status: {last}",
-            timeout.as_secs()
-        ))
+        self.try_wait_status(timeout, what, done)
+            .unwrap_or_else(|e| self.fail(&format!("{e:#}")))
     }
 
     /// Waits until the guest agent answers (it starts late in the boot).

@@ -171,9 +171,7 @@ pub fn test_image() -> &'static TestImage {
 /// build directory (holding `usr.img`, for `drover publish`). Built once
 /// per run (and reused while its inputs stay the same).
 pub fn release(name: &str, version: &str, extra: &str) -> PathBuf {
-    build(name, &spec(version, extra), true)
-        .unwrap_or_else(|e| panic!("building test release {name}: {e:#}"))
-        .join("out")
+    release_spec(name, &spec(version, extra))
 }
 
 /// A release built from a whole spec text (for a release that changes
@@ -202,6 +200,16 @@ pub fn publish(repo: &Path, build_dir: &Path) {
         "drover publish: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// (priority, tries, successful) of `slot` in the GPT of a disk image.
+pub fn slot_bits(disk: &Path, slot: drover_core::SlotId) -> (u8, u8, bool) {
+    let (t, _) = drover_core::PartitionTable::open(disk).expect("reading the GPT");
+    let p = drover_core::Slots::from_table(t, drover_core::SlotId::A)
+        .expect("the slot partitions")
+        .get(slot)
+        .prio;
+    (p.priority(), p.tries(), p.successful())
 }
 
 /// The test signing key pair: `(secret, public)`.
@@ -345,6 +353,16 @@ impl TestImage {
             initrd: self.initrd.clone(),
             append: "console=ttyS0,115200 drover.stage panic=5".into(),
         }
+    }
+
+    /// A node for the life-cycle tests: the stage booted directly, the
+    /// QEMU guest agent on `sock` (a stale socket removed), reboots
+    /// allowed. Callers add the channel or fw_cfg they need.
+    pub fn node(&self, name: &str, disk: &Path, sock: &Path) -> crate::guest::GuestBuilder {
+        let _ = std::fs::remove_file(sock);
+        crate::guest::GuestBuilder::new(name, disk, self.stage_direct())
+            .guest_agent(sock)
+            .allow_reboot()
     }
 
     /// The signing key of the test image.

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Guest, GuestBuilder};
+use drover_qemu_tests::guest::Guest;
 use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
@@ -98,10 +98,9 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     let web = Nginx::serve(&repo, None);
     let disk = img.fresh_disk(dir.path());
     let sock = dir.path().join("qga.sock");
-    let mut g = GuestBuilder::new("auto-rollback", &disk, img.stage_direct())
+    let mut g = img
+        .node("auto-rollback", &disk, &sock)
         .channel(web.port)
-        .guest_agent(&sock)
-        .allow_reboot()
         .start()
         .unwrap();
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use drover_core::keys::TrustedKeys;
 use drover_core::{measure, slot_image, PartitionTable, SlotId, Slots};
 use drover_qemu_tests::guest::{Firmware, GuestBuilder};
-use drover_qemu_tests::image::test_image;
+use drover_qemu_tests::image::{slot_bits, test_image};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const REPORT: &str = "DROVER-TEST-REPORT";
@@ -44,13 +44,6 @@ fn stage_update_in_b(disk: &Path, priority: u8, tries: u8) {
         .with_successful(false);
     t.set_attributes(b.partition, bits.raw()).unwrap();
     t.write(&mut f, false).unwrap();
-}
-
-fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
-    let (t, _) = PartitionTable::open(disk).unwrap();
-    let s = Slots::from_table(t, SlotId::A).unwrap();
-    let p = s.get(slot).prio;
-    (p.priority(), p.tries(), p.successful())
 }
 
 #[test]
@@ -109,11 +102,11 @@ fn a_valid_update_in_b_with_one_try_boots_and_uses_up_the_try() {
     // boot-complete.target was reached drover-boot-complete.service marked
     // it successful (the report runs after that unit).
     assert_eq!(
-        bits(&disk, SlotId::B),
+        slot_bits(&disk, SlotId::B),
         (2, 0, true),
         "B: try used up, then marked successful"
     );
-    assert_eq!(bits(&disk, SlotId::A), (1, 0, true));
+    assert_eq!(slot_bits(&disk, SlotId::A), (1, 0, true));
 }
 
 #[test]
@@ -147,7 +140,7 @@ fn a_flipped_byte_in_b_is_refused_and_a_boots() {
     }
     g.stop();
     // B keeps its decremented tries and is not chosen again.
-    assert_eq!(bits(&disk, SlotId::B), (2, 0, false));
+    assert_eq!(slot_bits(&disk, SlotId::B), (2, 0, false));
 }
 
 #[test]

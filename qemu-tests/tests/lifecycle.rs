@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{json_after, GuestBuilder};
+use drover_qemu_tests::guest::json_after;
 use drover_qemu_tests::image::{self, publish, test_image};
 use drover_qemu_tests::web::Nginx;
 
@@ -21,10 +21,9 @@ fn update_over_the_channel_then_manual_rollback() {
     let web = Nginx::serve(&repo, None);
     let disk = img.fresh_disk(dir.path());
     let sock = dir.path().join("qga.sock");
-    let mut g = GuestBuilder::new("lifecycle", &disk, img.stage_direct())
+    let mut g = img
+        .node("lifecycle", &disk, &sock)
         .channel(web.port)
-        .guest_agent(&sock)
-        .allow_reboot()
         .start()
         .unwrap();
 

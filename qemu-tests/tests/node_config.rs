@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Guest, GuestBuilder};
+use drover_qemu_tests::guest::Guest;
 use drover_qemu_tests::image::test_image;
 use sha2::{Digest as _, Sha256};
 
@@ -23,12 +23,9 @@ echo \"$@\" > /var/lib/kubelet/stand-in-args\n\
 exec sleep infinity\n";
 
 fn start(name: &str, disk: &Path, sock: &Path, config: &Path) -> Guest {
-    let img = test_image();
-    let _ = std::fs::remove_file(sock);
-    GuestBuilder::new(name, disk, img.stage_direct())
+    test_image()
+        .node(name, disk, sock)
         .fw_cfg("opt/org.drover/config", config)
-        .guest_agent(sock)
-        .allow_reboot()
         .start()
         .unwrap()
 }

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use drover_core::{PartitionTable, SlotId, Slots};
-use drover_qemu_tests::guest::{Guest, GuestBuilder};
-use drover_qemu_tests::image::{self, publish, test_image};
+use drover_core::SlotId;
+use drover_qemu_tests::guest::Guest;
+use drover_qemu_tests::image::{self, publish, slot_bits, test_image};
 use drover_qemu_tests::web::Nginx;
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -36,20 +36,10 @@ fn cut_points() -> Vec<f64> {
     v
 }
 
-/// (priority, tries, successful) of `slot`, read from the disk image.
-fn bits(disk: &Path, slot: SlotId) -> (u8, u8, bool) {
-    let (t, _) = PartitionTable::open(disk).unwrap();
-    let p = Slots::from_table(t, SlotId::A).unwrap().get(slot).prio;
-    (p.priority(), p.tries(), p.successful())
-}
-
 fn start(name: &str, disk: &Path, sock: &Path, port: u16) -> Guest {
-    let img = test_image();
-    let _ = std::fs::remove_file(sock);
-    GuestBuilder::new(name, disk, img.stage_direct())
+    test_image()
+        .node(name, disk, sock)
         .channel(port)
-        .guest_agent(sock)
-        .allow_reboot()
         .start()
         .unwrap()
 }
@@ -117,8 +107,8 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
             written.0,
             written.1
         );
-        let (prio_b, ..) = bits(&disk, SlotId::B);
-        let (prio_a, _, good_a) = bits(&disk, SlotId::A);
+        let (prio_b, ..) = slot_bits(&disk, SlotId::B);
+        let (prio_a, _, good_a) = slot_bits(&disk, SlotId::A);
         assert_eq!(prio_b, 0, "cut {}: USR-B bootable mid-write", i + 1);
         assert!(prio_a > 0 && good_a, "cut {}: USR-A no longer good", i + 1);
         g = start(&format!("power-cut-{}", i + 1), &disk, &sock, web.port);

@@ -281,21 +281,11 @@ pub fn run() -> anyhow::Result<()> {
     show(start, &mut g, "login:", t)?;
     g.wait_for_agent(t)?;
     say(start, "1.1.0 is up; drover-boot-complete.service marks USR-B successful once boot-complete.target is reached");
-    let t0 = Instant::now();
-    loop {
-        // The agent starts after the login prompt: no answer yet is not
-        // an error.
-        let st = g.status();
-        if let Ok(st) = &st {
-            if st["booted"]["version"] == "1.1.0" && st["booted-successful"] == true {
-                break;
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(300) {
-            bail!("USR-B was not marked successful: {st:?}");
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    // The agent starts after the login prompt: no answer yet is not an
+    // error, only no success within the time.
+    g.try_wait_status(Duration::from_secs(300), "USR-B marked successful", |st| {
+        st["booted"]["version"] == "1.1.0" && st["booted-successful"] == true
+    })?;
     status(start, &g, "droverctl status on the node")?;
     let log = web.access_log();
     let fetched: Vec<&str> = log.lines().filter(|l| l.contains("usr.img")).collect();
