@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
 use drover_core::measure;
-use drover_core::slot_image::{self, VerifiedSlot, Window};
+use drover_core::slot_image::{self, Window};
 use drover_core::{Decision, PartitionTable, SlotId, Slots};
 use sha2::{Digest, Sha256};
 
@@ -36,23 +36,6 @@ pub struct Prepared {
     pub cmdline: String,
     /// What is handed on.
     pub record: BootRecord,
-}
-
-/// The dm-verity arguments slot mode reads from the command line:
-/// `drover.verity=DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH` (salt `-` when empty).
-pub fn verity_arg(v: &VerifiedSlot) -> String {
-    let salt = if v.params.salt.is_empty() {
-        "-".to_string()
-    } else {
-        hex::encode(&v.params.salt)
-    };
-    format!(
-        "drover.verity={}:{}:{}:{}",
-        v.params.data_blocks,
-        v.locator.hash_offset,
-        salt,
-        hex::encode(v.root_hash)
-    )
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -216,12 +199,7 @@ fn check_and_prepare(
     let _ = dm::remove(name);
     let (kernel, initramfs) = result?;
 
-    let cmdline = format!(
-        "{} drover.slot={} {}",
-        boot.cmdline,
-        slot.label(),
-        verity_arg(&v)
-    );
+    let cmdline = measure::slot_cmdline(m, slot.label());
     let events =
         measure::expected_events(slot.label(), &v.verified.digest, m, &v.root_hash, &cmdline);
     let (measured, banks, not_measured_reason) = match crate::tpm::device() {

@@ -14,6 +14,8 @@
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
+pub mod attestation;
+pub mod authenticode;
 pub mod bootcheck;
 pub mod channel;
 pub mod cpio;
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod measure;
+pub mod quote;
 pub mod selection;
 pub mod slot;
 pub mod slot_image;

@@ -136,6 +136,31 @@ pub fn replay(bank: Bank, events: &[Event]) -> Vec<u8> {
     pcr
 }
 
+/// The command line the stage gives the slot's kernel: the manifest's,
+/// then the slot and the verity parameters the slot's initramfs opens
+/// `/usr` with, `drover.verity=DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH`
+/// (salt `-` when empty); all from the signed manifest, so a verifier can
+/// predict it.
+pub fn slot_cmdline(manifest: &crate::manifest::Manifest, slot_label: &str) -> String {
+    let v = &manifest.verity;
+    let salt = if v.salt.is_empty() {
+        "-"
+    } else {
+        v.salt.as_str()
+    };
+    format!(
+        "{} drover.slot={slot_label} drover.verity={}:{}:{salt}:{}",
+        manifest
+            .boot
+            .as_ref()
+            .map(|b| b.cmdline.as_str())
+            .unwrap_or(""),
+        v.data_blocks,
+        v.hash_offset,
+        v.root_hash
+    )
+}
+
 /// What the stage measures when it boots `slot_label` from a slot whose
 /// signed manifest has the SHA-256 `manifest_sha256` and whose verity root
 /// hash is `root_hash`, with the kernel and initramfs digests the manifest

@@ -29,6 +29,9 @@ enum Command {
     /// Check a node config (os-config) before it goes to a node.
     #[command(subcommand)]
     Config(commands::config::Command),
+    /// Check a node's attestation evidence (`droverctl attest`) against
+    /// the nonce and the published reference values.
+    AttestVerify(commands::attest_verify::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => a.run(),
         Command::Publish(a) => a.run(),
         Command::Config(c) => c.run(),
+        Command::AttestVerify(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Debian packages the agent's binaries link (tpm2-tss), required in
+/// every image that has the agent.
+pub const AGENT_TPM_PACKAGES: [&str; 2] = ["libtss2-esys-3.0.2-0", "libtss2-tctildr0"];
+
 /// A whole image spec.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -336,6 +340,13 @@ impl ImageSpec {
         if self.agent.enabled && !self.debian.packages.iter().any(|p| p == "dbus") {
             return Err("at `debian.packages`: the update agent ([agent] enabled) needs `dbus` (its API and logind are on the system bus); add it or set agent.enabled = false".into());
         }
+        if self.agent.enabled {
+            for lib in AGENT_TPM_PACKAGES {
+                if !self.debian.packages.iter().any(|p| p == lib) {
+                    return Err(format!("at `debian.packages`: the update agent ([agent] enabled) needs `{lib}` (droverctl reads the TPM through the TSS for verify-boot and attest, at every boot); add it or set agent.enabled = false"));
+                }
+            }
+        }
         if !self
             .debian
             .packages
@@ -396,11 +407,11 @@ security-version = 1
 
 [debian]
 suite = "bookworm"
-packages = ["systemd", "dbus", "linux-image-amd64"]
+packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linux-image-amd64"]
 "#;
 
     #[test]
-    fn the_agent_section_becomes_agent_toml_and_needs_dbus() {
+    fn the_agent_section_becomes_agent_toml_and_needs_dbus_and_the_tss() {
         let s = ImageSpec::parse(&format!(
             "{GOOD}\n[agent]\nserver = \"https://updates.example/drover\"\nchannel = \"beta\"\nreboot-strategy = \"off\"\n"
         ))
@@ -417,6 +428,8 @@ packages = ["systemd", "dbus", "linux-image-amd64"]
         assert!(e.contains("agent.reboot-strategy"), "{e}");
         let e = ImageSpec::parse(&GOOD.replace("\"dbus\", ", "")).unwrap_err();
         assert!(e.contains("dbus"), "{e}");
+        let e = ImageSpec::parse(&GOOD.replace("\"libtss2-tctildr0\", ", "")).unwrap_err();
+        assert!(e.contains("`libtss2-tctildr0`") && e.contains("verify-boot"), "{e}");
         assert!(ImageSpec::parse(&format!(
             "{}\n[agent]\nenabled = false\n",
             GOOD.replace("\"dbus\", ", "")

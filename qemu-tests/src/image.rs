@@ -21,7 +21,7 @@ security-version = 1
 
 [debian]
 suite = "bookworm"
-packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "udev", "dbus", "qemu-guest-agent", "containerd", "runc", "linux-image-amd64"]
+packages = ["systemd", "systemd-sysv", "systemd-boot-efi", "udev", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "qemu-guest-agent", "containerd", "runc", "linux-image-amd64"]
 
 [kernel]
 cmdline = "console=tty0 console=ttyS0,115200 panic=5"

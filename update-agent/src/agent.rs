@@ -126,6 +126,21 @@ pub fn open_locked(disk: &std::path::Path) -> anyhow::Result<Flock<File>> {
 }
 
 /// The slots of the partition table on `disk` (open as `f`), `booted` active.
+/// The first problem `drover-verify-boot.service` found, from its verdict.
+fn verify_boot_problem() -> Option<String> {
+    let text = std::fs::read(crate::measured::VERDICT).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    if v["measured"] == false {
+        return Some(format!(
+            "not measured: {}",
+            v["not_measured_reason"]
+                .as_str()
+                .unwrap_or("no reason recorded")
+        ));
+    }
+    v["checks"]["problems"][0].as_str().map(String::from)
+}
+
 pub(crate) fn slots_of(disk: &std::path::Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
     let mut r = f;
     let table = PartitionTable::read(&mut r, disk)?;
@@ -296,6 +311,7 @@ impl Agent {
                 to_version: self.booted.version.clone(),
                 at: drover_core::channel::now(),
                 manual: false,
+                reason: p.failure.clone(),
             };
             tracing::warn!(
                 failed_version = %p.version,
@@ -340,22 +356,33 @@ impl Agent {
             return Ok(());
         }
         let failed = failed_checks();
-        if !failed.is_empty() {
-            tracing::warn!(
-                failed_units = %failed.join(" "),
-                "boot assessment failed ({} required by boot-complete.target failed): rebooting into the previous slot",
-                failed.join(", ")
-            );
-            self.set_op(Operation::Rebooting);
-            self.rebooter.reboot()?;
+        let reason = if !failed.is_empty() {
+            let mut reason = format!("boot check failed: {}", failed.join(", "));
+            if failed.iter().any(|u| u == "drover-verify-boot.service") {
+                if let Some(p) = verify_boot_problem() {
+                    reason.push_str(&format!(" ({p})"));
+                }
+            }
+            reason
         } else if since_boot.as_secs() >= self.cfg.boot_complete_timeout_secs {
-            tracing::warn!(
-                "boot-complete.target not reached within {} s: rebooting into the previous slot",
+            format!(
+                "boot-complete.target not reached within {} s",
                 self.cfg.boot_complete_timeout_secs
-            );
-            self.set_op(Operation::Rebooting);
-            self.rebooter.reboot()?;
-        }
+            )
+        } else {
+            return Ok(());
+        };
+        tracing::warn!(
+            failed_units = %failed.join(" "),
+            "boot assessment failed ({reason}): rebooting into the previous slot"
+        );
+        self.state.update(|s| {
+            if let Some(p) = s.pending.as_mut() {
+                p.failure = Some(reason.clone());
+            }
+        })?;
+        self.set_op(Operation::Rebooting);
+        self.rebooter.reboot()?;
         Ok(())
     }
 
@@ -560,6 +587,7 @@ impl Agent {
             to_version: other_version.clone(),
             at: drover_core::channel::now(),
             manual: true,
+            reason: Some("asked for by an operator (droverctl rollback)".into()),
         };
         // The version rolled back from is not installed again on the
         // agent's own initiative (the operator chose to leave it).

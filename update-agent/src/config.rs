@@ -58,6 +58,11 @@ pub struct Config {
     /// Accept releases below the running security version.
     #[serde(default)]
     pub allow_security_downgrade: bool,
+    /// Secure sites: a boot whose TPM measurements do not verify
+    /// (`droverctl verify-boot`), or that was not measured at all, fails
+    /// its boot assessment: never marked successful, an update falls back.
+    #[serde(default)]
+    pub require_measured_boot: bool,
 }
 
 /// Reboot strategy.

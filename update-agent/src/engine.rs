@@ -303,6 +303,7 @@ pub fn apply_release(
                     version: report.version.clone(),
                     slot: report.slot.to_string(),
                     from_version: node.version.clone(),
+                    failure: None,
                 });
             })?;
             Ok((report, resume_from))

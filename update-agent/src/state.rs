@@ -38,6 +38,10 @@ pub struct Pending {
     pub slot: String,
     /// Version running when it was written.
     pub from_version: String,
+    /// Why its boot was given up, when the agent gave it up (a failed
+    /// boot check); kept for the rollback report after the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// A download in progress.
@@ -66,6 +70,11 @@ pub struct Rollback {
     pub at: u64,
     /// Asked for by an operator (`droverctl rollback`).
     pub manual: bool,
+    /// Why the failed version's boot was given up, when the agent knew
+    /// (a failed boot check, the boot-complete timeout); absent when the
+    /// boot never reached the agent (the stage fell back on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The state file.

@@ -9,6 +9,27 @@ use anyhow::{bail, Context as _};
 /// systemd-boot's EFI binary inside a root file system or on the host.
 pub const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
+/// Where the stage kernel and initramfs are on the ESP.
+pub const STAGE_KERNEL: &str = "/drover/vmlinuz";
+/// See [`STAGE_KERNEL`].
+pub const STAGE_INITRD: &str = "/drover/initrd.img";
+/// The signed manifest of the build that wrote the ESP: its reference
+/// values include the boot stage's.
+pub const STAGE_MANIFEST: &str = "/drover/manifest.sig";
+
+/// The stage's command line as systemd-boot measures it (PCR 12) and
+/// hands it to the kernel's EFI stub (which measures it into PCR 9): the
+/// loader entry's `initrd` turned into an `initrd=` option in front, in
+/// UTF-16LE with the terminating NUL.
+pub fn measured_cmdline(cmdline: &str) -> Vec<u8> {
+    let options = format!("initrd={} {cmdline}", STAGE_INITRD.replace('/', "\\"));
+    options
+        .encode_utf16()
+        .chain([0])
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
 /// What goes on the ESP.
 #[derive(Debug)]
 pub struct EspInput<'a> {
@@ -20,6 +41,9 @@ pub struct EspInput<'a> {
     pub initramfs: &'a Path,
     /// Kernel command line of the stage.
     pub cmdline: &'a str,
+    /// The build's signed manifest envelope, whose reference values
+    /// describe this ESP's boot stage (`/drover/manifest.sig`).
+    pub manifest: &'a Path,
     /// Volume id (from the build inputs, for reproducibility).
     pub volume_id: u32,
 }
@@ -74,12 +98,17 @@ pub fn build(image: &Path, mib: u64, input: &EspInput<'_>) -> anyhow::Result<()>
     mtools(&[
         "mcopy",
         input.kernel.to_str().context("path")?,
-        "::/drover/vmlinuz",
+        &format!("::{STAGE_KERNEL}"),
     ])?;
     mtools(&[
         "mcopy",
         input.initramfs.to_str().context("path")?,
-        "::/drover/initrd.img",
+        &format!("::{STAGE_INITRD}"),
+    ])?;
+    mtools(&[
+        "mcopy",
+        input.manifest.to_str().context("path")?,
+        &format!("::{STAGE_MANIFEST}"),
     ])?;
     let dir = tempfile::tempdir()?;
     let loader = dir.path().join("loader.conf");
@@ -90,7 +119,7 @@ pub fn build(image: &Path, mib: u64, input: &EspInput<'_>) -> anyhow::Result<()>
     std::fs::write(
         &entry,
         format!(
-            "title Drover boot stage\nlinux /drover/vmlinuz\ninitrd /drover/initrd.img\noptions {}\n",
+            "title Drover boot stage\nlinux {STAGE_KERNEL}\ninitrd {STAGE_INITRD}\noptions {}\n",
             input.cmdline
         ),
     )?;
@@ -105,4 +134,20 @@ pub fn build(image: &Path, mib: u64, input: &EspInput<'_>) -> anyhow::Result<()>
         "::/loader/entries/drover.conf",
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_measured_command_line_is_what_systemd_boot_252_measured() {
+        // From the OVMF + swtpm fixture's PCR 12 event
+        // (core/tests/fixtures/ovmf-swtpm).
+        let m = measured_cmdline("console=tty0 console=ttyS0,115200 panic=5 drover.stage");
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(m)),
+            "86c785523313b7971ebc94f3f5fc10ba3e8dabf89799d7f078333cdbbec7e599"
+        );
+    }
 }

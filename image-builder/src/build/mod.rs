@@ -294,7 +294,41 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         initramfs: file_ref(&tree.usr, &tree.initramfs_rel())?,
         cmdline: spec.kernel.cmdline.clone(),
     };
-    let reference = vec![
+    // The boot stage as the firmware will measure it (see
+    // `drover_core::bootcheck::STAGE_COMPONENTS`): signed in the manifest,
+    // so that a node and a remote verifier can check the ESP it booted
+    // from, and the manifest goes onto the ESP with it.
+    let systemd_boot = [root.join(esp::SYSTEMD_BOOT), Path::new("/").join(esp::SYSTEMD_BOOT)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("no systemd-boot EFI binary in the image (add systemd-boot-efi to debian.packages) or on this host")?;
+    let stage_cmdline = format!("{} drover.stage", spec.kernel.cmdline);
+    let kernel = tree.usr.join(tree.kernel_rel());
+    let authenticode = |p: &Path| -> anyhow::Result<String> {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        drover_core::authenticode::sha256(&bytes)
+            .map(hex::encode)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let boot_stage = vec![
+        ReferenceValue {
+            component: "systemd-boot".into(),
+            sha256: authenticode(&systemd_boot)?,
+        },
+        ReferenceValue {
+            component: "stage-kernel".into(),
+            sha256: authenticode(&kernel)?,
+        },
+        ReferenceValue {
+            component: "stage-cmdline".into(),
+            sha256: hex::encode(Sha256::digest(esp::measured_cmdline(&stage_cmdline))),
+        },
+        ReferenceValue {
+            component: "stage-initramfs".into(),
+            sha256: sha256_file(&stage_initrd)?.1,
+        },
+    ];
+    let mut reference = vec![
         ReferenceValue {
             component: "slot-kernel".into(),
             sha256: boot.kernel.sha256.clone(),
@@ -308,6 +342,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
             sha256: hex::encode(Sha256::digest(boot.cmdline.as_bytes())),
         },
     ];
+    reference.extend(boot_stage.iter().cloned());
 
     let usr_img = w.join("usr.img");
     st.run(
@@ -353,15 +388,10 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         ("usr.img", usr_img.clone()),
         ("manifest.json", manifest_path),
     ];
-    let mut boot_stage = Vec::new();
     if !opts.slot_only {
-        let systemd_boot = [root.join(esp::SYSTEMD_BOOT), Path::new("/").join(esp::SYSTEMD_BOOT)]
-            .into_iter()
-            .find(|p| p.is_file())
-            .context("no systemd-boot EFI binary in the image (add systemd-boot-efi to debian.packages) or on this host")?;
         let esp_img = w.join("esp.img");
-        let stage_cmdline = format!("{} drover.stage", spec.kernel.cmdline);
-        let kernel = tree.usr.join(tree.kernel_rel());
+        let envelope = w.join("manifest.sig");
+        std::fs::write(&envelope, signed.to_envelope())?;
         st.run(
             "esp",
             "FAT32 ESP with systemd-boot and the boot stage",
@@ -375,25 +405,12 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
                         kernel: &kernel,
                         initramfs: &stage_initrd,
                         cmdline: &stage_cmdline,
+                        manifest: &envelope,
                         volume_id: u32::from_le_bytes(id[..4].try_into().expect("4 bytes")),
                     },
                 )
             },
         )?;
-        for (component, path) in [
-            ("systemd-boot", systemd_boot.as_path()),
-            ("stage-kernel", kernel.as_path()),
-            ("stage-initramfs", stage_initrd.as_path()),
-        ] {
-            boot_stage.push(ReferenceValue {
-                component: component.into(),
-                sha256: sha256_file(path)?.1,
-            });
-        }
-        boot_stage.push(ReferenceValue {
-            component: "stage-cmdline".into(),
-            sha256: hex::encode(Sha256::digest(stage_cmdline.as_bytes())),
-        });
         let layout = LayoutSpec {
             esp_mib: spec.disk.esp_mib,
             usr_mib: spec.disk.usr_mib,

@@ -65,6 +65,12 @@ const AGENT_UNITS: [(&str, &str); 2] = [
     ),
 ];
 
+/// The measured-boot check, required by `boot-complete.target`.
+const VERIFY_BOOT_UNIT: (&str, &str) = (
+    "drover-verify-boot.service",
+    include_str!("../../../update-agent/units/drover-verify-boot.service"),
+);
+
 /// The kubelet's unit (kubelet-unit/), shipped where containerd is.
 const KUBELET_UNIT: &str = include_str!("../../../kubelet-unit/kubelet.service");
 
@@ -214,6 +220,19 @@ pub fn prepare(
             let _ = std::fs::remove_file(wants.join(name));
             std::os::unix::fs::symlink(format!("../{name}"), wants.join(name))?;
         }
+        // The measured-boot check, a boot check of boot-complete.target.
+        write_file(
+            &sd.join(VERIFY_BOOT_UNIT.0),
+            VERIFY_BOOT_UNIT.1.as_bytes(),
+            0o644,
+        )?;
+        let requires = sd.join("boot-complete.target.requires");
+        std::fs::create_dir_all(&requires)?;
+        let _ = std::fs::remove_file(requires.join(VERIFY_BOOT_UNIT.0));
+        std::os::unix::fs::symlink(
+            format!("../{}", VERIFY_BOOT_UNIT.0),
+            requires.join(VERIFY_BOOT_UNIT.0),
+        )?;
         write_file(
             &usr.join("share/dbus-1/system.d/org.drover.Update1.conf"),
             DBUS_POLICY.as_bytes(),

@@ -1,5 +1,6 @@
 //! The subcommands of `drover`.
 
+pub mod attest_verify;
 pub mod build;
 pub mod config;
 pub mod inspect;

@@ -40,6 +40,9 @@ enum Command {
     /// Check this boot's TPM measurements against the event logs and the
     /// booted slot's signed manifest.
     VerifyBoot(ctl::verify_boot::Args),
+    /// Quote this boot's PCRs with a verifier's nonce, for
+    /// `drover attest-verify`.
+    Attest(ctl::attest::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::MarkSuccessful(a) => a.run(),
         Command::Update(a) => a.run(),
         Command::VerifyBoot(a) => a.run(),
+        Command::Attest(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

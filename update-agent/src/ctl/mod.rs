@@ -1,5 +1,6 @@
 //! `droverctl` subcommands, one file each.
 
+pub mod attest;
 pub mod mark_successful;
 pub mod online;
 pub mod rollback;

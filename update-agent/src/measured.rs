@@ -1,0 +1,295 @@
+//! This boot's measurements, checked on the node (`droverctl verify-boot`,
+//! `drover-verify-boot.service`) and handed to a remote verifier
+//! (`droverctl attest`).
+//!
+//! Inputs: the boot stage's record (`/run/drover/boot-record.json`), the
+//! firmware's TCG event log as the kernel shows it, the PCRs read from the
+//! TPM, the booted slot's signed manifest (the stage's events must be what
+//! it predicts) and the signed manifest the ESP carries
+//! (`/drover/manifest.sig`, written by the build that wrote the ESP; its
+//! reference values describe the boot stage the firmware measured). The
+//! ESP is read as a FAT file system straight from the disk, read-only,
+//! without mounting it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use drover_core::bootcheck::{self, Verification};
+use drover_core::keys::TrustedKeys;
+use drover_core::manifest::ReferenceValue;
+use drover_core::measure::{self, Bank, Event};
+use drover_core::slot::layout;
+use drover_core::slot_image::{self, SignedManifest, Window};
+use drover_core::table::PartitionTable;
+use serde::Serialize;
+
+/// The stage's record of this boot.
+pub const BOOT_RECORD: &str = "/run/drover/boot-record.json";
+/// The firmware's event log.
+pub const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+/// Where `drover-verify-boot.service` leaves its verdict for the agent.
+pub const VERDICT: &str = "/run/drover/verify-boot.json";
+/// The signed manifest on the ESP.
+pub const ESP_MANIFEST: &str = "drover/manifest.sig";
+
+/// Where the inputs are.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// The boot record.
+    pub boot_record: PathBuf,
+    /// The firmware's event log.
+    pub event_log: PathBuf,
+    /// The TPM (TCTI name).
+    pub tcti: String,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            boot_record: BOOT_RECORD.into(),
+            event_log: EVENT_LOG.into(),
+            tcti: crate::tpm::DEFAULT_TCTI.into(),
+        }
+    }
+}
+
+/// The verdict on this boot.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The stage measured the boot into a TPM.
+    pub measured: bool,
+    /// Why not, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_measured_reason: Option<String>,
+    /// The slot booted.
+    pub slot: String,
+    /// Its version.
+    pub version: String,
+    /// The checks, when the boot was measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Verification>,
+    /// Measured, and every check passed.
+    pub verified: bool,
+}
+
+impl Report {
+    /// The first reason this boot does not verify, for one-line reports.
+    pub fn first_problem(&self) -> String {
+        match &self.checks {
+            _ if !self.measured => format!(
+                "not measured ({})",
+                self.not_measured_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+            ),
+            Some(v) => v.problems.first().cloned().unwrap_or_default(),
+            None => String::new(),
+        }
+    }
+}
+
+/// The boot record, parsed as far as the checks need it.
+#[derive(Debug)]
+pub struct BootRecord {
+    /// The whole record.
+    pub json: serde_json::Value,
+    /// Slot label.
+    pub slot: String,
+    /// Version.
+    pub version: String,
+    /// Measured into a TPM.
+    pub measured: bool,
+    /// The events extended.
+    pub events: Vec<Event>,
+}
+
+/// Reads the boot record.
+pub fn boot_record(path: &Path) -> anyhow::Result<BootRecord> {
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "reading the boot record {} (was this system started by drover-boot?)",
+            path.display()
+        )
+    })?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a boot record", path.display()))?;
+    let events = if json["events"].is_null() {
+        Vec::new()
+    } else {
+        serde_json::from_value(json["events"].clone()).context("the boot record's events")?
+    };
+    Ok(BootRecord {
+        slot: json["slot"].as_str().unwrap_or("").to_string(),
+        version: json["version"].as_str().unwrap_or("").to_string(),
+        measured: json["measured"].as_bool().unwrap_or(false),
+        events,
+        json,
+    })
+}
+
+/// A partition of a disk as a `Read + Seek` for the FAT reader; writing
+/// is refused (nothing here writes to the ESP).
+struct ReadOnlyPartition<'a> {
+    file: &'a File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for ReadOnlyPartition<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ReadOnlyPartition<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::other("seek before the partition start"))?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for ReadOnlyPartition<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the ESP is read, never written, here",
+        ))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file on the ESP of `disk`, read without mounting.
+pub fn read_esp_file(disk: &Path, f: &File, path: &str) -> anyhow::Result<Vec<u8>> {
+    let mut r = f;
+    let table = PartitionTable::read(&mut r, disk)?;
+    let (start, len) = table.byte_range(layout::ESP.0).with_context(|| {
+        format!(
+            "{} has no ESP (partition {})",
+            disk.display(),
+            layout::ESP.0
+        )
+    })?;
+    let part = ReadOnlyPartition {
+        file: f,
+        start,
+        len,
+        pos: 0,
+    };
+    let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new())
+        .with_context(|| format!("reading the ESP of {} as FAT", disk.display()))?;
+    let mut out = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .with_context(|| format!("opening /{path} on the ESP"))?
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading /{path} on the ESP"))?;
+    Ok(out)
+}
+
+/// The boot stage's reference values from the ESP's signed manifest.
+pub fn stage_reference(
+    disk: &Path,
+    f: &File,
+    trusted: &TrustedKeys,
+) -> anyhow::Result<Vec<ReferenceValue>> {
+    let bytes = read_esp_file(disk, f, ESP_MANIFEST)?;
+    let signed = SignedManifest::read(&bytes[..], 0, bytes.len() as u64)
+        .map_err(|e| anyhow::anyhow!("/{ESP_MANIFEST} on the ESP: {e}"))?;
+    let v = signed.verify(trusted, Path::new(&format!("ESP:/{ESP_MANIFEST}")))?;
+    Ok(v.manifest
+        .reference
+        .into_iter()
+        .filter(|r| bootcheck::STAGE_COMPONENTS.contains(&r.component.as_str()))
+        .collect())
+}
+
+/// What the booted slot's signed manifest says the stage measured.
+fn expected(
+    record: &BootRecord,
+    disk: &Path,
+    f: &File,
+    trusted: &TrustedKeys,
+) -> anyhow::Result<Vec<Event>> {
+    let booted: drover_core::SlotId = record
+        .slot
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the boot record's slot: {e}"))?;
+    let slots = crate::agent::slots_of(disk, f, booted)?;
+    let st = slots.get(booted);
+    let w = Window {
+        file: f,
+        offset: st.offset,
+    };
+    let v = slot_image::open_verified(&w, st.size, disk, trusted)
+        .with_context(|| format!("reading the signed manifest of {}", booted.label()))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    Ok(measure::expected_events(
+        booted.label(),
+        &v.verified.digest,
+        &v.verified.manifest,
+        &v.root_hash,
+        cmdline.trim(),
+    ))
+}
+
+/// Checks this boot.
+pub fn check(src: &Sources, trusted: &TrustedKeys) -> anyhow::Result<Report> {
+    let record = boot_record(&src.boot_record)?;
+    let mut report = Report {
+        measured: record.measured,
+        not_measured_reason: record.json["not_measured_reason"]
+            .as_str()
+            .map(String::from),
+        slot: record.slot.clone(),
+        version: record.version.clone(),
+        checks: None,
+        verified: false,
+    };
+    if !record.measured {
+        return Ok(report);
+    }
+    let disk = crate::node::find_disk()?;
+    let f = File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
+    let expected = expected(&record, &disk, &f, trusted)?;
+    let log = match std::fs::read(&src.event_log) {
+        Ok(b) => Some(
+            drover_core::eventlog::parse(&b)
+                .with_context(|| format!("parsing {}", src.event_log.display()))?,
+        ),
+        Err(_) => None,
+    };
+    // Without a signed stage manifest on the ESP the check says so (an ESP
+    // from before reference values, or one that was tampered with).
+    let stage = stage_reference(&disk, &f, trusted);
+    let mut ctx = crate::tpm::open(&src.tcti)?;
+    let pcrs = crate::tpm::read_pcrs(&mut ctx, &Bank::ALL)?;
+    let mut v = bootcheck::verify(
+        log.as_ref(),
+        &pcrs,
+        &record.events,
+        &expected,
+        stage.as_ref().ok().map(Vec::as_slice),
+    );
+    if let Err(e) = &stage {
+        v.problems.push(format!("{e:#}"));
+    }
+    report.verified = v.verified;
+    report.checks = Some(v);
+    Ok(report)
+}

@@ -1,0 +1,171 @@
+//! The node's TPM, through `tss-esapi`: PCR values for `verify-boot`, and
+//! the attestation key and quotes for `attest`.
+//!
+//! The attestation key (AK) is an RSA-2048 restricted signing key
+//! (RSASSA, SHA-256) created under the endorsement key (EK, the TCG default
+//! RSA template, re-derived by the TPM on every use) the first time it is
+//! needed. Its public part and its private part — wrapped by the TPM, of no
+//! use without this TPM — are kept in the agent's state directory, so the
+//! key is the same until the TPM is cleared or the files go.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+
+use anyhow::{bail, Context as _};
+use drover_core::bootcheck::PcrValues;
+use drover_core::measure::Bank;
+use tss_esapi::abstraction::{ak, ek, pcr, DefaultKey};
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::interface_types::algorithm::{
+    AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
+};
+use tss_esapi::structures::{
+    Data, HashScheme, PcrSelectionList, PcrSlot, Private, Public, SignatureScheme,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall as _, UnMarshall as _};
+use tss_esapi::Context;
+
+/// The kernel's TPM resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// File names of the AK in the state directory.
+const AK_PUBLIC: &str = "ak.pub";
+const AK_PRIVATE: &str = "ak.priv";
+
+/// Whether this machine has a TPM the kernel drives.
+pub fn present() -> bool {
+    Path::new("/dev/tpmrm0").exists()
+}
+
+/// Opens the TPM named by a TCTI string (`device:/dev/tpmrm0`,
+/// `swtpm:host=127.0.0.1,port=2321`).
+pub fn open(tcti: &str) -> anyhow::Result<Context> {
+    // tpm2-tss writes its own warnings to stderr; our errors carry them.
+    std::env::set_var("TSS2_LOG", "all+none");
+    let conf =
+        TctiNameConf::from_str(tcti).with_context(|| format!("'{tcti}' is not a TCTI name"))?;
+    Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))
+}
+
+fn alg_of(bank: Bank) -> HashingAlgorithm {
+    match bank {
+        Bank::Sha1 => HashingAlgorithm::Sha1,
+        Bank::Sha256 => HashingAlgorithm::Sha256,
+        Bank::Sha384 => HashingAlgorithm::Sha384,
+        Bank::Sha512 => HashingAlgorithm::Sha512,
+    }
+}
+
+fn all_pcrs() -> Vec<PcrSlot> {
+    (0..24)
+        .map(|i| PcrSlot::try_from(1u32 << i).expect("PCRs 0-23 exist"))
+        .collect()
+}
+
+/// Every PCR (0–23) of the given banks; a bank the TPM has not allocated
+/// is left out.
+pub fn read_pcrs(ctx: &mut Context, banks: &[Bank]) -> anyhow::Result<PcrValues> {
+    let mut out = PcrValues::new();
+    for &bank in banks {
+        let sel = PcrSelectionList::builder()
+            .with_selection(alg_of(bank), &all_pcrs())
+            .build()?;
+        let data =
+            pcr::read_all(ctx, sel).with_context(|| format!("reading the {} PCRs", bank.name()))?;
+        let Some(values) = data.pcr_bank(alg_of(bank)) else {
+            continue;
+        };
+        for (i, slot) in all_pcrs().into_iter().enumerate() {
+            if let Some(d) = values.get_digest(slot) {
+                out.insert((bank, i as u32), d.to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The AK, loaded: its handle and marshalled `TPMT_PUBLIC`. Created under
+/// the EK and stored in `dir` the first time.
+pub fn attestation_key(ctx: &mut Context, dir: &Path) -> anyhow::Result<(KeyHandle, Vec<u8>)> {
+    let ek = ek::create_ek_object(ctx, AsymmetricAlgorithm::Rsa, DefaultKey)
+        .context("creating the endorsement key from the default template")?;
+    let result = load_or_create(ctx, ek, dir);
+    let _ = ctx.flush_context(ek.into());
+    result
+}
+
+fn load_or_create(
+    ctx: &mut Context,
+    ek: KeyHandle,
+    dir: &Path,
+) -> anyhow::Result<(KeyHandle, Vec<u8>)> {
+    let (pub_path, priv_path) = (dir.join(AK_PUBLIC), dir.join(AK_PRIVATE));
+    let (public, private) = if pub_path.exists() && priv_path.exists() {
+        let public = Public::unmarshall(&std::fs::read(&pub_path)?)
+            .with_context(|| format!("{} is not a TPM public area", pub_path.display()))?;
+        let private = Private::try_from(std::fs::read(&priv_path)?)
+            .with_context(|| format!("{} is not a TPM private area", priv_path.display()))?;
+        (public, private)
+    } else {
+        let created = ak::create_ak(
+            ctx,
+            ek,
+            HashingAlgorithm::Sha256,
+            SignatureSchemeAlgorithm::RsaSsa,
+            None,
+            DefaultKey,
+        )
+        .context("creating the attestation key under the endorsement key")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_atomic(&priv_path, created.out_private.value())?;
+        write_atomic(&pub_path, &created.out_public.marshall()?)?;
+        tracing::info!(dir = %dir.display(), "created the TPM attestation key");
+        (created.out_public, created.out_private)
+    };
+    let handle = ak::load_ak(ctx, ek, None, private, public).with_context(|| {
+        format!(
+            "loading the attestation key from {} (was the TPM cleared? remove the files to create a new one)",
+            dir.display()
+        )
+    })?;
+    // The public area as the TPM holds it (its hash is the key's name).
+    let (public, _, _) = ctx.read_public(handle)?;
+    Ok((handle, public.marshall()?))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// A quote of every SHA-256 PCR with `nonce` as qualifying data, signed
+/// by the AK: the marshalled `TPMS_ATTEST` and `TPMT_SIGNATURE`.
+pub fn quote(ctx: &mut Context, ak: KeyHandle, nonce: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    if nonce.is_empty() || nonce.len() > drover_core::attestation::MAX_NONCE {
+        bail!(
+            "the nonce is {} bytes; a TPM takes 1 to {}",
+            nonce.len(),
+            drover_core::attestation::MAX_NONCE
+        );
+    }
+    let sel = PcrSelectionList::builder()
+        .with_selection(HashingAlgorithm::Sha256, &all_pcrs())
+        .build()?;
+    let (attest, signature) = ctx
+        .execute_with_nullauth_session(|ctx| {
+            ctx.quote(
+                ak,
+                Data::try_from(nonce.to_vec())?,
+                SignatureScheme::RsaSsa {
+                    hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+                },
+                sel,
+            )
+        })
+        .context("quoting the PCRs")?;
+    Ok((attest.marshall()?, signature.marshall()?))
+}
