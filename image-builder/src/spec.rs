@@ -429,7 +429,10 @@ packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linu
         let e = ImageSpec::parse(&GOOD.replace("\"dbus\", ", "")).unwrap_err();
         assert!(e.contains("dbus"), "{e}");
         let e = ImageSpec::parse(&GOOD.replace("\"libtss2-tctildr0\", ", "")).unwrap_err();
-        assert!(e.contains("`libtss2-tctildr0`") && e.contains("verify-boot"), "{e}");
+        assert!(
+            e.contains("`libtss2-tctildr0`") && e.contains("verify-boot"),
+            "{e}"
+        );
         assert!(ImageSpec::parse(&format!(
             "{}\n[agent]\nenabled = false\n",
             GOOD.replace("\"dbus\", ", "")

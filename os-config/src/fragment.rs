@@ -131,6 +131,9 @@ pub struct Update {
     pub window: Option<Window>,
     /// Seconds between checks.
     pub poll_interval_secs: Option<u64>,
+    /// Secure sites: a boot whose TPM measurements do not verify is never
+    /// marked successful (an update falls back).
+    pub require_measured_boot: Option<bool>,
 }
 
 /// When the agent reboots into an update.

@@ -21,6 +21,9 @@ pub fn agent_drop_in(u: &Update) -> String {
     if let Some(p) = u.poll_interval_secs {
         t.push_str(&format!("poll-interval-secs = {p}\n"));
     }
+    if let Some(r) = u.require_measured_boot {
+        t.push_str(&format!("require-measured-boot = {r}\n"));
+    }
     if let Some(s) = u.reboot_strategy {
         let name = match s {
             RebootStrategy::Immediate => "immediate",

@@ -177,6 +177,7 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
             m.reboot_strategy = u.reboot_strategy.or(m.reboot_strategy);
             m.window = u.window.or(m.window.take());
             m.poll_interval_secs = u.poll_interval_secs.or(m.poll_interval_secs);
+            m.require_measured_boot = u.require_measured_boot.or(m.require_measured_boot);
         }
         if let Some(k) = f.kubelet {
             origin.insert("kubelet".into(), src.name.clone());

@@ -71,6 +71,7 @@ server = "https://updates.example.com/drover/"
 channel = "beta"
 reboot-strategy = "window"
 poll-interval-secs = 600
+require-measured-boot = true
 window = {{ days = ["sat", "sun"], start = "02:30", length-minutes = 90 }}
 
 [kubelet]
@@ -300,6 +301,7 @@ fn applying_writes_what_the_config_says_and_only_once() {
     let v: toml::Value = toml::from_str(&agent).unwrap();
     assert_eq!(v["channel"].as_str(), Some("beta"));
     assert_eq!(v["reboot"]["strategy"].as_str(), Some("window"));
+    assert_eq!(v["require-measured-boot"].as_bool(), Some(true));
     assert_eq!(
         v["reboot"]["window"]["length-minutes"].as_integer(),
         Some(90)

@@ -54,7 +54,9 @@ fn payload_requests(web: &Nginx, version: &str) -> usize {
 
 /// Waits for the agent, on the old slot again, to report the rollback of
 /// `failed` (not a manual one) and to have given that slot priority 0.
-fn expect_rollback(g: &mut Guest, failed: &str) {
+/// `reason`: what the report must say of why (absent when the failed boot
+/// never reached the agent).
+fn expect_rollback(g: &mut Guest, failed: &str, reason: Option<&str>) {
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
     g.wait_for_agent(Duration::from_secs(120))
         .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
@@ -72,6 +74,12 @@ fn expect_rollback(g: &mut Guest, failed: &str) {
             .as_array()
             .is_some_and(|v| v.iter().any(|x| x == failed))
         || st["other"]["state"] != "unbootable"
+        || match reason {
+            Some(r) => !st["last-rollback"]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains(r)),
+            None => !st["last-rollback"]["reason"].is_null(),
+        }
     {
         g.fail(&format!("status after the rollback of {failed}: {st:#}"));
     }
@@ -111,11 +119,15 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     // agent sees the check failed and reboots at once (no timeout), so
     // the test image's report may not get to print on this boot.
     g.expect("DROVER-TEST-HEALTH failing on purpose", BOOT);
-    expect_rollback(&mut g, "3.0.0");
+    expect_rollback(
+        &mut g,
+        "3.0.0",
+        Some("boot check failed: drover-test-health.service"),
+    );
     // The agent rebooted because the check failed, not after a timeout
     // (the test image's is 900 s): its journal from that boot says so.
     let line = g.expect(
-        "boot assessment failed (drover-test-health.service required by boot-complete.target failed)",
+        "boot assessment failed (boot check failed: drover-test-health.service)",
         BOOT,
     );
     assert!(line.contains("DROVER-PREVIOUS-BOOT agent:"), "{line}");
@@ -123,7 +135,7 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     // 2. A kernel that cannot start.
     publish(&repo, &panics);
     g.expect("Kernel panic", BOOT);
-    expect_rollback(&mut g, "3.0.1");
+    expect_rollback(&mut g, "3.0.1", None);
 
     // Not installed again: more polls of the channel, which still
     // offers 3.0.1, fetch no payload and leave USR-B alone.

@@ -103,20 +103,7 @@ impl StateFile {
 
     /// Writes the state (temporary file, fsync, rename).
     pub fn save(&self, s: &State) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(s)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("renaming to {}", self.path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_durably(&self.path, &serde_json::to_vec_pretty(s)?)
     }
 
     /// Loads, changes and saves.
@@ -126,4 +113,25 @@ impl StateFile {
         self.save(&s)?;
         Ok(r)
     }
+}
+
+/// Replaces `path` with `bytes` so that a power cut leaves the old file or
+/// the new one, whole: a temporary file beside it, fsync, rename, fsync of
+/// the directory (creating the directory if need be).
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
 }

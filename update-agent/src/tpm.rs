@@ -8,7 +8,7 @@
 //! use without this TPM — are kept in the agent's state directory, so the
 //! key is the same until the TPM is cleared or the files go.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr as _;
 
 use anyhow::{bail, Context as _};
@@ -117,9 +117,8 @@ fn load_or_create(
             DefaultKey,
         )
         .context("creating the attestation key under the endorsement key")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomic(&priv_path, created.out_private.value())?;
-        write_atomic(&pub_path, &created.out_public.marshall()?)?;
+        crate::state::write_durably(&priv_path, created.out_private.value())?;
+        crate::state::write_durably(&pub_path, &created.out_public.marshall()?)?;
         tracing::info!(dir = %dir.display(), "created the TPM attestation key");
         (created.out_public, created.out_private)
     };
@@ -132,14 +131,6 @@ fn load_or_create(
     // The public area as the TPM holds it (its hash is the key's name).
     let (public, _, _) = ctx.read_public(handle)?;
     Ok((handle, public.marshall()?))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 /// A quote of every SHA-256 PCR with `nonce` as qualifying data, signed

@@ -223,6 +223,32 @@ fn a_quote_from_the_enrolled_tpm_verifies_and_forgeries_do_not() {
     // Unpinned: verifies as far as the key goes, and says so.
     let v = check(&e, nonce, None);
     assert!(v.verified && !v.ak_pinned);
+
+    // A second opinion: tpm2-tools' tpm2_checkquote accepts the same quote
+    // with the same key and nonce, and refuses it with another nonce.
+    let d = tempfile::tempdir().unwrap();
+    let mut tpm2b = (ak.len() as u16).to_be_bytes().to_vec();
+    tpm2b.extend_from_slice(&ak);
+    std::fs::write(d.path().join("ak.pub"), tpm2b).unwrap();
+    std::fs::write(d.path().join("quote"), b64(&e.quote)).unwrap();
+    std::fs::write(d.path().join("sig"), b64(&e.signature)).unwrap();
+    let checkquote = |nonce: &[u8]| {
+        std::process::Command::new("tpm2_checkquote")
+            .current_dir(d.path())
+            .args([
+                "-u", "ak.pub", "-m", "quote", "-s", "sig", "-g", "sha256", "-q",
+            ])
+            .arg(hex::encode(nonce))
+            .output()
+            .expect("tpm2_checkquote (Debian package tpm2-tools; `cargo xtask deps` installs it)")
+    };
+    let o = checkquote(nonce);
+    assert!(
+        o.status.success(),
+        "tpm2_checkquote: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!checkquote(nonce2).status.success());
 }
 
 #[test]

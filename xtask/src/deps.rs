@@ -17,6 +17,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("swtpm", "swtpm"),
     ("swtpm_setup", "swtpm-tools"),
+    // A second opinion on Drover's quote verification (attest tests).
+    ("tpm2_checkquote", "tpm2-tools"),
     (
         "/usr/lib/x86_64-linux-gnu/pkgconfig/tss2-esys.pc",
         "libtss2-dev",

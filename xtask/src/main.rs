@@ -115,6 +115,7 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
         "verity_superblock",
         "gpt_table",
         "tcg_event_log",
+        "attestation_evidence",
     ] {
         run(Command::new("cargo")
             .args([

@@ -82,39 +82,29 @@ impl Args {
             event_log: self.event_log.clone(),
             tcti: self.tcti.clone(),
         };
-        let report = match measured::check(&src, &trusted) {
-            Ok(r) => r,
-            Err(e) if self.policy && !cfg.require_measured_boot => {
-                eprintln!(
-                    "warning: this boot's measurements could not be checked ({e:#}); require-measured-boot is not set, so it counts anyway"
-                );
-                return Ok(());
+        let checked = measured::check(&src, &trusted);
+        if let Ok(report) = &checked {
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(report)?);
+            } else {
+                print_text(report);
             }
-            Err(e) => return Err(e),
-        };
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print_text(&report);
         }
         if self.policy {
-            let _ = std::fs::create_dir_all("/run/drover");
-            std::fs::write(measured::VERDICT, serde_json::to_vec_pretty(&report)?)?;
-            if report.verified {
-                return Ok(());
+            if let Ok(report) = &checked {
+                let _ = std::fs::create_dir_all("/run/drover");
+                std::fs::write(measured::VERDICT, serde_json::to_vec_pretty(report)?)?;
             }
-            if cfg.require_measured_boot {
-                anyhow::bail!(
-                    "require-measured-boot is set and this boot does not verify: {}",
-                    report.first_problem()
-                );
-            }
-            eprintln!(
-                "warning: this boot does not verify ({}); require-measured-boot is not set, so it counts anyway",
-                report.first_problem()
-            );
-            return Ok(());
+            return match policy(checked.as_ref(), cfg.require_measured_boot) {
+                Ok(None) => Ok(()),
+                Ok(Some(warning)) => {
+                    eprintln!("warning: {warning}");
+                    Ok(())
+                }
+                Err(reason) => Err(anyhow::anyhow!(reason)),
+            };
         }
+        let report = checked?;
         if report.verified {
             Ok(())
         } else if !report.measured {
@@ -122,5 +112,60 @@ impl Args {
         } else {
             anyhow::bail!("the boot does not verify")
         }
+    }
+}
+
+/// What `--policy` decides about a boot: it counts (`Ok(None)`), it counts
+/// with a warning (`Ok(Some)`: it does not verify, but
+/// `require-measured-boot` is not set), or it fails its boot check
+/// (`Err`, the reason). A boot that was not measured, or whose
+/// measurements could not be read, does not verify.
+pub fn policy(
+    checked: Result<&Report, &anyhow::Error>,
+    required: bool,
+) -> Result<Option<String>, String> {
+    let why = match checked {
+        Ok(r) if r.verified => return Ok(None),
+        Ok(r) => format!("this boot does not verify: {}", r.first_problem()),
+        Err(e) => format!("this boot's measurements could not be checked: {e:#}"),
+    };
+    if required {
+        Err(format!("require-measured-boot is set and {why}"))
+    } else {
+        Ok(Some(format!(
+            "{why}; require-measured-boot is not set, so the boot counts anyway"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(measured: bool, verified: bool) -> Report {
+        Report {
+            measured,
+            not_measured_reason: (!measured).then(|| "no TPM device".to_string()),
+            slot: "USR-A".into(),
+            version: "1.0.0".into(),
+            checks: None,
+            verified,
+        }
+    }
+
+    #[test]
+    fn secure_sites_refuse_what_does_not_verify_and_others_are_warned() {
+        assert_eq!(policy(Ok(&report(true, true)), true), Ok(None));
+        // Without a TPM: refused under the policy, a warning without it.
+        let e = policy(Ok(&report(false, false)), true).unwrap_err();
+        assert!(e.contains("not measured (no TPM device)"), "{e}");
+        let w = policy(Ok(&report(false, false)), false).unwrap().unwrap();
+        assert!(w.contains("counts anyway"), "{w}");
+        // Measurements that cannot be read count as not verified.
+        let err = anyhow::anyhow!("opening the TPM");
+        assert!(policy(Err(&err), true)
+            .unwrap_err()
+            .contains("opening the TPM"));
+        assert!(policy(Err(&err), false).unwrap().is_some());
     }
 }
