@@ -247,6 +247,11 @@ fn with_require_measured_boot_an_unverified_update_is_never_blessed_and_falls_ba
         |st| st["last-rollback"]["from-version"] == "2.0.0",
     );
     let reason = st["last-rollback"]["reason"].as_str().unwrap_or("");
+    // And the boot now running says it is not verified either.
+    let problem = st["measured-boot"]["problem"].as_str().unwrap_or("");
+    if st["measured-boot"]["verified"] != false || !problem.contains("stage-initramfs") {
+        g.fail(&format!("measured-boot in the status: {st:#}"));
+    }
     if st["last-rollback"]["manual"] != false
         || !reason.contains("drover-verify-boot.service")
         || !reason.contains("stage-initramfs")

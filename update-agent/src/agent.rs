@@ -85,6 +85,48 @@ pub struct Status {
     pub last_rollback: Option<Rollback>,
     /// Why a reboot waits, when it does.
     pub reboot_blocked: Option<String>,
+    /// This boot's measured-boot verdict (`drover-verify-boot.service`),
+    /// once the check has run.
+    pub measured_boot: Option<MeasuredBoot>,
+}
+
+/// `drover-verify-boot.service`'s verdict on this boot.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct MeasuredBoot {
+    /// The stage measured the boot into a TPM.
+    pub measured: bool,
+    /// Every check passed.
+    pub verified: bool,
+    /// The first thing that did not, for people.
+    pub problem: Option<String>,
+}
+
+impl MeasuredBoot {
+    /// Reads the verdict the unit left, if it has run.
+    pub fn read() -> Option<MeasuredBoot> {
+        let text = std::fs::read(crate::measured::VERDICT).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let measured = v["measured"].as_bool()?;
+        let verified = v["verified"].as_bool()?;
+        let problem = if verified {
+            None
+        } else if !measured {
+            Some(format!(
+                "not measured: {}",
+                v["not_measured_reason"]
+                    .as_str()
+                    .unwrap_or("no reason recorded")
+            ))
+        } else {
+            v["checks"]["problems"][0].as_str().map(String::from)
+        };
+        Some(MeasuredBoot {
+            measured,
+            verified,
+            problem,
+        })
+    }
 }
 
 /// A state change or progress, for D-Bus signals.
@@ -126,21 +168,6 @@ pub fn open_locked(disk: &std::path::Path) -> anyhow::Result<Flock<File>> {
 }
 
 /// The slots of the partition table on `disk` (open as `f`), `booted` active.
-/// The first problem `drover-verify-boot.service` found, from its verdict.
-fn verify_boot_problem() -> Option<String> {
-    let text = std::fs::read(crate::measured::VERDICT).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    if v["measured"] == false {
-        return Some(format!(
-            "not measured: {}",
-            v["not_measured_reason"]
-                .as_str()
-                .unwrap_or("no reason recorded")
-        ));
-    }
-    v["checks"]["problems"][0].as_str().map(String::from)
-}
-
 pub(crate) fn slots_of(disk: &std::path::Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
     let mut r = f;
     let table = PartitionTable::read(&mut r, disk)?;
@@ -177,6 +204,7 @@ impl Agent {
             failed_versions: st.failed_versions.clone(),
             last_rollback: st.last_rollback.clone(),
             reboot_blocked: None,
+            measured_boot: None,
         };
         let a = Arc::new(Agent {
             cfg,
@@ -197,7 +225,9 @@ impl Agent {
 
     /// The status now.
     pub fn status(&self) -> Status {
-        self.status.lock().expect("status lock").clone()
+        let mut s = self.status.lock().expect("status lock").clone();
+        s.measured_boot = MeasuredBoot::read();
+        s
     }
 
     fn set_op(&self, op: Operation) {
@@ -359,7 +389,7 @@ impl Agent {
         let reason = if !failed.is_empty() {
             let mut reason = format!("boot check failed: {}", failed.join(", "));
             if failed.iter().any(|u| u == "drover-verify-boot.service") {
-                if let Some(p) = verify_boot_problem() {
+                if let Some(p) = MeasuredBoot::read().and_then(|m| m.problem) {
                     reason.push_str(&format!(" ({p})"));
                 }
             }

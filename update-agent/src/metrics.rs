@@ -43,6 +43,14 @@ pub fn render(s: &Status) -> String {
             s.booted.measured
         )],
     );
+    if let Some(m) = &s.measured_boot {
+        metric(
+            "drover_measured_boot_verified",
+            "1 when this boot's TPM measurements verified (droverctl verify-boot), 0 when not or not measured.",
+            "gauge",
+            vec![format!(" {}", u8::from(m.verified))],
+        );
+    }
     metric(
         "drover_booted_successful",
         "1 when the booted slot is marked successful.",
@@ -138,4 +146,53 @@ pub fn serve(addr: &str, agent: Arc<Agent>) -> anyhow::Result<std::net::SocketAd
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{MeasuredBoot, OtherSlot};
+
+    fn status(measured_boot: Option<MeasuredBoot>) -> Status {
+        Status {
+            booted: crate::node::Booted {
+                slot: drover_core::SlotId::A,
+                version: "1.0.0".into(),
+                measured: true,
+                decision: "candidate".into(),
+            },
+            booted_successful: true,
+            other: OtherSlot::default(),
+            operation: Operation::Idle,
+            progress: None,
+            channel: "stable".into(),
+            server: None,
+            reboot_strategy: crate::config::Strategy::Immediate,
+            last_check: None,
+            last_verdict: None,
+            last_error: None,
+            failures: 0,
+            failed_versions: Vec::new(),
+            last_rollback: None,
+            reboot_blocked: None,
+            measured_boot,
+        }
+    }
+
+    #[test]
+    fn the_measured_boot_verdict_is_a_gauge_once_the_check_has_run() {
+        assert!(!render(&status(None)).contains("drover_measured_boot_verified"));
+        let m = render(&status(Some(MeasuredBoot {
+            measured: true,
+            verified: false,
+            problem: Some("stage-initramfs (PCR 9): …".into()),
+        })));
+        assert!(m.contains("\ndrover_measured_boot_verified 0\n"), "{m}");
+        let m = render(&status(Some(MeasuredBoot {
+            measured: true,
+            verified: true,
+            problem: None,
+        })));
+        assert!(m.contains("\ndrover_measured_boot_verified 1\n"), "{m}");
+    }
 }

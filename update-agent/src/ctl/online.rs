@@ -89,6 +89,17 @@ impl StatusArgs {
         if let Some(r) = s["reboot-blocked"].as_str() {
             println!("reboot:     waits: {r}");
         }
+        if s["measured-boot"].is_object() {
+            let m = &s["measured-boot"];
+            println!(
+                "measured:   {}",
+                if m["verified"].as_bool() == Some(true) {
+                    "verified (droverctl verify-boot)".to_string()
+                } else {
+                    format!("NOT VERIFIED: {}", str_(&m["problem"]))
+                }
+            );
+        }
         if s["last-rollback"].is_object() {
             let r = &s["last-rollback"];
             println!(
@@ -102,6 +113,9 @@ impl StatusArgs {
                 str_(&r["to-version"]),
                 when(r["at"].as_u64())
             );
+            if let Some(why) = r["reason"].as_str() {
+                println!("            {why}");
+            }
         }
         Ok(())
     }
