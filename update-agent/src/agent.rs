@@ -422,7 +422,7 @@ impl Agent {
         let prev = self.status().operation;
         self.set_op(Operation::Checking);
         let r = (|| {
-            let client = crate::source::client()?;
+            let client = self.http()?;
             engine::check(
                 &Repo::parse(&server),
                 &client,
@@ -449,6 +449,13 @@ impl Agent {
             }
         }
         r
+    }
+
+    /// The HTTP client, with the configured stall timeout.
+    fn http(&self) -> reqwest::Result<reqwest::blocking::Client> {
+        crate::source::client(std::time::Duration::from_secs(
+            self.cfg.download_stall_timeout_secs,
+        ))
     }
 
     /// `from`, else the configured server.
@@ -493,7 +500,7 @@ impl Agent {
         self.set_op(Operation::Applying);
         let r = (|| {
             let node = self.node()?;
-            let client = crate::source::client()?;
+            let client = self.http()?;
             let mut f = open_locked(&self.disk)?;
             let mut slots = slots_of(&self.disk, &f, self.booted.slot)?;
             let mut last = 0u64;

@@ -63,6 +63,10 @@ pub struct Config {
     /// its boot assessment: never marked successful, an update falls back.
     #[serde(default)]
     pub require_measured_boot: bool,
+    /// Seconds a server may send nothing (no response, or no bytes of a
+    /// payload) before the request is given up; the next attempt resumes.
+    #[serde(default = "default_stall")]
+    pub download_stall_timeout_secs: u64,
 }
 
 /// Reboot strategy.
@@ -160,6 +164,9 @@ fn default_bus() -> String {
 fn default_boot_timeout() -> u64 {
     900
 }
+fn default_stall() -> u64 {
+    crate::source::STALL_TIMEOUT.as_secs()
+}
 
 fn merge(into: &mut toml::Table, from: toml::Table) {
     for (k, v) in from {
@@ -233,6 +240,9 @@ impl Config {
         }
         if self.poll_interval_secs == 0 {
             bail!("poll-interval-secs must be above 0");
+        }
+        if self.download_stall_timeout_secs == 0 {
+            bail!("download-stall-timeout-secs must be above 0");
         }
         Ok(())
     }

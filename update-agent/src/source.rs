@@ -17,14 +17,22 @@ use reqwest::StatusCode;
 
 use crate::apply::Source;
 
-/// The HTTP client every request of the agent goes through.
-pub fn client() -> reqwest::Result<Client> {
+/// How long a server may send nothing before a request is given up,
+/// unless the config says otherwise (`download-stall-timeout-secs`).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The HTTP client every request of the agent goes through. `stall`
+/// bounds the wait for a response's headers and for each read of its body
+/// (the blocking client's timeout applies per read), not the whole
+/// transfer: a payload streams through one response for as long as it
+/// takes, but a server that stops sending is given up after `stall`, and
+/// the next attempt resumes from the last synced checkpoint. Keepalive
+/// probes find a peer that is gone.
+pub fn client(stall: Duration) -> reqwest::Result<Client> {
     Client::builder()
         .user_agent(concat!("drover-agent/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(20))
-        // A whole payload streams through one response: no overall
-        // timeout; keepalive probes find a dead peer.
-        .timeout(None)
+        .timeout(stall)
         .tcp_keepalive(Duration::from_secs(30))
         .build()
 }
@@ -166,7 +174,50 @@ impl Source for HttpSource {
         self
     }
     fn stream(&mut self, offset: u64) -> io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.range(offset, None)?))
+        Ok(Box::new(Stalls {
+            inner: self.range(offset, None)?,
+            url: &self.url,
+        }))
+    }
+}
+
+/// A response body whose stall (see [`client`]) is reported as such, not
+/// as reqwest's "error decoding response body".
+struct Stalls<'a> {
+    inner: Response,
+    url: &'a str,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(c) = cause {
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    e.kind() == io::ErrorKind::TimedOut
+}
+
+impl Read for Stalls<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if is_timeout(&e) {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: the server stopped sending (nothing within download-stall-timeout-secs); the next attempt resumes from the last checkpoint",
+                        self.url
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 }
 

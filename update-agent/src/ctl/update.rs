@@ -98,7 +98,7 @@ impl Args {
                 security_version: running.os.security_version,
                 machine_id: String::new(),
             };
-            let client = crate::source::client()?;
+            let client = crate::source::client(crate::source::STALL_TIMEOUT)?;
             let check = engine::check(
                 &repo,
                 &client,
