@@ -553,6 +553,36 @@ impl Agent {
         }
     }
 
+    /// Lets the agent install `version` again: takes it off the versions
+    /// that failed to boot here or were rolled back from by hand. An
+    /// operator's decision (the fix may be elsewhere: a health check, the
+    /// node's config); the next check may offer it again.
+    pub fn forget_failed(&self, version: &str) -> anyhow::Result<()> {
+        let known = self.state.update(|s| {
+            let before = s.failed_versions.len();
+            s.failed_versions.retain(|v| v != version);
+            s.failed_versions.len() != before
+        })?;
+        if !known {
+            let list = self.status().failed_versions;
+            anyhow::bail!(
+                "{version} is not among the versions that failed here ({})",
+                if list.is_empty() {
+                    "there are none".to_string()
+                } else {
+                    list.join(", ")
+                }
+            );
+        }
+        self.status
+            .lock()
+            .expect("status lock")
+            .failed_versions
+            .retain(|v| v != version);
+        tracing::info!(%version, "an operator allowed {version} to be installed again");
+        Ok(())
+    }
+
     /// Stops a running apply at its next chunk; its slot stays unbootable.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! Methods (replies are JSON text, for scripts and for `droverctl --json`):
 //! `Status() → s`, `Check() → s`, `Update(s from) → s` (starts writing an
 //! available release; progress and the outcome arrive as signals),
-//! `Cancel()`, `Rollback(b reboot) → s`.
+//! `Cancel()`, `Rollback(b reboot) → s`, `ForgetFailed(s version)`.
 //! Signals: `StateChanged(s operation)`, `Progress(t written, t total)`,
 //! `Finished(b ok, s message)`.
 
@@ -110,6 +110,13 @@ impl Service {
     /// Stops a running update; its slot stays unbootable.
     fn cancel(&self) {
         self.agent.cancel();
+    }
+
+    /// Lets the agent install a version that failed here (or was rolled
+    /// back from by hand) again.
+    async fn forget_failed(&self, version: String) -> zbus::fdo::Result<()> {
+        let agent = Arc::clone(&self.agent);
+        blocking::unblock(move || agent.forget_failed(&version).map_err(failed)).await
     }
 
     /// Boots the other, previously good slot next; reboots when asked.

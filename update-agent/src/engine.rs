@@ -197,7 +197,7 @@ fn pick(
         if st.failed_versions.contains(&r.version) {
             skipped.push((
                 r.version.clone(),
-                "it failed to boot on this node before".to_string(),
+                "it failed to boot here or was rolled back from by hand (`droverctl forget-failed VERSION` allows it again)".to_string(),
             ));
             continue;
         }

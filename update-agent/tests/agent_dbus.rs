@@ -312,6 +312,20 @@ fn a_failed_update_is_detected_after_boot_marked_and_not_installed_again() {
     assert_eq!(logind.lock().unwrap().reboots, 0);
     let (ok, out) = agent.ctl(&["status"]);
     assert!(ok && out.contains("automatic from 1.1.0 to 1.0.0"), "{out}");
+    // Until an operator allows it again; an unknown version is refused.
+    let (ok, out) = agent.ctl(&["forget-failed", "9.9.9"]);
+    assert!(
+        !ok && out.contains("9.9.9 is not among the versions that failed here (1.1.0)"),
+        "{out}"
+    );
+    let (ok, out) = agent.ctl(&["forget-failed", "1.1.0"]);
+    assert!(ok, "{out}");
+    assert_eq!(agent.status()["failed-versions"], serde_json::json!([]));
+    let (ok, out) = agent.ctl(&["check", "--json"]);
+    assert!(ok, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(c["verdict"]["version"], "1.1.0", "{c:#}");
+    assert_eq!(c["skipped"], serde_json::json!([]));
 }
 
 #[test]

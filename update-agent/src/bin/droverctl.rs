@@ -28,6 +28,8 @@ enum Command {
     Check(ctl::online::CheckArgs),
     /// Stop an update that is being written.
     Cancel(ctl::online::CancelArgs),
+    /// Let the agent install a version that failed here again.
+    ForgetFailed(ctl::online::ForgetFailedArgs),
     /// Show both slots and which one boots next.
     Slots(ctl::slots::Args),
     /// Boot the other, previously good slot next.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Status(a) => a.run(),
         Command::Check(a) => a.run(),
         Command::Cancel(a) => a.run(),
+        Command::ForgetFailed(a) => a.run(),
         Command::Slots(a) => a.run(),
         Command::Rollback(a) => a.run(),
         Command::MarkSuccessful(a) => a.run(),

@@ -167,6 +167,28 @@ impl CheckArgs {
     }
 }
 
+/// Let the agent install VERSION again: take it off the versions that
+/// failed to boot here or were rolled back from by hand (`droverctl status`
+/// lists them). The next check may offer it again.
+#[derive(Debug, clap::Args)]
+pub struct ForgetFailedArgs {
+    /// The version.
+    #[arg(value_name = "VERSION")]
+    pub release: String,
+}
+
+impl ForgetFailedArgs {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<()> {
+        dbus::call(&connect()?, "ForgetFailed", &(self.release.as_str(),))?;
+        println!(
+            "{} may be installed again (the next check can offer it)",
+            self.release
+        );
+        Ok(())
+    }
+}
+
 /// Stop an update that is being written; the slot it was writing stays
 /// unbootable.
 #[derive(Debug, clap::Args)]
