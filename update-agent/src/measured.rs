@@ -108,14 +108,7 @@ pub struct BootRecord {
 
 /// Reads the boot record.
 pub fn boot_record(path: &Path) -> anyhow::Result<BootRecord> {
-    let text = std::fs::read(path).with_context(|| {
-        format!(
-            "reading the boot record {} (was this system started by drover-boot?)",
-            path.display()
-        )
-    })?;
-    let json: serde_json::Value = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a boot record", path.display()))?;
+    let json = crate::node::record_json(path)?;
     let events = if json["events"].is_null() {
         Vec::new()
     } else {

@@ -19,16 +19,20 @@ pub struct Booted {
     pub decision: String,
 }
 
-/// Reads the boot record (`/run/drover/boot-record.json`).
-pub fn booted(record: &Path) -> anyhow::Result<Booted> {
+/// The boot record (`/run/drover/boot-record.json`) as JSON.
+pub fn record_json(record: &Path) -> anyhow::Result<serde_json::Value> {
     let b = std::fs::read(record).with_context(|| {
         format!(
             "reading the boot record {} (was this system started by drover-boot?)",
             record.display()
         )
     })?;
-    let v: serde_json::Value = serde_json::from_slice(&b)
-        .with_context(|| format!("{} is not a boot record", record.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("{} is not a boot record", record.display()))
+}
+
+/// Reads the boot record (`/run/drover/boot-record.json`).
+pub fn booted(record: &Path) -> anyhow::Result<Booted> {
+    let v = record_json(record)?;
     let slot = v["slot"]
         .as_str()
         .context("the boot record names no slot")?
