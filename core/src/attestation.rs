@@ -113,7 +113,8 @@ pub struct Attestation {
     pub problems: Vec<String>,
 }
 
-fn b64(field: &str, s: &str) -> Result<Vec<u8>, String> {
+/// Decodes a base64 field of the evidence (`field` names it in the error).
+pub fn from_b64(field: &str, s: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| format!("the evidence's {field} is not base64: {e}"))
@@ -177,7 +178,7 @@ fn check_quote(
             evidence.format
         ));
     }
-    let ak_bytes = b64("ak-public", &evidence.ak_public)?;
+    let ak_bytes = from_b64("ak-public", &evidence.ak_public)?;
     let ak = AkPublic::parse(&ak_bytes)?;
     out.ak_name = hex::encode(&ak.name);
     if let Some(pinned) = refs.ak_public {
@@ -191,8 +192,8 @@ fn check_quote(
             ));
         }
     }
-    let attest = b64("quote", &evidence.quote)?;
-    let signature = quote::rsassa_signature(&b64("signature", &evidence.signature)?)?;
+    let attest = from_b64("quote", &evidence.quote)?;
+    let signature = quote::rsassa_signature(&from_b64("signature", &evidence.signature)?)?;
     if !ak.verify(&attest, &signature) {
         return Err("the quote's signature does not verify with the attestation key".into());
     }
@@ -255,7 +256,7 @@ fn check_boot(
     let log = match &evidence.firmware_log {
         None => None,
         Some(s) => Some(
-            eventlog::parse(&b64("firmware-log", s)?)
+            eventlog::parse(&from_b64("firmware-log", s)?)
                 .map_err(|e| format!("the firmware event log: {e}"))?,
         ),
     };

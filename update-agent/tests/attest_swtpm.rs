@@ -14,7 +14,6 @@
 #[path = "../../test-support/swtpm.rs"]
 mod swtpm;
 
-use base64::Engine as _;
 use drover_core::attestation::{self, Evidence, References};
 use drover_core::bootcheck::STAGE_COMPONENTS;
 use drover_core::eventlog::{self, EV_EFI_BOOT_SERVICES_APPLICATION};
@@ -149,7 +148,7 @@ fn check(e: &Evidence, nonce: &[u8], ak: Option<&[u8]>) -> attestation::Attestat
 }
 
 fn b64(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    attestation::from_b64("evidence", s).unwrap()
 }
 
 #[test]

@@ -65,18 +65,12 @@ impl Args {
             eprintln!("evidence written to {}", self.out.display());
         }
         if let Some(p) = &self.ak_public_out {
-            let ak = base64_decode(&evidence.ak_public);
+            let ak = attestation::from_b64("ak-public", &evidence.ak_public)
+                .map_err(anyhow::Error::msg)?;
             std::fs::write(p, ak).with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .expect("written by us")
 }
 
 /// Builds the evidence: quote first, then the PCRs it covered.
