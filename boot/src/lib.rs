@@ -13,6 +13,10 @@
 //!   runs again without it. With nothing left, a rescue message says why.
 //!   Without a TPM the boot goes on and the record says it was not
 //!   measured, and why.
+//! * **Live boot** (`drover.live`, from the installation ISO): the same
+//!   checks on the slot image file on the ISO (through a read-only loop
+//!   device), and the slot's initramfs puts its root in memory; see
+//!   [`live`].
 //! * **Slot mode** (the slot's own initramfs): open `/usr` with dm-verity
 //!   (restart on corruption), mount ROOT, populate `/etc` on first boot,
 //!   switch root to systemd.
@@ -21,6 +25,7 @@ pub mod dm;
 pub mod early;
 pub mod grow;
 pub mod kexec;
+pub mod live;
 pub mod record;
 pub mod slot_mode;
 pub mod stage;

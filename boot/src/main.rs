@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use drover_boot::{early, kexec, slot_mode, stage};
+use drover_boot::{early, kexec, live, slot_mode, stage};
 use drover_core::keys::TrustedKeys;
 
 fn run(start: Instant) -> anyhow::Result<()> {
@@ -17,8 +17,33 @@ fn run(start: Instant) -> anyhow::Result<()> {
         "stage" => {
             let keys = TrustedKeys::load(&[Path::new("/etc/drover/keys").to_path_buf()])?;
             stage::step(start, &format!("{} trusted key(s)", keys.keys().len()));
-            let disk = stage::find_disk(start)?;
-            let p = stage::choose_and_prepare(&disk, &keys, start)?;
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let p = if early::cmdline_value(&cmdline, live::FLAG).is_some() {
+                // Booted from the installation ISO: the slot image on it.
+                live::mount_media(start)?;
+                let (path, file, node) = live::open_slot_image()?;
+                let size = file.metadata()?.len();
+                let mut p = stage::check_and_prepare(
+                    &stage::SlotSource {
+                        label: live::LABEL,
+                        path: &path,
+                        file: &file,
+                        offset: 0,
+                        size,
+                        node,
+                        full_check: false,
+                        extra_cmdline: live::FLAG,
+                    },
+                    &keys,
+                    start,
+                )?;
+                p.record.decision = "live".into();
+                stage::append_record(&p.initrd, &p.record)?;
+                p
+            } else {
+                let disk = stage::find_disk(start)?;
+                stage::choose_and_prepare(&disk, &keys, start)?
+            };
             let kernel = std::fs::File::open(&p.kernel)?;
             let initrd = std::fs::File::open(&p.initrd)?;
             kexec::load(&kernel, &initrd, &p.cmdline).context("loading the slot kernel")?;

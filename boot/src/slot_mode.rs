@@ -18,10 +18,15 @@ use crate::stage::step;
 /// the OEM partition mounted read-only at `/oem` while it runs. A config
 /// that fails validation stops the boot: nothing of it was applied, and
 /// the message stays on the console.
-fn node_config(start: Instant, disk: &Path, sysroot: &Path, cmdline: &str) -> anyhow::Result<()> {
+fn node_config(
+    start: Instant,
+    disk: Option<&Path>,
+    sysroot: &Path,
+    cmdline: &str,
+) -> anyhow::Result<()> {
     use drover_os_config::firstboot::{self, Outcome, Places};
     let oem_dir = Path::new("/oem");
-    let oem = match drover_core::devices::partition_node(disk, "OEM") {
+    let oem = match disk.and_then(|d| drover_core::devices::partition_node(d, "OEM")) {
         Some(dev) => {
             std::fs::create_dir_all(oem_dir)?;
             match mount(
@@ -130,6 +135,39 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Grows ROOT if the disk has room (first boot) and mounts it on `sysroot`.
+fn mount_root(start: Instant, disk: &Path, sysroot: &Path) -> anyhow::Result<()> {
+    let root_part =
+        drover_core::devices::partition_node(disk, "ROOT").context("no ROOT partition")?;
+    let grown = match crate::grow::grow_partition(disk) {
+        Ok(g) => g,
+        Err(e) => {
+            // Not fatal: the machine boots with ROOT as it is.
+            step(start, &format!("ROOT not grown: {e:#}"));
+            None
+        }
+    };
+    std::fs::create_dir_all(sysroot)?;
+    mount(
+        Some(&root_part),
+        sysroot,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting ROOT ({}) on /sysroot", root_part.display()))?;
+    if let Some(bytes) = grown {
+        match crate::grow::grow_ext4(sysroot, bytes) {
+            Ok(()) => step(start, &format!("ROOT grown to {} MiB", bytes >> 20)),
+            Err(e) => step(
+                start,
+                &format!("ROOT partition grown, file system not: {e:#}"),
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Runs slot mode; on success it execs systemd and does not return.
 pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
@@ -140,11 +178,21 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
         &cmdline_value(&cmdline, "drover.verity")
             .context("no drover.verity= on the command line")?,
     )?;
-    let disk = crate::stage::find_disk(start)?;
-    let usr_part = drover_core::devices::partition_node(&disk, &slot)
-        .with_context(|| format!("no {slot} partition"))?;
-    let root_part =
-        drover_core::devices::partition_node(&disk, "ROOT").context("no ROOT partition")?;
+    let live = cmdline_value(&cmdline, crate::live::FLAG).is_some();
+    let disk = if live {
+        None
+    } else {
+        Some(crate::stage::find_disk(start)?)
+    };
+    let usr_part = match &disk {
+        Some(disk) => drover_core::devices::partition_node(disk, &slot)
+            .with_context(|| format!("no {slot} partition"))?,
+        None => {
+            crate::live::mount_media(start)?;
+            // The loop device keeps its own reference to the file.
+            crate::live::open_slot_image()?.2
+        }
+    };
     let dev = dm::create_verity(
         "usr",
         &VerityTable {
@@ -165,33 +213,17 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
         ),
     );
 
-    let grown = match crate::grow::grow_partition(&disk) {
-        Ok(g) => g,
-        Err(e) => {
-            // Not fatal: the machine boots with ROOT as it is.
-            step(start, &format!("ROOT not grown: {e:#}"));
-            None
+    let sysroot = Path::new("/sysroot");
+    let root_desc = match &disk {
+        Some(disk) => {
+            mount_root(start, disk, sysroot)?;
+            "ROOT"
+        }
+        None => {
+            crate::live::mount_root(sysroot)?;
+            "live: a tmpfs in memory"
         }
     };
-    let sysroot = Path::new("/sysroot");
-    std::fs::create_dir_all(sysroot)?;
-    mount(
-        Some(&root_part),
-        sysroot,
-        Some("ext4"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| format!("mounting ROOT ({}) on /sysroot", root_part.display()))?;
-    if let Some(bytes) = grown {
-        match crate::grow::grow_ext4(sysroot, bytes) {
-            Ok(()) => step(start, &format!("ROOT grown to {} MiB", bytes >> 20)),
-            Err(e) => step(
-                start,
-                &format!("ROOT partition grown, file system not: {e:#}"),
-            ),
-        }
-    }
     std::fs::create_dir_all(sysroot.join("usr"))?;
     mount(
         Some(&dev),
@@ -203,10 +235,7 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     .context("mounting /usr")?;
     step(
         start,
-        &format!(
-            "ROOT ({}) mounted on /, /usr read-only from dm-verity",
-            root_part.display()
-        ),
+        &format!("{root_desc} mounted on /, /usr read-only from dm-verity"),
     );
 
     let etc = sysroot.join("etc");
@@ -226,7 +255,7 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     std::fs::set_permissions(sysroot.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     std::fs::set_permissions(sysroot.join("root"), std::fs::Permissions::from_mode(0o700))?;
 
-    node_config(start, &disk, sysroot, &cmdline)?;
+    node_config(start, disk.as_deref(), sysroot, &cmdline)?;
     for (link, target) in [
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),
@@ -254,6 +283,19 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
             &record,
             sysroot.join(crate::record::ON_SYSTEM.trim_start_matches('/')),
         )?;
+    }
+    if live {
+        // The installer in the live system reads the media.
+        let media = sysroot.join(crate::live::MEDIA.trim_start_matches('/'));
+        std::fs::create_dir_all(&media)?;
+        mount(
+            Some(crate::live::MEDIA),
+            &media,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .context("moving the live media into /sysroot")?;
     }
     for m in ["/dev", "/proc", "/sys"] {
         mount(

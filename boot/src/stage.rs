@@ -27,7 +27,7 @@ pub fn step(start: Instant, msg: &str) {
 #[derive(Debug)]
 pub struct Prepared {
     /// Which slot.
-    pub slot: SlotId,
+    pub slot: String,
     /// The slot's kernel, read from its verified /usr.
     pub kernel: PathBuf,
     /// Its initramfs with the boot record appended.
@@ -86,16 +86,24 @@ pub fn choose_and_prepare(
         }
         step(start, &format!("chose {slot} ({})", decision.kind()));
         let st = slots.get(slot);
-        let res = check_and_prepare(
-            disk,
-            &file,
-            slot,
-            st.offset,
-            st.size,
-            !st.prio.successful(),
-            keys,
-            start,
-        );
+        let res = drover_core::devices::partition_node(disk, slot.label())
+            .with_context(|| format!("no device node for {slot} on {}", disk.display()))
+            .and_then(|node| {
+                check_and_prepare(
+                    &SlotSource {
+                        label: slot.label(),
+                        path: disk,
+                        file: &file,
+                        offset: st.offset,
+                        size: st.size,
+                        node,
+                        full_check: !st.prio.successful(),
+                        extra_cmdline: "",
+                    },
+                    keys,
+                    start,
+                )
+            });
         match res {
             Ok(mut p) => {
                 p.record.decision = decision.kind().to_string();
@@ -115,19 +123,40 @@ pub fn choose_and_prepare(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_and_prepare(
-    disk: &Path,
-    file: &File,
-    slot: SlotId,
-    offset: u64,
-    size: u64,
-    full_check: bool,
+/// Where a slot image is read from: a partition of the disk, or (live
+/// boot) the slot image file on the installation media.
+#[derive(Debug)]
+pub struct SlotSource<'a> {
+    /// `USR-A`, `USR-B`, or `LIVE`: what the command line and the
+    /// measurements name.
+    pub label: &'a str,
+    /// The disk or file, for messages.
+    pub path: &'a Path,
+    /// The open disk or file.
+    pub file: &'a File,
+    /// Where the slot image starts in it.
+    pub offset: u64,
+    /// Bytes available from there.
+    pub size: u64,
+    /// The block device dm-verity reads (the partition or a loop device).
+    pub node: PathBuf,
+    /// Check every block before booting (a slot that never booted).
+    pub full_check: bool,
+    /// Appended to the slot's command line (`drover.live`).
+    pub extra_cmdline: &'a str,
+}
+
+/// Checks a slot image and prepares the kexec into it: manifest signature,
+/// optionally every block, the kernel and initramfs read through
+/// dm-verity against the manifest's digests, and the measurements.
+pub fn check_and_prepare(
+    src: &SlotSource<'_>,
     keys: &TrustedKeys,
     start: Instant,
 ) -> anyhow::Result<Prepared> {
+    let (disk, file, offset, slot) = (src.path, src.file, src.offset, src.label);
     let part = Window { file, offset };
-    let v = slot_image::open_verified(&part, size, disk, keys)?;
+    let v = slot_image::open_verified(&part, src.size, disk, keys)?;
     let m = &v.verified.manifest;
     step(
         start,
@@ -138,7 +167,7 @@ fn check_and_prepare(
             v.verified.key.short_id()
         ),
     );
-    if full_check {
+    if src.full_check {
         slot_image::verify_data(file, disk, offset, &v)?;
         step(
             start,
@@ -149,8 +178,7 @@ fn check_and_prepare(
         .boot
         .as_ref()
         .context("the manifest names no kernel: this slot cannot be booted")?;
-    let node = drover_core::devices::partition_node(disk, slot.label())
-        .with_context(|| format!("no device node for {slot} on {}", disk.display()))?;
+    let node = &src.node;
     let name = "drover-stage-usr";
     let _ = dm::remove(name);
     let dev = dm::create_verity(
@@ -199,9 +227,11 @@ fn check_and_prepare(
     let _ = dm::remove(name);
     let (kernel, initramfs) = result?;
 
-    let cmdline = measure::slot_cmdline(m, slot.label());
-    let events =
-        measure::expected_events(slot.label(), &v.verified.digest, m, &v.root_hash, &cmdline);
+    let mut cmdline = measure::slot_cmdline(m, slot);
+    if !src.extra_cmdline.is_empty() {
+        cmdline = format!("{cmdline} {}", src.extra_cmdline);
+    }
+    let events = measure::expected_events(slot, &v.verified.digest, m, &v.root_hash, &cmdline);
     let (measured, banks, not_measured_reason) = match crate::tpm::device() {
         None => (false, Vec::new(), Some("no TPM device".to_string())),
         Some(dev) => match crate::tpm::extend(&dev, &events) {
@@ -225,7 +255,7 @@ fn check_and_prepare(
         step(start, &format!("{slot}: NOT MEASURED ({why}); booting on"));
     }
     let record = BootRecord {
-        slot: slot.label().into(),
+        slot: slot.into(),
         decision: String::new(),
         version: m.os.version.clone(),
         refused: Vec::new(),
@@ -242,7 +272,7 @@ fn check_and_prepare(
     // The record goes on once the caller has filled in the decision.
     std::fs::write(dir.join("slot-initrd"), &initramfs)?;
     Ok(Prepared {
-        slot,
+        slot: slot.to_string(),
         kernel: kpath,
         initrd: dir.join("slot-initrd"),
         cmdline,
@@ -252,7 +282,7 @@ fn check_and_prepare(
 
 /// Appends a second cpio archive holding the boot record to the slot
 /// initramfs (the kernel unpacks concatenated archives in order).
-fn append_record(path: &Path, record: &BootRecord) -> anyhow::Result<()> {
+pub fn append_record(path: &Path, record: &BootRecord) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     let json = serde_json::to_vec_pretty(record)?;
     let mut c = drover_core::cpio::Cpio::new(Vec::new(), 0);

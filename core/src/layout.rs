@@ -47,6 +47,60 @@ impl LayoutSpec {
     }
 }
 
+/// One partition of the layout, where it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// Partition number.
+    pub index: u32,
+    /// GPT label.
+    pub label: &'static str,
+    /// Type GUID.
+    pub type_guid: &'static str,
+    /// Byte offset on the disk.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// GPT attribute bits.
+    pub flags: u64,
+}
+
+impl LayoutSpec {
+    /// The partitions in disk order, where [`create`] puts them: 1 MiB
+    /// aligned, from 1 MiB on. USR-A starts as priority 1 and successful
+    /// (it holds the installed image), USR-B as priority 0 (empty).
+    pub fn placed(&self) -> [Placed; 5] {
+        let usr_a = GptPrio::default().with_priority(1).with_successful(true);
+        let entries = [
+            (layout::ESP, ESP_TYPE, self.esp_mib, 0u64),
+            (layout::USR_A, USR_X86_64_TYPE, self.usr_mib, usr_a.raw()),
+            (layout::USR_B, USR_X86_64_TYPE, self.usr_mib, 0),
+            (layout::OEM, LINUX_DATA_TYPE, self.oem_mib, 0),
+            (layout::ROOT, ROOT_X86_64_TYPE, self.root_mib, 0),
+        ];
+        let mut start = MIB;
+        entries.map(|((index, label), type_guid, mib, flags)| {
+            let p = Placed {
+                index,
+                label,
+                type_guid,
+                offset: start,
+                len: mib * MIB,
+                flags,
+            };
+            start += mib * MIB;
+            p
+        })
+    }
+
+    /// Offset and length in bytes of partition `index`.
+    pub fn byte_range(&self, index: u32) -> Option<(u64, u64)> {
+        self.placed()
+            .into_iter()
+            .find(|p| p.index == index)
+            .map(|p| (p.offset, p.len))
+    }
+}
+
 fn guid(s: &str) -> uuid::Uuid {
     s.parse().expect("constant GUID")
 }
@@ -72,32 +126,21 @@ pub fn create<D: Device>(
 ) -> Result<PartitionTable, TableError> {
     let mut table = PartitionTable::create(dev, path, spec.disk_guid)?;
     let lb = table.block_size();
-    let usr_a = GptPrio::default().with_priority(1).with_successful(true);
-    let entries = [
-        (layout::ESP, ESP_TYPE, spec.esp_mib, 0u64),
-        (layout::USR_A, USR_X86_64_TYPE, spec.usr_mib, usr_a.raw()),
-        (layout::USR_B, USR_X86_64_TYPE, spec.usr_mib, 0),
-        (layout::OEM, LINUX_DATA_TYPE, spec.oem_mib, 0),
-        (layout::ROOT, ROOT_X86_64_TYPE, spec.root_mib, 0),
-    ];
-    let mut start = MIB / lb;
-    for ((index, label), ty, mib, flags) in entries {
-        let sectors = mib * MIB / lb;
+    for p in spec.placed() {
         table.add(
-            index,
+            p.index,
             Partition {
                 part_type_guid: Type {
-                    guid: guid(ty),
+                    guid: guid(p.type_guid),
                     os: OperatingSystem::None,
                 },
-                part_guid: part_guid(spec.disk_guid, index),
-                first_lba: start,
-                last_lba: start + sectors - 1,
-                flags,
-                name: label.to_string(),
+                part_guid: part_guid(spec.disk_guid, p.index),
+                first_lba: p.offset / lb,
+                last_lba: (p.offset + p.len) / lb - 1,
+                flags: p.flags,
+                name: p.label.to_string(),
             },
         )?;
-        start += sectors;
     }
     table.write(dev, true)?;
     Ok(table)

@@ -20,6 +20,7 @@ pub mod bootcheck;
 pub mod channel;
 pub mod cpio;
 pub mod devices;
+pub mod esp;
 pub mod eventlog;
 pub mod gptprio;
 pub mod keys;

@@ -4,4 +4,5 @@
 
 pub mod build;
 pub mod commands;
+pub mod install;
 pub mod spec;

@@ -183,6 +183,11 @@ pub fn default_modules() -> Vec<String> {
         "nls_iso8859-1",
         // QEMU's fw_cfg in sysfs: where a VM's node config arrives.
         "qemu_fw_cfg",
+        // The installation ISO: CD drives, ISO 9660, the slot image file
+        // on it through a loop device.
+        "sr_mod",
+        "isofs",
+        "loop",
     ]
     .map(String::from)
     .to_vec()

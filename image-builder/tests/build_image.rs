@@ -135,7 +135,15 @@ fn builds_a_disk_that_outside_tools_accept() {
     let out = fx.p("out");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("build.json")).unwrap()).unwrap();
-    for f in ["usr.img", "manifest.json", "disk.raw", "disk.qcow2"] {
+    for f in [
+        "usr.img",
+        "manifest.json",
+        "disk.raw",
+        "disk.qcow2",
+        "esp.img",
+        "install.json",
+        "drover.iso",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
         assert!(
             report["artifacts"]
@@ -163,6 +171,7 @@ fn builds_a_disk_that_outside_tools_accept() {
             "esp",
             "disk",
             "qcow2",
+            "iso",
             "digests"
         ]
     );
@@ -329,6 +338,233 @@ fn builds_a_disk_that_outside_tools_accept() {
             s(&out.join("disk.qcow2")),
         ],
     );
+
+    // The ISO: UEFI El Torito, the slot image and the installer's files.
+    let iso = out.join("drover.iso");
+    let report = must(
+        "xorriso",
+        &["-indev", s(&iso), "-report_el_torito", "plain"],
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("El Torito boot img") && l.contains("UEFI")),
+        "{report}"
+    );
+    assert!(report.contains("/boot/efi.img"), "{report}");
+    let listing = must("xorriso", &["-indev", s(&iso), "-ls", "/drover"]);
+    for f in ["usr.img", "esp.img", "install.json", "manifest.json"] {
+        assert!(
+            listing.contains(&format!("'{f}'")),
+            "{f} not on the ISO: {listing}"
+        );
+    }
+    let on_iso = fx.p("usr-from-iso.img");
+    must(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            s(&iso),
+            "-extract",
+            "/drover/usr.img",
+            s(&on_iso),
+        ],
+    );
+    assert!(
+        std::fs::read(&on_iso).unwrap() == std::fs::read(&usr).unwrap(),
+        "the ISO's slot image is not the build's"
+    );
+
+    installer(&fx, &out, &tampered);
+}
+
+/// Removes what a test set up on the host (a mount, a loop device) even
+/// when an assertion fails.
+struct Cleanup(Vec<Vec<String>>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in self.0.iter().rev() {
+            let _ = Command::new(&c[0]).args(&c[1..]).status();
+        }
+    }
+}
+
+fn sha256(p: &Path) -> String {
+    must("sha256sum", &[s(p)])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `drover-install` from a build's output directory onto disk image files
+/// and a loop device: an install that outside tools accept, the refusals
+/// (too small, mounted, bad signature) that leave the disk as it was, and
+/// a failed install (a slot image whose signature holds but whose data
+/// does not) that leaves no partition table.
+fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
+    let install = env!("CARGO_BIN_EXE_drover-install");
+    let keys = fx.p("release.pub.pem");
+    let base = |disk: &Path| {
+        vec![
+            "--disk".to_string(),
+            s(disk).to_string(),
+            "--media".into(),
+            s(out).into(),
+            "--keys".into(),
+            s(&keys).into(),
+        ]
+    };
+    let exec = |args: Vec<String>| {
+        let o = Command::new(install).args(&args).output().unwrap();
+        let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.code(), text)
+    };
+    let config = fx.p("node.toml");
+    std::fs::write(&config, "hostname = \"installed\"\n").unwrap();
+
+    // A good install onto a 1.5 GiB disk image with a node config.
+    let disk = fx.p("installed.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1536 << 20)
+        .unwrap();
+    let mut args = base(&disk);
+    args.extend(["--config".into(), s(&config).into(), "--json".into()]);
+    let (code, text) = exec(args);
+    assert_eq!(code, Some(0), "{text}");
+    let v = must("sgdisk", &["-v", s(&disk)]);
+    assert!(v.contains("No problems found"), "{v}");
+    assert_eq!(
+        must("cgpt", &["show", "-i", "3", "-P", s(&disk)]).trim(),
+        "1"
+    );
+    assert_eq!(
+        must("cgpt", &["show", "-i", "3", "-S", s(&disk)]).trim(),
+        "1"
+    );
+    assert_eq!(
+        must("cgpt", &["show", "-i", "4", "-P", s(&disk)]).trim(),
+        "0"
+    );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_drover"),
+        &["inspect", s(&disk), "--public", s(&keys), "--verify"],
+    );
+    assert!(ok && text.contains("verity:           verified"), "{text}");
+    // The node config is on OEM (partition 6).
+    let (start, _) = drover_core::PartitionTable::open(&disk)
+        .unwrap()
+        .0
+        .byte_range(6)
+        .unwrap();
+    let oem = fx.p("oem.ext4");
+    must(
+        "dd",
+        &[
+            &format!("if={}", s(&disk)),
+            &format!("of={}", s(&oem)),
+            "bs=1M",
+            &format!("skip={}", start >> 20),
+            "count=8",
+        ],
+    );
+    let cat = must("debugfs", &["-R", "cat /config.toml", s(&oem)]);
+    assert!(cat.contains("hostname = \"installed\""), "{cat}");
+
+    let before = sha256(&disk);
+    // Too small.
+    let small = fx.p("small.raw");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let (code, text) = exec(base(&small));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("refusing to install") && text.contains("is 100 MiB; Drover needs at least"),
+        "{text}"
+    );
+    assert_eq!(std::fs::metadata(&small).unwrap().len(), 100 << 20);
+    assert!(std::fs::read(&small).unwrap().iter().all(|&b| b == 0));
+
+    // A bad signature: one byte of the signed manifest changed.
+    let usr = std::fs::read(out.join("usr.img")).unwrap();
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
+    let at = usr
+        .windows(64)
+        .rposition(|w| w == &manifest[..64])
+        .expect("the manifest's bytes in the slot image");
+    let mut bad = usr.clone();
+    bad[at + 40] ^= 0x20;
+    let bad_path = fx.p("bad-signature.img");
+    std::fs::write(&bad_path, &bad).unwrap();
+    drop((usr, bad));
+    let mut args = base(&disk);
+    args.extend(["--image".into(), s(&bad_path).into()]);
+    let (code, text) = exec(args);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("refusing to install: the slot image does not verify"),
+        "{text}"
+    );
+    assert_eq!(sha256(&disk), before, "a refused install changed the disk");
+
+    // Mounted: a loop device with a mounted file system.
+    let backing = fx.p("busy.raw");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut cleanup = Cleanup(Vec::new());
+    let dev = must("losetup", &["--find", "--show", s(&backing)])
+        .trim()
+        .to_string();
+    cleanup
+        .0
+        .push(vec!["losetup".into(), "-d".into(), dev.clone()]);
+    must("mkfs.ext4", &["-q", &dev]);
+    let mnt = fx.p("busy-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    must("mount", &[&dev, s(&mnt)]);
+    cleanup.0.push(vec!["umount".into(), s(&mnt).into()]);
+    let (code, text) = exec(base(Path::new(&dev)));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!("{dev} is mounted on {}", s(&mnt))),
+        "{text}"
+    );
+    drop(cleanup);
+
+    // A failed install: the signature holds, a data block does not. The
+    // disk that had a good table is left with none.
+    let mut args = base(&disk);
+    args.extend(["--image".into(), s(corrupt_data).into()]);
+    let (code, text) = exec(args);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("USR-A as written does not verify")
+            && text.contains("left without a partition table"),
+        "{text}"
+    );
+    let head = {
+        use std::os::unix::fs::FileExt as _;
+        let mut b = vec![0u8; 1 << 20];
+        std::fs::File::open(&disk)
+            .unwrap()
+            .read_exact_at(&mut b, 0)
+            .unwrap();
+        b
+    };
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "the protective MBR or the GPT survived"
+    );
+    assert!(drover_core::PartitionTable::open(&disk).is_err());
 }
 
 #[test]
@@ -429,10 +665,10 @@ fn packages(dir: &Path) -> Vec<String> {
 /// with the second. (The fixture builds with its own copy of
 /// `drover-boot`, so a concurrent `cargo build` cannot change it.)
 #[test]
-fn the_slot_image_is_reproducible() {
+fn the_slot_image_and_the_iso_are_reproducible() {
     let fx = Fixture::new();
     let build = |out: &str| {
-        let (ok, log) = fx.build("spec.toml", out, &["--slot-only"]);
+        let (ok, log) = fx.build("spec.toml", out, &[]);
         assert!(ok, "build {out} failed:\n{log}");
         fx.p(out)
     };
@@ -444,6 +680,14 @@ fn the_slot_image_is_reproducible() {
             == std::fs::read(next.join("usr.img")).unwrap()
         {
             assert!(same_inputs, "same usr.img from different package lists?");
+            // The installation ISO (and the ESP image in it) too.
+            for f in ["esp.img", "drover.iso"] {
+                assert!(
+                    sha256(&prev.join(f)) == sha256(&next.join(f)),
+                    "{f} differs between two builds of the same inputs"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&prev);
             return;
         }
         assert!(

@@ -39,6 +39,8 @@ pub struct GuestBuilder {
     allow_reboot: bool,
     agent_socket: Option<PathBuf>,
     fw_cfg: Vec<(String, PathBuf)>,
+    extra_disks: Vec<PathBuf>,
+    cdrom: Option<PathBuf>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -69,7 +71,21 @@ impl GuestBuilder {
             allow_reboot: false,
             agent_socket: None,
             fw_cfg: Vec::new(),
+            extra_disks: Vec::new(),
+            cdrom: None,
         }
+    }
+
+    /// Another virtio disk (raw), after the first: `/dev/vdb`, `/dev/vdc`…
+    pub fn extra_disk(mut self, disk: &Path) -> Self {
+        self.extra_disks.push(disk.to_owned());
+        self
+    }
+
+    /// A CD-ROM drive (SATA, as libvirt attaches one on q35) with `iso`.
+    pub fn cdrom(mut self, iso: &Path) -> Self {
+        self.cdrom = Some(iso.to_owned());
+        self
     }
 
     /// A file for the guest through QEMU's fw_cfg, under `name` (such as
@@ -152,6 +168,20 @@ impl GuestBuilder {
             "file={},format=raw,if=virtio,cache=unsafe",
             self.disk.display()
         ));
+        for d in &self.extra_disks {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                d.display()
+            ));
+        }
+        if let Some(iso) = &self.cdrom {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=cd0,media=cdrom,format=raw,readonly=on,file={}",
+                    iso.display()
+                ))
+                .args(["-device", "ide-cd,drive=cd0,bus=ide.1"]);
+        }
         match &self.firmware {
             Firmware::Direct {
                 kernel,

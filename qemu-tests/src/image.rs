@@ -118,6 +118,8 @@ pub struct TestImage {
     pub disk: PathBuf,
     /// The slot image.
     pub usr_img: PathBuf,
+    /// The installation ISO.
+    pub iso: PathBuf,
     /// The stage kernel, from the ESP.
     pub kernel: PathBuf,
     /// The stage initramfs, from the ESP.
@@ -160,6 +162,7 @@ pub fn test_image() -> &'static TestImage {
         TestImage {
             disk: dir.join("out/disk.raw"),
             usr_img: dir.join("out/usr.img"),
+            iso: dir.join("out/drover.iso"),
             kernel: dir.join("stage-vmlinuz"),
             initrd: dir.join("stage-initrd.img"),
             dir,
@@ -271,7 +274,13 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
 
     let mut h = Sha256::new();
     h.update(spec_text.as_bytes());
-    for b in ["drover", "drover-boot", "drover-agent", "droverctl"] {
+    for b in [
+        "drover",
+        "drover-boot",
+        "drover-agent",
+        "droverctl",
+        "drover-install",
+    ] {
         h.update(std::fs::read(bins.join(b))?);
     }
     h.update(std::fs::read(&public)?);

@@ -12,8 +12,6 @@
 //! without mounting it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -22,7 +20,7 @@ use drover_core::keys::TrustedKeys;
 use drover_core::manifest::ReferenceValue;
 use drover_core::measure::{self, Bank, Event};
 use drover_core::slot::layout;
-use drover_core::slot_image::{self, SignedManifest, Window};
+use drover_core::slot_image::{self, Window};
 use drover_core::table::PartitionTable;
 use serde::Serialize;
 
@@ -33,7 +31,7 @@ pub const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements"
 /// Where `drover-verify-boot.service` leaves its verdict for the agent.
 pub const VERDICT: &str = "/run/drover/verify-boot.json";
 /// The signed manifest on the ESP.
-pub const ESP_MANIFEST: &str = "drover/manifest.sig";
+pub const ESP_MANIFEST: &str = drover_core::esp::MANIFEST;
 
 /// Where the inputs are.
 #[derive(Clone, Debug)]
@@ -123,76 +121,17 @@ pub fn boot_record(path: &Path) -> anyhow::Result<BootRecord> {
     })
 }
 
-/// A partition of a disk as a `Read + Seek` for the FAT reader; writing
-/// is refused (nothing here writes to the ESP).
-struct ReadOnlyPartition<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for ReadOnlyPartition<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        let n = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for ReadOnlyPartition<'_> {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = pos.ok_or_else(|| std::io::Error::other("seek before the partition start"))?;
-        Ok(self.pos)
-    }
-}
-
-impl Write for ReadOnlyPartition<'_> {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "the ESP is read, never written, here",
-        ))
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A file on the ESP of `disk`, read without mounting.
-pub fn read_esp_file(disk: &Path, f: &File, path: &str) -> anyhow::Result<Vec<u8>> {
+/// Where the ESP of `disk` is.
+fn esp_range(disk: &Path, f: &File) -> anyhow::Result<(u64, u64)> {
     let mut r = f;
     let table = PartitionTable::read(&mut r, disk)?;
-    let (start, len) = table.byte_range(layout::ESP.0).with_context(|| {
+    table.byte_range(layout::ESP.0).with_context(|| {
         format!(
             "{} has no ESP (partition {})",
             disk.display(),
             layout::ESP.0
         )
-    })?;
-    let part = ReadOnlyPartition {
-        file: f,
-        start,
-        len,
-        pos: 0,
-    };
-    let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new())
-        .with_context(|| format!("reading the ESP of {} as FAT", disk.display()))?;
-    let mut out = Vec::new();
-    fs.root_dir()
-        .open_file(path)
-        .with_context(|| format!("opening /{path} on the ESP"))?
-        .read_to_end(&mut out)
-        .with_context(|| format!("reading /{path} on the ESP"))?;
-    Ok(out)
+    })
 }
 
 /// The boot stage's reference values from the ESP's signed manifest.
@@ -201,15 +140,9 @@ pub fn stage_reference(
     f: &File,
     trusted: &TrustedKeys,
 ) -> anyhow::Result<Vec<ReferenceValue>> {
-    let bytes = read_esp_file(disk, f, ESP_MANIFEST)?;
-    let signed = SignedManifest::read(&bytes[..], 0, bytes.len() as u64)
-        .map_err(|e| anyhow::anyhow!("/{ESP_MANIFEST} on the ESP: {e}"))?;
-    let v = signed.verify(trusted, Path::new(&format!("ESP:/{ESP_MANIFEST}")))?;
-    Ok(v.manifest
-        .reference
-        .into_iter()
-        .filter(|r| bootcheck::STAGE_COMPONENTS.contains(&r.component.as_str()))
-        .collect())
+    let (start, len) = esp_range(disk, f)?;
+    drover_core::esp::stage_reference(f, start, len, trusted)
+        .map_err(|e| anyhow::anyhow!("the ESP of {}: {e}", disk.display()))
 }
 
 /// What the booted slot's signed manifest says the stage measured.

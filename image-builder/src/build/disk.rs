@@ -45,7 +45,7 @@ pub fn copy_into(
     Ok(len)
 }
 
-fn mkfs_ext4(
+pub fn mkfs_ext4(
     image: &Path,
     label: &str,
     mib: u64,

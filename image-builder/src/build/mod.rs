@@ -8,6 +8,7 @@
 pub mod disk;
 pub mod esp;
 pub mod initramfs;
+pub mod iso;
 pub mod rootfs;
 pub mod usr;
 
@@ -24,6 +25,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::spec::ImageSpec;
+
+/// On the stage's command line: boot the slot image on the ISO.
+pub const LIVE_FLAG: &str = "drover.live";
 
 /// Everything a build needs besides the spec.
 #[derive(Debug)]
@@ -386,7 +390,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
 
     let mut outputs = vec![
         ("usr.img", usr_img.clone()),
-        ("manifest.json", manifest_path),
+        ("manifest.json", manifest_path.clone()),
     ];
     if !opts.slot_only {
         let esp_img = w.join("esp.img");
@@ -407,6 +411,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
                         cmdline: &stage_cmdline,
                         manifest: &envelope,
                         volume_id: u32::from_le_bytes(id[..4].try_into().expect("4 bytes")),
+                        epoch,
                     },
                 )
             },
@@ -438,8 +443,65 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         st.run("qcow2", "qcow2 copy of the disk image", || {
             disk::qcow2(&raw, &qcow)
         })?;
+        let info = w.join("install.json");
+        std::fs::write(
+            &info,
+            serde_json::to_vec_pretty(&crate::install::InstallInfo {
+                format: 1,
+                os: spec.os.name.clone(),
+                version: spec.os.version.clone(),
+                esp_mib: spec.disk.esp_mib,
+                usr_mib: spec.disk.usr_mib,
+                oem_mib: spec.disk.oem_mib,
+                root_mib: spec.disk.root_mib,
+                esp_image: "esp.img".into(),
+                slot_image: "usr.img".into(),
+            })?,
+        )?;
+        let iso = w.join("drover.iso");
+        st.run(
+            "iso",
+            "installation ISO (UEFI El Torito, live boot, installer)",
+            || {
+                let efi = w.join("efi.img");
+                let needed = [&systemd_boot, &kernel, &stage_initrd, &envelope]
+                    .iter()
+                    .map(|p| std::fs::metadata(p).map(|m| m.len()))
+                    .sum::<std::io::Result<u64>>()?;
+                let id = derive("iso efi volume id", spec, epoch);
+                esp::build(
+                    &efi,
+                    (needed >> 20).max(30) + 4,
+                    &esp::EspInput {
+                        systemd_boot: &systemd_boot,
+                        kernel: &kernel,
+                        initramfs: &stage_initrd,
+                        cmdline: &format!("{stage_cmdline} {}", LIVE_FLAG),
+                        manifest: &envelope,
+                        volume_id: u32::from_le_bytes(id[..4].try_into().expect("4 bytes")),
+                        epoch,
+                    },
+                )?;
+                iso::build(
+                    &iso,
+                    &iso::IsoInput {
+                        efi_image: &efi,
+                        files: vec![
+                            ("usr.img", &usr_img),
+                            ("esp.img", &esp_img),
+                            ("manifest.json", &manifest_path),
+                            ("install.json", &info),
+                        ],
+                        epoch,
+                    },
+                )
+            },
+        )?;
         outputs.push(("disk.raw", raw));
         outputs.push(("disk.qcow2", qcow));
+        outputs.push(("esp.img", esp_img));
+        outputs.push(("install.json", info));
+        outputs.push(("drover.iso", iso));
     }
 
     let mut artifacts = Vec::new();

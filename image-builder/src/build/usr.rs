@@ -201,11 +201,11 @@ pub fn prepare(
     if spec.agent.enabled {
         let bins = agent_binaries
             .context("the spec enables the update agent but no agent binaries were given")?;
-        for b in ["drover-agent", "droverctl"] {
+        for b in ["drover-agent", "droverctl", "drover-install"] {
             let src = bins.join(b);
             if !src.is_file() {
                 bail!(
-                    "no {} (build it with `cargo build -p drover-update-agent`, or pass --agent-binaries DIR)",
+                    "no {} (build it with `cargo build -p drover-update-agent -p drover-image-builder`, or pass --agent-binaries DIR)",
                     src.display()
                 );
             }
