@@ -205,6 +205,13 @@ fn device_numbers(disk: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let (maj, min) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}"))
         .with_context(|| format!("{} in sysfs", disk.display()))?;
+    if sys.join("partition").exists() {
+        return Err(Refused(format!(
+            "{} is a partition; give the whole disk (Drover writes its own partition table; nothing was written)",
+            disk.display()
+        ))
+        .into());
+    }
     let mut out = vec![(format!("{maj}:{min}"), disk.to_owned())];
     let name = sys
         .file_name()
@@ -399,12 +406,41 @@ fn random_guid() -> anyhow::Result<uuid::Uuid> {
     Ok(uuid::Builder::from_random_bytes(b).into_uuid())
 }
 
-/// Installs. An error wrapping [`Refused`] means the disk was not touched.
+/// What the checks found, for the writing.
+struct Checked {
+    info: InstallInfo,
+    keys: TrustedKeys,
+    config_text: Option<String>,
+    slot_path: PathBuf,
+    slot_len: u64,
+    verified: slot_image::VerifiedSlot,
+    esp_path: PathBuf,
+    esp_file: File,
+    esp_len: u64,
+    disk: File,
+    block: bool,
+    size: u64,
+    guid: uuid::Uuid,
+    /// Keeps a downloaded slot image until the install is done.
+    _download: Option<tempfile::NamedTempFile>,
+}
+
+/// Installs. An error that is a [`Refused`] means the disk was not
+/// touched; any other error came after the old tables were wiped.
 pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
     let steps = Steps {
         verbose: opts.verbose,
         start: Instant::now(),
     };
+    let c = check(opts, &steps).map_err(|e| match e.downcast::<Refused>() {
+        Ok(r) => anyhow::Error::from(r),
+        Err(e) => Refused(format!("{e:#}")).into(),
+    })?;
+    write(opts, &steps, c)
+}
+
+/// Step 1: everything that can be checked before the disk is written.
+fn check(opts: &InstallOptions, steps: &Steps) -> anyhow::Result<Checked> {
     let info = InstallInfo::read(&opts.media)?;
     let keys = TrustedKeys::load(&opts.keys).context("loading the trusted keys")?;
 
@@ -423,13 +459,15 @@ pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
             Some(text)
         }
     };
-    let downloaded;
+    let mut download_file = None;
     let slot_path = match &opts.image {
         ImageSource::Media => opts.media.join(&info.slot_image),
         ImageSource::File(p) => p.clone(),
         ImageSource::Url(u) => {
-            downloaded = download(u, &steps)?;
-            downloaded.path().to_owned()
+            let d = download(u, steps)?;
+            let p = d.path().to_owned();
+            download_file = Some(d);
+            p
         }
     };
     let slot_file = File::open(&slot_path)
@@ -495,6 +533,44 @@ pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
         opts.disk.display(),
         size / MIB
     ));
+    Ok(Checked {
+        info,
+        keys,
+        config_text,
+        slot_path,
+        slot_len,
+        verified: v,
+        esp_path,
+        esp_file,
+        esp_len,
+        disk,
+        block,
+        size,
+        guid,
+        _download: download_file,
+    })
+}
+
+/// Steps 2 to 5.
+fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<InstallReport> {
+    let Checked {
+        info,
+        keys,
+        config_text,
+        slot_path,
+        slot_len,
+        verified: v,
+        esp_path,
+        esp_file,
+        esp_len,
+        disk,
+        block,
+        size,
+        guid,
+        _download,
+    } = c;
+    let spec = info.layout(guid);
+    let m = &v.verified.manifest;
 
     // 2. No table: from here the disk boots nothing until step 5.
     zero_range(&disk, block, 0, MIB)?;

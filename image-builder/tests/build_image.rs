@@ -540,6 +540,27 @@ fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
     );
     drop(cleanup);
 
+    // A partition instead of a whole disk: the installed disk's USR-B.
+    let mut cleanup = Cleanup(Vec::new());
+    let dev = must("losetup", &["--find", "--show", "--partscan", s(&disk)])
+        .trim()
+        .to_string();
+    cleanup
+        .0
+        .push(vec!["losetup".into(), "-d".into(), dev.clone()]);
+    let part = format!("{dev}p4");
+    for _ in 0..50 {
+        if Path::new(&part).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, text) = exec(base(Path::new(&part)));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains(&format!("{part} is a partition")), "{text}");
+    drop(cleanup);
+    assert_eq!(sha256(&disk), before, "a refused install changed the disk");
+
     // A failed install: the signature holds, a data block does not. The
     // disk that had a good table is left with none.
     let mut args = base(&disk);
