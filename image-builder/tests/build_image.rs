@@ -542,19 +542,28 @@ fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
 
     // A partition instead of a whole disk: the installed disk's USR-B.
     let mut cleanup = Cleanup(Vec::new());
-    let dev = must("losetup", &["--find", "--show", "--partscan", s(&disk)])
+    let dev = must("losetup", &["--find", "--show", s(&disk)])
         .trim()
         .to_string();
     cleanup
         .0
         .push(vec!["losetup".into(), "-d".into(), dev.clone()]);
-    let part = format!("{dev}p4");
+    // The partitions added with partx (BLKPG: this host's kernel does not
+    // parse GPTs itself), and a node for USR-B made beside the test's
+    // files (no udev here to make it in /dev).
+    must("partx", &["--add", &dev]);
+    let name = format!("{}p4", dev.trim_start_matches("/dev/"));
+    let sys = Path::new("/sys/class/block").join(&name).join("dev");
     for _ in 0..50 {
-        if Path::new(&part).exists() {
+        if sys.exists() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let numbers = std::fs::read_to_string(&sys).unwrap();
+    let (major, minor) = numbers.trim().split_once(':').unwrap();
+    let part = s(&fx.p(&name)).to_string();
+    must("mknod", &[&part, "b", major, minor]);
     let (code, text) = exec(base(Path::new(&part)));
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains(&format!("{part} is a partition")), "{text}");
