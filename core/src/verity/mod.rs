@@ -3,7 +3,7 @@
 //!
 //! * [`VerityParams`] and [`TreeLayout`]: where each level of the tree goes.
 //! * [`Superblock`]: the 512-byte header in front of the tree.
-//! * [`format`] and [`verify`]: whole files, on every core.
+//! * [`format()`] and [`verify`]: whole files, on every core.
 //! * [`VerityStream`]: hashes data as it is written (the update agent).
 
 mod layout;

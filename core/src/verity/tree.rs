@@ -37,7 +37,7 @@ pub struct DataFile<'a> {
     pub offset: u64,
 }
 
-/// What [`format`] produced.
+/// What [`format()`] produced.
 #[derive(Clone, Debug)]
 pub struct FormatOutput {
     /// The root hash.

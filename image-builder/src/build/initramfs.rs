@@ -224,7 +224,7 @@ pub(crate) fn read_stripped(binary: &Path) -> anyhow::Result<Vec<u8>> {
 const DLOPENED: &[(&str, &str)] = &[("libtss2-tctildr.so", "libtss2-tcti-device.so.0")];
 
 /// [`shared_libraries`] of `binary`, plus the plugins its libraries load
-/// with `dlopen` ([`DLOPENED`]) and their own libraries, each once.
+/// with `dlopen` (`DLOPENED`) and their own libraries, each once.
 pub fn libraries_with_plugins(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut libs = shared_libraries(binary)?;
     let mut extra = Vec::new();
