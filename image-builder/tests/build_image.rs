@@ -352,6 +352,13 @@ fn builds_a_disk_that_outside_tools_accept() {
         "{report}"
     );
     assert!(report.contains("/boot/efi.img"), "{report}");
+    // Hybrid: a GPT with an EFI system partition for USB sticks.
+    let gpt = must("sgdisk", &["-p", s(&iso)]);
+    assert!(
+        gpt.lines()
+            .any(|l| l.split_whitespace().next() == Some("2") && l.contains("EF00")),
+        "{gpt}"
+    );
     let listing = must("xorriso", &["-indev", s(&iso), "-ls", "/drover"]);
     for f in ["usr.img", "esp.img", "install.json", "manifest.json"] {
         assert!(
@@ -542,23 +549,29 @@ fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
 
     // A partition instead of a whole disk: the installed disk's USR-B.
     let mut cleanup = Cleanup(Vec::new());
-    let dev = must("losetup", &["--find", "--show", s(&disk)])
+    let dev = must("losetup", &["--find", "--show", "--partscan", s(&disk)])
         .trim()
         .to_string();
     cleanup
         .0
         .push(vec!["losetup".into(), "-d".into(), dev.clone()]);
-    // The partitions added with partx (BLKPG: this host's kernel does not
-    // parse GPTs itself), and a node for USR-B made beside the test's
-    // files (no udev here to make it in /dev).
-    must("partx", &["--add", &dev]);
+    // The kernel's partitions of the loop device; where the kernel does
+    // not parse GPTs itself (this host's does not), partx adds them
+    // (BLKPG). No udev here: the node is made beside the test's files.
     let name = format!("{}p4", dev.trim_start_matches("/dev/"));
     let sys = Path::new("/sys/class/block").join(&name).join("dev");
-    for _ in 0..50 {
-        if sys.exists() {
-            break;
+    let appear = || {
+        for _ in 0..20 {
+            if sys.exists() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        false
+    };
+    if !appear() {
+        must("partx", &["--add", &dev]);
+        assert!(appear(), "no {name} after partx --add");
     }
     let numbers = std::fs::read_to_string(&sys).unwrap();
     let (major, minor) = numbers.trim().split_once(':').unwrap();

@@ -6,6 +6,7 @@
 //! arrives through fw_cfg, and the machine, started again without the ISO
 //! and without fw_cfg, boots USR-A from the disk, reaches multi-user with
 //! the config applied from the OEM partition, and marks USR-A successful.
+//! The same ISO copied to a disk (as onto a USB stick) boots live too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -158,4 +159,30 @@ fn the_iso_boots_live_installs_onto_an_empty_disk_and_the_disk_boots_with_the_co
         ],
         "{facts}"
     );
+}
+
+#[test]
+fn the_iso_written_to_a_disk_boots_live_like_a_usb_stick() {
+    // The ISO is hybrid: `dd` to a USB stick gives a disk whose GPT has
+    // the EFI image as an EFI system partition. Here the copy is a virtio
+    // disk, which the firmware and the stage treat like any stick.
+    let img = test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let stick = dir.path().join("stick.raw");
+    std::fs::copy(&img.iso, &stick).unwrap();
+    let mut g = GuestBuilder::new(
+        "usb-stick",
+        &stick,
+        Firmware::Ovmf {
+            vars: dir.path().join("OVMF_VARS.fd"),
+        },
+    )
+    .probe_kernel(&img.kernel)
+    .start()
+    .unwrap();
+    g.expect("live media: /dev/vda", BOOT);
+    g.expect("kexec into LIVE 1.0.0", BOOT);
+    g.expect("live: a tmpfs in memory mounted on /", BOOT);
+    g.expect("switching root to systemd", BOOT);
+    g.stop();
 }

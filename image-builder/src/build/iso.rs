@@ -2,7 +2,8 @@
 //! image is a FAT file system with systemd-boot and the boot stage started
 //! with `drover.live`; the ISO 9660 file system carries the same signed
 //! slot image the disk has, the ESP image and `install.json` for
-//! `drover-install`, under `/drover`.
+//! `drover-install`, under `/drover`. It is hybrid: a GPT with the EFI image
+//! as an EFI system partition makes the same file boot from a USB stick.
 //!
 //! No BIOS boot: a machine that can only boot through BIOS could start the
 //! live system (isolinux would do it), but the disk `drover-install` writes
@@ -45,7 +46,12 @@ pub fn build(iso: &Path, input: &IsoInput<'_>) -> anyhow::Result<()> {
         .arg(format!("={}", input.epoch))
         .args(["-V", VOLUME_ID, "-o"])
         .arg(iso)
-        .args(["-e", EFI_IMAGE, "-no-emul-boot", "-graft-points"])
+        .args(["-e", EFI_IMAGE, "-no-emul-boot"])
+        // Hybrid: the same EFI image appended as partition 2 of a GPT, so
+        // the ISO written to a USB stick (`dd`) boots as a disk too.
+        .args(["-append_partition", "2", "0xef"])
+        .arg(input.efi_image)
+        .args(["-appended_part_as_gpt", "-graft-points"])
         .arg(format!(
             "/{EFI_IMAGE}={}",
             input.efi_image.to_str().context("non-UTF-8 path")?
