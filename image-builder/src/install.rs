@@ -408,7 +408,8 @@ fn random_guid() -> anyhow::Result<uuid::Uuid> {
 
 /// What the checks found, for the writing.
 struct Checked {
-    info: InstallInfo,
+    /// The layout, with the new disk's GUID.
+    spec: LayoutSpec,
     keys: TrustedKeys,
     config_text: Option<String>,
     slot_path: PathBuf,
@@ -420,7 +421,6 @@ struct Checked {
     disk: File,
     block: bool,
     size: u64,
-    guid: uuid::Uuid,
     /// Keeps a downloaded slot image until the install is done.
     _download: Option<tempfile::NamedTempFile>,
 }
@@ -534,7 +534,7 @@ fn check(opts: &InstallOptions, steps: &Steps) -> anyhow::Result<Checked> {
         size / MIB
     ));
     Ok(Checked {
-        info,
+        spec,
         keys,
         config_text,
         slot_path,
@@ -546,35 +546,19 @@ fn check(opts: &InstallOptions, steps: &Steps) -> anyhow::Result<Checked> {
         disk,
         block,
         size,
-        guid,
         _download: download_file,
     })
 }
 
 /// Steps 2 to 5.
 fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<InstallReport> {
-    let Checked {
-        info,
-        keys,
-        config_text,
-        slot_path,
-        slot_len,
-        verified: v,
-        esp_path,
-        esp_file,
-        esp_len,
-        disk,
-        block,
-        size,
-        guid,
-        _download,
-    } = c;
-    let spec = info.layout(guid);
-    let m = &v.verified.manifest;
+    let (disk, block) = (&c.disk, c.block);
+    let spec = &c.spec;
+    let m = &c.verified.verified.manifest;
 
     // 2. No table: from here the disk boots nothing until step 5.
-    zero_range(&disk, block, 0, MIB)?;
-    zero_range(&disk, block, size - MIB, MIB)?;
+    zero_range(disk, block, 0, MIB)?;
+    zero_range(disk, block, c.size - MIB, MIB)?;
     disk.sync_all()?;
     if block {
         // SAFETY: see the ioctl module. The kernel drops the old
@@ -586,60 +570,24 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
     // 3. Contents. The table is computed now and written in step 5.
     let range = |n: u32| spec.byte_range(n).expect("the layout has it");
     let work = tempfile::tempdir().context("creating a scratch directory")?;
-    for n in [
-        parts::ESP.0,
-        parts::USR_A.0,
-        parts::USR_B.0,
-        parts::OEM.0,
-        parts::ROOT.0,
-    ] {
-        let (o, l) = range(n);
-        zero_range(&disk, block, o, l)?;
+    for p in spec.placed() {
+        zero_range(disk, block, p.offset, p.len)?;
     }
     let (o, l) = range(parts::ESP.0);
-    crate::build::disk::copy_into(&esp_path, &disk, o, l, "the ESP image")?;
+    crate::build::disk::copy_into(&c.esp_path, disk, o, l, "the ESP image")?;
     steps.say("ESP written");
     let (usr_off, l) = range(parts::USR_A.0);
-    crate::build::disk::copy_into(&slot_path, &disk, usr_off, l, "the slot image")?;
-    steps.say(&format!("USR-A written ({} MiB)", slot_len >> 20));
-    let oem_dir = work.path().join("oem");
-    std::fs::create_dir_all(&oem_dir)?;
-    std::fs::write(
-        oem_dir.join("README"),
-        "Drover OEM partition: the node config is config.toml.\n",
-    )?;
-    if let Some(text) = &config_text {
-        std::fs::write(oem_dir.join("config.toml"), text)?;
-    }
-    let oem = work.path().join("oem.ext4");
-    let derived = |k: u8| {
-        let mut b = *guid.as_bytes();
-        b[15] ^= k;
-        uuid::Builder::from_random_bytes(b).into_uuid()
-    };
-    crate::build::disk::mkfs_ext4(
-        &oem,
-        "OEM",
-        spec.oem_mib,
-        derived(parts::OEM.0 as u8),
-        Some(&oem_dir),
-    )?;
+    crate::build::disk::copy_into(&c.slot_path, disk, usr_off, l, "the slot image")?;
+    steps.say(&format!("USR-A written ({} MiB)", c.slot_len >> 20));
+    let fs = crate::build::disk::oem_and_root(spec, work.path(), c.config_text.as_deref())?;
     let (oem_off, oem_len) = range(parts::OEM.0);
-    crate::build::disk::copy_into(&oem, &disk, oem_off, oem_len, "the OEM file system")?;
-    let root = work.path().join("root.ext4");
-    crate::build::disk::mkfs_ext4(
-        &root,
-        "ROOT",
-        spec.root_mib,
-        derived(parts::ROOT.0 as u8),
-        None,
-    )?;
+    crate::build::disk::copy_into(&fs.oem, disk, oem_off, oem_len, "the OEM file system")?;
     let (o, l) = range(parts::ROOT.0);
-    crate::build::disk::copy_into(&root, &disk, o, l, "the ROOT file system")?;
+    crate::build::disk::copy_into(&fs.root, disk, o, l, "the ROOT file system")?;
     disk.sync_all()?;
     steps.say(&format!(
         "OEM ({}) and ROOT written and synced",
-        if config_text.is_some() {
+        if c.config_text.is_some() {
             "with the node config"
         } else {
             "no node config"
@@ -648,14 +596,14 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
 
     // 4. Read back.
     let (esp_off, esp_part) = range(parts::ESP.0);
-    let want = sha256_range(&esp_file, 0, esp_len)?;
-    if sha256_range(&disk, esp_off, esp_len)? != want {
+    let want = sha256_range(&c.esp_file, 0, c.esp_len)?;
+    if sha256_range(disk, esp_off, c.esp_len)? != want {
         bail!("the ESP read back differs from what was written: the disk is left without a partition table");
     }
-    drover_core::esp::check_stage(&disk, esp_off, esp_part, &keys)
+    drover_core::esp::check_stage(disk, esp_off, esp_part, &c.keys)
         .map_err(|e| anyhow::anyhow!("the ESP on the disk: {e}"))?;
-    let oem_img = File::open(&oem)?;
-    if sha256_range(&disk, oem_off, spec.oem_mib * MIB)?
+    let oem_img = File::open(&fs.oem)?;
+    if sha256_range(disk, oem_off, spec.oem_mib * MIB)?
         != sha256_range(&oem_img, 0, spec.oem_mib * MIB)?
     {
         bail!("OEM read back differs from what was written: the disk is left without a partition table");
@@ -663,14 +611,14 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
     let (_, usr_len) = range(parts::USR_A.0);
     let written = slot_image::open_verified(
         &Window {
-            file: &disk,
+            file: disk,
             offset: usr_off,
         },
         usr_len,
         &opts.disk,
-        &keys,
+        &c.keys,
     )?;
-    slot_image::verify_data(&disk, &opts.disk, usr_off, &written).map_err(|e| {
+    slot_image::verify_data(disk, &opts.disk, usr_off, &written).map_err(|e| {
         anyhow::anyhow!(
             "USR-A as written does not verify: {e}; the disk is left without a partition table"
         )
@@ -679,8 +627,8 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
         .say("read back: ESP and OEM bytes, and every block of USR-A against the signed root hash");
 
     // 5. The commit point.
-    let mut target = &disk;
-    layout::create(&mut target, &opts.disk, &spec)?;
+    let mut target = disk;
+    layout::create(&mut target, &opts.disk, spec)?;
     disk.sync_all()?;
     if block {
         // SAFETY: see the ioctl module.
@@ -693,13 +641,13 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
     steps.say("partition table written and synced: the disk boots USR-A");
     Ok(InstallReport {
         disk: opts.disk.display().to_string(),
-        disk_size: size,
-        disk_guid: guid.to_string(),
+        disk_size: c.size,
+        disk_guid: spec.disk_guid.to_string(),
         os: m.os.name.clone(),
         version: m.os.version.clone(),
         root_hash: m.verity.root_hash.clone(),
-        signed_by: v.verified.key.short_id(),
-        config: config_text.is_some(),
+        signed_by: c.verified.verified.key.short_id(),
+        config: c.config_text.is_some(),
         seconds: (steps.start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     })
 }

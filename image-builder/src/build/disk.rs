@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
@@ -45,7 +45,7 @@ pub fn copy_into(
     Ok(len)
 }
 
-pub fn mkfs_ext4(
+fn mkfs_ext4(
     image: &Path,
     label: &str,
     mib: u64,
@@ -81,6 +81,49 @@ pub fn mkfs_ext4(
     Ok(())
 }
 
+/// The OEM and ROOT file systems of a layout, as image files.
+#[derive(Debug)]
+pub struct FileSystems {
+    /// OEM (ext4): a README, and the node config as `config.toml` if given.
+    pub oem: PathBuf,
+    /// ROOT (ext4), empty: first boot fills it.
+    pub root: PathBuf,
+}
+
+/// Makes OEM and ROOT in `work` for the disk build and the installer,
+/// their UUIDs derived from the disk GUID.
+pub fn oem_and_root(
+    spec: &LayoutSpec,
+    work: &Path,
+    config: Option<&str>,
+) -> anyhow::Result<FileSystems> {
+    let derived = |n: u32| {
+        let mut b = *spec.disk_guid.as_bytes();
+        b[15] ^= n as u8;
+        uuid::Builder::from_random_bytes(b).into_uuid()
+    };
+    let oem_dir = work.join("oem");
+    std::fs::create_dir_all(&oem_dir)?;
+    std::fs::write(
+        oem_dir.join("README"),
+        "Drover OEM partition: put the node config here as config.toml.\n",
+    )?;
+    if let Some(text) = config {
+        std::fs::write(oem_dir.join("config.toml"), text)?;
+    }
+    let oem = work.join("oem.ext4");
+    mkfs_ext4(
+        &oem,
+        "OEM",
+        spec.oem_mib,
+        derived(parts::OEM.0),
+        Some(&oem_dir),
+    )?;
+    let root = work.join("root.ext4");
+    mkfs_ext4(&root, "ROOT", spec.root_mib, derived(parts::ROOT.0), None)?;
+    Ok(FileSystems { oem, root })
+}
+
 /// Paths of the pieces that go into the disk.
 #[derive(Debug)]
 pub struct DiskInput<'a> {
@@ -109,31 +152,11 @@ pub fn build(disk: &Path, spec: &LayoutSpec, input: &DiskInput<'_>) -> anyhow::R
     copy_into(input.esp, &f, o, l, "the ESP image")?;
     let (o, l) = range(&table, parts::USR_A.0);
     copy_into(input.usr, &f, o, l, "the slot image (usr.img)")?;
-    let derived = |n: u32| {
-        let mut b = *spec.disk_guid.as_bytes();
-        b[15] ^= n as u8;
-        uuid::Builder::from_random_bytes(b).into_uuid()
-    };
-    let oem_dir = input.work.join("oem");
-    std::fs::create_dir_all(&oem_dir)?;
-    std::fs::write(
-        oem_dir.join("README"),
-        "Drover OEM partition: put the node config here as config.toml.\n",
-    )?;
-    let oem = input.work.join("oem.ext4");
-    mkfs_ext4(
-        &oem,
-        "OEM",
-        spec.oem_mib,
-        derived(parts::OEM.0),
-        Some(&oem_dir),
-    )?;
+    let fs = oem_and_root(spec, input.work, None)?;
     let (o, l) = range(&table, parts::OEM.0);
-    copy_into(&oem, &f, o, l, "the OEM file system")?;
-    let root = input.work.join("root.ext4");
-    mkfs_ext4(&root, "ROOT", spec.root_mib, derived(parts::ROOT.0), None)?;
+    copy_into(&fs.oem, &f, o, l, "the OEM file system")?;
     let (o, l) = range(&table, parts::ROOT.0);
-    copy_into(&root, &f, o, l, "the ROOT file system")?;
+    copy_into(&fs.root, &f, o, l, "the ROOT file system")?;
     f.sync_all()?;
     Ok(())
 }
