@@ -127,7 +127,7 @@ pub struct TestImage {
 }
 
 /// `<target>`: test binaries run from `<target>/debug/deps/`.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     exe.ancestors()
         .nth(3)
@@ -179,7 +179,23 @@ pub fn release(name: &str, version: &str, extra: &str) -> PathBuf {
 
 /// A release built from a whole spec text (for a release that changes
 /// what [`spec`]'s `extra` cannot reach, such as the kernel command line).
+///
+/// Releases are built from the root file system mmdebstrap made for the
+/// test image (`drover build --rootfs`, kept by `--keep-rootfs`): the same
+/// packages, so only the spec's files, version and command line differ,
+/// and a release takes seconds instead of another mmdebstrap run.
 pub fn release_spec(name: &str, spec_text: &str) -> PathBuf {
+    let packages = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("packages = "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        packages(spec_text),
+        packages(SPEC),
+        "test release {name}: a release is built from the test image's root file system, so its package list must be the test image's"
+    );
+    test_image();
     build(name, spec_text, true)
         .unwrap_or_else(|e| panic!("building test release {name}: {e:#}"))
         .join("out")
@@ -284,6 +300,11 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
         h.update(std::fs::read(bins.join(b))?);
     }
     h.update(std::fs::read(&public)?);
+    let rootfs = base.join("rootfs");
+    if slot_only {
+        // Built from the test image's tree: rebuilt when that is.
+        h.update(std::fs::read(base.join("inputs.sha256"))?);
+    }
     let key = hex::encode(h.finalize());
     let stamp = dir.join("inputs.sha256");
     let done = if slot_only {
@@ -291,7 +312,10 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
     } else {
         dir.join("stage-initrd.img")
     };
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && done.is_file() {
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
+        && done.is_file()
+        && (slot_only || rootfs.is_dir())
+    {
         return Ok(dir);
     }
     let _ = std::fs::remove_file(&stamp);
@@ -302,8 +326,13 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
     let out = dir.join("out");
     let _ = std::fs::remove_dir_all(&out);
     eprintln!(
-        "qemu-tests: building test image {name} in {} (about 2 minutes)",
-        dir.display()
+        "qemu-tests: building test image {name} in {} ({})",
+        dir.display(),
+        if slot_only {
+            "from the test image's root file system: seconds"
+        } else {
+            "mmdebstrap: about 2 minutes"
+        }
     );
     let mut cmd = Command::new(&drover);
     cmd.env("SOURCE_DATE_EPOCH", "1700000000")
@@ -318,7 +347,9 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
         .arg("--agent-binaries")
         .arg(&bins);
     if slot_only {
-        cmd.arg("--slot-only");
+        cmd.arg("--slot-only").arg("--rootfs").arg(&rootfs);
+    } else {
+        cmd.arg("--keep-rootfs").arg(&rootfs);
     }
     run(&mut cmd)?;
     if !slot_only {

@@ -11,6 +11,7 @@ mod bench;
 mod bench_apply;
 mod demo;
 mod deps;
+mod junit;
 
 use std::process::{Command, ExitCode};
 
@@ -85,13 +86,26 @@ fn test() -> anyhow::Result<()> {
     if !have_nextest {
         run(cargo().args(["install", "--locked", "cargo-nextest"]))?;
     }
-    run(cargo().args([
+    // The QEMU tests probe for a working KVM once per run and keep the
+    // answer here (qemu-tests/src/accel.rs): a new run probes afresh.
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let _ = std::fs::remove_file(root.join("target/tmp/drover-qemu-accel"));
+    let junit = root.join("target/nextest/default/junit.xml");
+    let _ = std::fs::remove_file(&junit);
+    let res = run(cargo().args([
         "nextest",
         "run",
         "--workspace",
         "--all-targets",
         "--no-fail-fast",
-    ]))
+    ]));
+    // The slowest tests, from nextest's JUnit file (.config/nextest.toml),
+    // whether the run passed or not.
+    match std::fs::read_to_string(&junit) {
+        Ok(xml) => print!("{}", junit::slowest_report(&xml, 10)),
+        Err(e) => eprintln!("xtask: no test times ({}: {e})", junit.display()),
+    }
+    res
 }
 
 fn fuzz(args: &[String]) -> anyhow::Result<()> {

@@ -38,6 +38,9 @@ pub struct BuildOptions {
     pub out: PathBuf,
     /// Bring-your-own root file system instead of mmdebstrap.
     pub rootfs: Option<PathBuf>,
+    /// Where to keep a copy of the root file system as made, before the
+    /// spec's files are added (`--keep-rootfs`).
+    pub keep_rootfs: Option<PathBuf>,
     /// The `drover-boot` binary for both initramfs images.
     pub boot_binary: PathBuf,
     /// The directory with `drover-agent` and `droverctl`.
@@ -247,6 +250,13 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
     st.run("rootfs", &what, || {
         rootfs::create(&source, &root, &opts.cache, epoch, &w.join("rootfs.log"))
     })?;
+    if let Some(keep) = &opts.keep_rootfs {
+        st.run(
+            "keep-rootfs",
+            &format!("keeping the root file system at {}", keep.display()),
+            || rootfs::keep(&root, keep),
+        )?;
+    }
 
     let packages = rootfs::installed_packages(&root)?;
     let tree = st.run("usr", "making a /usr-only tree", || {

@@ -75,6 +75,45 @@ pub fn create(
     }
 }
 
+/// Copies the tree at `root` to `dest` (replacing whatever is there), for
+/// later builds with `--rootfs dest`. The copy is made beside `dest` and
+/// renamed into place, so `dest` is either the old tree or the whole new
+/// one, never half a copy.
+pub fn keep(root: &Path, dest: &Path) -> anyhow::Result<()> {
+    let name = dest
+        .file_name()
+        .with_context(|| format!("--keep-rootfs {}: not a directory name", dest.display()))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".partial");
+    let tmp = parent.join(tmp_name);
+    let remove = |p: &Path| match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", p.display()))
+        }
+        _ => Ok(()),
+    };
+    remove(&tmp)?;
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(root)
+        .arg(&tmp)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!("copying the root file system to {} failed", tmp.display());
+    }
+    remove(dest)?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+}
+
 /// The Debian packages installed in the tree at `root`, as sorted
 /// `name version` lines from dpkg's status database (empty for a tree
 /// without one). Recorded in `build.json`: the inputs of a build that

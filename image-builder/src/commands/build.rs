@@ -30,6 +30,13 @@ pub struct Args {
     /// Use this root file system (directory or tar) instead of mmdebstrap.
     #[arg(long, value_name = "DIR|TAR")]
     pub rootfs: Option<PathBuf>,
+    /// Also keep the root file system mmdebstrap made (before the spec's
+    /// files and the agent are added) as a directory at DIR, for later
+    /// builds of the same package set with `--rootfs DIR`: a release that
+    /// changes only files, the version or the binaries then skips
+    /// mmdebstrap. DIR is replaced whole, and only once the tree is there.
+    #[arg(long, value_name = "DIR", conflicts_with = "rootfs")]
+    pub keep_rootfs: Option<PathBuf>,
     /// The drover-boot binary. Default: next to this drover binary.
     #[arg(long, value_name = "FILE")]
     pub boot_binary: Option<PathBuf>,
@@ -92,6 +99,7 @@ impl Args {
             key,
             out: self.out,
             rootfs: self.rootfs,
+            keep_rootfs: self.keep_rootfs,
             boot_binary,
             agent_binaries: match self.agent_binaries {
                 Some(d) => d,
