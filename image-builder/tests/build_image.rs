@@ -707,17 +707,30 @@ fn packages(dir: &Path) -> Vec<String> {
 /// differ), the inputs were not the same and a third build is compared
 /// with the second. (The fixture builds with its own copy of
 /// `drover-boot`, so a concurrent `cargo build` cannot change it.)
+///
+/// The first build also keeps its root file system (`--keep-rootfs`); a
+/// slot-only build from that tree (`--rootfs`) gives the first build's
+/// `usr.img` again, byte for byte, whatever the mirror did meanwhile.
 #[test]
 fn the_slot_image_and_the_iso_are_reproducible() {
     let fx = Fixture::new();
-    let build = |out: &str| {
-        let (ok, log) = fx.build("spec.toml", out, &[]);
+    let build = |out: &str, extra: &[&str]| {
+        let (ok, log) = fx.build("spec.toml", out, extra);
         assert!(ok, "build {out} failed:\n{log}");
         fx.p(out)
     };
-    let mut prev = build("first");
+    let kept = fx.p("kept-rootfs");
+    let first = build("first", &["--keep-rootfs", s(&kept)]);
+    assert!(kept.join("usr").is_dir() && kept.join("var/lib/dpkg/status").is_file());
+    let from_kept = build("from-kept", &["--slot-only", "--rootfs", s(&kept)]);
+    assert!(
+        sha256(&first.join("usr.img")) == sha256(&from_kept.join("usr.img")),
+        "a build from the kept root file system differs from the build that kept it"
+    );
+    assert_eq!(packages(&first), packages(&from_kept));
+    let mut prev = first;
     for again in ["second", "third"] {
-        let next = build(again);
+        let next = build(again, &[]);
         let same_inputs = packages(&prev) == packages(&next);
         if std::fs::read(prev.join("usr.img")).unwrap()
             == std::fs::read(next.join("usr.img")).unwrap()

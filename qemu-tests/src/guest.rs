@@ -55,6 +55,7 @@ pub struct Guest {
     agent_socket: Option<PathBuf>,
     qmp_socket: Option<PathBuf>,
     seen: usize,
+    started: Instant,
 }
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -332,6 +333,7 @@ impl GuestBuilder {
             agent_socket: self.agent_socket,
             qmp_socket: self.qmp_socket,
             seen: 0,
+            started: Instant::now(),
         })
     }
 }
@@ -397,6 +399,13 @@ impl Guest {
                 let line_end = rest[i..].find('\n').map(|n| i + n).unwrap_or(rest.len());
                 if line_end < rest.len() {
                     self.seen = pos + line_end;
+                    // The test's timeline, in its output (shown by nextest
+                    // when it fails, or with --no-capture).
+                    eprintln!(
+                        "{}: {:6.1} s after start: {marker}",
+                        self.name,
+                        self.started.elapsed().as_secs_f64()
+                    );
                     return Ok(rest[line_start..line_end]
                         .trim_end_matches('\r')
                         .to_string());
@@ -547,6 +556,43 @@ impl Guest {
         call(cmd)
     }
 
+    /// Sets the guest's clock to the host's (`guest-set-time` through the
+    /// guest agent, which also writes the RTC), as libvirt does after
+    /// restoring a saved domain: a restored guest's clock resumes where it
+    /// was saved, and a release published "now" would wait for its rollout
+    /// to start until that clock caught up.
+    pub fn sync_clock(&self) -> anyhow::Result<()> {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let sock = self
+            .agent_socket
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this guest has no guest agent port"))?;
+        let stream = std::os::unix::net::UnixStream::connect(sock)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let call = serde_json::json!({
+            "execute": "guest-set-time",
+            "arguments": {"time": u64::try_from(now.as_nanos())?}
+        });
+        (&stream).write_all(format!("{call}\n").as_bytes())?;
+        let mut r = BufReader::new(&stream);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                anyhow::bail!("the guest agent closed the connection");
+            }
+            let Ok(reply) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+                continue;
+            };
+            if let Some(e) = reply.get("error") {
+                anyhow::bail!("guest-set-time: {e}");
+            }
+            if reply.get("return").is_some() {
+                return Ok(());
+            }
+        }
+    }
+
     /// `droverctl status --json` in the guest, parsed.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let (code, out) = self.exec(&["/usr/bin/droverctl", "status", "--json"], true)?;
@@ -569,7 +615,14 @@ impl Guest {
         let mut last = String::from("(no answer yet)");
         while start.elapsed() < timeout {
             match self.status() {
-                Ok(st) if done(&st) => return Ok(st),
+                Ok(st) if done(&st) => {
+                    eprintln!(
+                        "{}: {:6.1} s after start: {what}",
+                        self.name,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                    return Ok(st);
+                }
                 Ok(st) => last = format!("{st:#}"),
                 Err(e) => last = format!("{e:#}"),
             }

@@ -5,6 +5,8 @@
 //! * [`guest`]: a guest builder; the console is captured, tests wait for a
 //!   marker the guest prints instead of sleeping, and the console is shown
 //!   only when a test fails.
+//! * [`snapshot`]: a booted, idle test node saved once per run (VM and TPM
+//!   state) and restored by the tests that start from it.
 //! * [`accel`]: KVM when a short probe shows a KVM guest actually runs, TCG
 //!   otherwise.
 //! * [`web`]: nginx serving a published update repository on loopback.
@@ -12,4 +14,5 @@
 pub mod accel;
 pub mod guest;
 pub mod image;
+pub mod snapshot;
 pub mod web;

@@ -18,7 +18,8 @@
 use std::time::Duration;
 
 use drover_qemu_tests::guest::Guest;
-use drover_qemu_tests::image::{self, publish, test_image};
+use drover_qemu_tests::image::{self, publish};
+use drover_qemu_tests::snapshot;
 use drover_qemu_tests::web::Nginx;
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -87,7 +88,6 @@ fn expect_rollback(g: &mut Guest, failed: &str, reason: Option<&str>) {
 
 #[test]
 fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
-    let img = test_image();
     let health = image::release("v3-health", "3.0.0", FAILING_HEALTH_CHECK);
     let cmdline = "console=tty0 console=ttyS0,115200 panic=5\"";
     let spec = image::spec("3.0.1", "");
@@ -104,13 +104,9 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let web = Nginx::serve(&repo, None);
-    let disk = img.fresh_disk(dir.path());
-    let sock = dir.path().join("qga.sock");
-    let mut g = img
-        .node("auto-rollback", &disk, &sock)
-        .channel(web.port)
-        .start()
-        .unwrap();
+    // 1.0.0 booted: the saved node, restored (the failed boots below are
+    // real boots).
+    let (mut g, _disk) = snapshot::idle_node().restore("auto-rollback", dir.path(), web.port);
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
 
     // 1. A failing health check.

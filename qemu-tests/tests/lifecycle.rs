@@ -2,30 +2,26 @@
 //! served by nginx on the host's loopback (the guest reaches it only
 //! through QEMU user networking); v2 is published; the agent downloads it,
 //! writes USR-B, flips and reboots; the machine comes up on v2 and marks it
-//! successful; then `droverctl rollback --reboot` brings v1 back.
+//! successful; then `droverctl rollback --reboot` brings v1 back. The
+//! node starts from the saved, booted v1 ([`drover_qemu_tests::snapshot`]).
 
 use std::time::Duration;
 
 use drover_qemu_tests::guest::json_after;
-use drover_qemu_tests::image::{self, publish, test_image};
+use drover_qemu_tests::image::{self, publish};
+use drover_qemu_tests::snapshot;
 use drover_qemu_tests::web::Nginx;
 
 const BOOT: Duration = Duration::from_secs(600);
 
 #[test]
 fn update_over_the_channel_then_manual_rollback() {
-    let img = test_image();
     let v2 = image::release("v2", "2.0.0", "");
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let web = Nginx::serve(&repo, None);
-    let disk = img.fresh_disk(dir.path());
-    let sock = dir.path().join("qga.sock");
-    let mut g = img
-        .node("lifecycle", &disk, &sock)
-        .channel(web.port)
-        .start()
-        .unwrap();
+    // The booted v1 node, restored (boot.rs tests booting itself).
+    let (mut g, _disk) = snapshot::idle_node().restore("lifecycle", dir.path(), web.port);
 
     // v1 up, nothing published yet.
     g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);

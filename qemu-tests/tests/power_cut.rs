@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use drover_core::SlotId;
 use drover_qemu_tests::guest::Guest;
-use drover_qemu_tests::image::{self, publish, slot_bits, test_image};
+use drover_qemu_tests::image::{self, publish, slot_bits};
+use drover_qemu_tests::snapshot;
 use drover_qemu_tests::web::Nginx;
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -36,12 +37,10 @@ fn cut_points() -> Vec<f64> {
     v
 }
 
-fn start(name: &str, disk: &Path, sock: &Path, port: u16) -> Guest {
-    test_image()
-        .node(name, disk, sock)
-        .channel(port)
-        .start()
-        .unwrap()
+/// Boots the machine again after a cut: the saved node's machine (same
+/// devices, same TPM state directory), booting for real.
+fn start(name: &str, disk: &Path, dir: &Path, port: u16) -> Guest {
+    snapshot::builder(name, disk, dir, port).start().unwrap()
 }
 
 /// Expects 1.0.0 booted from USR-A through dm-verity.
@@ -67,18 +66,17 @@ fn furthest_resume(web: &Nginx) -> u64 {
 
 #[test]
 fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_completes() {
-    let img = test_image();
     let v2 = image::release("v2", "2.0.0", "");
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     // Throttled so that the cut points can be hit by polling the agent.
     let web = Nginx::serve(&repo, Some("12m"));
-    let disk = img.fresh_disk(dir.path());
-    let sock = dir.path().join("qga.sock");
     let points = cut_points();
     eprintln!("power_cut: seed {SEED:#x}, cuts at {points:.3?} of the payload");
 
-    let mut g = start("power-cut-0", &disk, &sock, web.port);
+    // 1.0.0 booted: the saved node, restored. Every boot after a cut is
+    // a real one.
+    let (mut g, disk) = snapshot::idle_node().restore("power-cut-0", dir.path(), web.port);
     expect_v1_verified(&mut g);
     publish(&repo, &v2);
     for (i, &at) in points.iter().enumerate() {
@@ -111,7 +109,7 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
         let (prio_a, _, good_a) = slot_bits(&disk, SlotId::A);
         assert_eq!(prio_b, 0, "cut {}: USR-B bootable mid-write", i + 1);
         assert!(prio_a > 0 && good_a, "cut {}: USR-A no longer good", i + 1);
-        g = start(&format!("power-cut-{}", i + 1), &disk, &sock, web.port);
+        g = start(&format!("power-cut-{}", i + 1), &disk, dir.path(), web.port);
         expect_v1_verified(&mut g);
     }
 
