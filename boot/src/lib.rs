@@ -26,7 +26,6 @@ pub mod early;
 pub mod grow;
 pub mod kexec;
 pub mod live;
-pub mod record;
 pub mod slot_mode;
 pub mod stage;
 pub mod tpm;

@@ -277,11 +277,11 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
         Some("mode=0755"),
     )?;
     std::fs::create_dir_all(sysroot.join("run/drover"))?;
-    let record = Path::new("/").join(crate::record::IN_INITRAMFS);
+    let record = Path::new("/").join(drover_core::boot_record::IN_INITRAMFS);
     if record.exists() {
         std::fs::copy(
             &record,
-            sysroot.join(crate::record::ON_SYSTEM.trim_start_matches('/')),
+            sysroot.join(drover_core::boot_record::ON_SYSTEM.trim_start_matches('/')),
         )?;
     }
     if live {

@@ -13,7 +13,7 @@ use drover_core::{Decision, PartitionTable, SlotId, Slots};
 use sha2::{Digest, Sha256};
 
 use crate::dm::{self, VerityTable};
-use crate::record::BootRecord;
+use drover_core::boot_record::{self, BootRecord};
 
 /// Prints one step with the time since the stage started.
 pub fn step(start: Instant, msg: &str) {
@@ -284,11 +284,11 @@ pub fn check_and_prepare(
 /// initramfs (the kernel unpacks concatenated archives in order).
 pub fn append_record(path: &Path, record: &BootRecord) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-    let json = serde_json::to_vec_pretty(record)?;
+    let json = record.to_json();
     let mut c = drover_core::cpio::Cpio::new(Vec::new(), 0);
     c.dir("etc")?;
     c.dir("etc/drover")?;
-    c.file(crate::record::IN_INITRAMFS, 0o644, &json)?;
+    c.file(boot_record::IN_INITRAMFS, 0o644, &json)?;
     f.write_all(&c.finish()?)?;
     Ok(())
 }

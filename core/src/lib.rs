@@ -10,12 +10,15 @@
 //! * [`channel`]: the signed update channel metadata.
 //! * [`measure`]: the events the boot stage extends into a TPM PCR, and
 //!   their replay.
+//! * [`boot_record`]: what the boot stage hands on to the booted system
+//!   (written by the stage, read by the agent).
 //!
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
 pub mod attestation;
 pub mod authenticode;
+pub mod boot_record;
 pub mod bootcheck;
 pub mod channel;
 pub mod cpio;

@@ -156,7 +156,7 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/drover")
 }
 fn default_record() -> PathBuf {
-    PathBuf::from("/run/drover/boot-record.json")
+    PathBuf::from(drover_core::boot_record::ON_SYSTEM)
 }
 fn default_bus() -> String {
     "system".into()

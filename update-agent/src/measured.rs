@@ -15,6 +15,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use drover_core::boot_record::BootRecord;
 use drover_core::bootcheck::{self, Verification};
 use drover_core::keys::TrustedKeys;
 use drover_core::manifest::ReferenceValue;
@@ -25,7 +26,7 @@ use drover_core::table::PartitionTable;
 use serde::Serialize;
 
 /// The stage's record of this boot.
-pub const BOOT_RECORD: &str = "/run/drover/boot-record.json";
+pub const BOOT_RECORD: &str = drover_core::boot_record::ON_SYSTEM;
 /// The firmware's event log.
 pub const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
 /// Where `drover-verify-boot.service` leaves its verdict for the agent.
@@ -89,36 +90,9 @@ impl Report {
     }
 }
 
-/// The boot record, parsed as far as the checks need it.
-#[derive(Debug)]
-pub struct BootRecord {
-    /// The whole record.
-    pub json: serde_json::Value,
-    /// Slot label.
-    pub slot: String,
-    /// Version.
-    pub version: String,
-    /// Measured into a TPM.
-    pub measured: bool,
-    /// The events extended.
-    pub events: Vec<Event>,
-}
-
 /// Reads the boot record.
 pub fn boot_record(path: &Path) -> anyhow::Result<BootRecord> {
-    let json = crate::node::record_json(path)?;
-    let events = if json["events"].is_null() {
-        Vec::new()
-    } else {
-        serde_json::from_value(json["events"].clone()).context("the boot record's events")?
-    };
-    Ok(BootRecord {
-        slot: json["slot"].as_str().unwrap_or("").to_string(),
-        version: json["version"].as_str().unwrap_or("").to_string(),
-        measured: json["measured"].as_bool().unwrap_or(false),
-        events,
-        json,
-    })
+    Ok(BootRecord::read(path)?)
 }
 
 /// Where the ESP of `disk` is.
@@ -152,10 +126,7 @@ fn expected(
     f: &File,
     trusted: &TrustedKeys,
 ) -> anyhow::Result<Vec<Event>> {
-    let booted: drover_core::SlotId = record
-        .slot
-        .parse()
-        .map_err(|e| anyhow::anyhow!("the boot record's slot: {e}"))?;
+    let booted = record.slot_id()?;
     let slots = crate::agent::slots_of(disk, f, booted)?;
     let st = slots.get(booted);
     let w = Window {
@@ -179,9 +150,7 @@ pub fn check(src: &Sources, trusted: &TrustedKeys) -> anyhow::Result<Report> {
     let record = boot_record(&src.boot_record)?;
     let mut report = Report {
         measured: record.measured,
-        not_measured_reason: record.json["not_measured_reason"]
-            .as_str()
-            .map(String::from),
+        not_measured_reason: record.not_measured_reason.clone(),
         slot: record.slot.clone(),
         version: record.version.clone(),
         checks: None,

@@ -3,10 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
+use drover_core::boot_record::BootRecord;
 use drover_core::SlotId;
 
-/// What the boot stage recorded about this boot.
+/// What `droverctl status` shows of the boot record: the slot (a disk
+/// slot: the agent does not run on a live boot), the version, whether it
+/// was measured and why this slot was chosen. A view of
+/// [`BootRecord`], which is the one reader of the file.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Booted {
     /// The slot that booted.
@@ -19,31 +23,21 @@ pub struct Booted {
     pub decision: String,
 }
 
-/// The boot record (`/run/drover/boot-record.json`) as JSON.
-pub fn record_json(record: &Path) -> anyhow::Result<serde_json::Value> {
-    let b = std::fs::read(record).with_context(|| {
-        format!(
-            "reading the boot record {} (was this system started by drover-boot?)",
-            record.display()
-        )
-    })?;
-    serde_json::from_slice(&b).with_context(|| format!("{} is not a boot record", record.display()))
+impl TryFrom<&BootRecord> for Booted {
+    type Error = drover_core::boot_record::Error;
+    fn try_from(r: &BootRecord) -> Result<Self, Self::Error> {
+        Ok(Booted {
+            slot: r.slot_id()?,
+            version: r.version.clone(),
+            measured: r.measured,
+            decision: r.decision.clone(),
+        })
+    }
 }
 
 /// Reads the boot record (`/run/drover/boot-record.json`).
 pub fn booted(record: &Path) -> anyhow::Result<Booted> {
-    let v = record_json(record)?;
-    let slot = v["slot"]
-        .as_str()
-        .context("the boot record names no slot")?
-        .parse::<SlotId>()
-        .map_err(|e| anyhow::anyhow!("the boot record's slot: {e}"))?;
-    Ok(Booted {
-        slot,
-        version: v["version"].as_str().unwrap_or("").to_string(),
-        measured: v["measured"].as_bool().unwrap_or(false),
-        decision: v["decision"].as_str().unwrap_or("").to_string(),
-    })
+    Ok(Booted::try_from(&BootRecord::read(record)?)?)
 }
 
 /// The disk holding the partitions labelled USR-A and USR-B, from sysfs

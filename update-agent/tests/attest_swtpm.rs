@@ -15,12 +15,12 @@
 mod swtpm;
 
 use drover_core::attestation::{self, Evidence, References};
+use drover_core::boot_record::BootRecord;
 use drover_core::bootcheck::STAGE_COMPONENTS;
 use drover_core::eventlog::{self, EV_EFI_BOOT_SERVICES_APPLICATION};
 use drover_core::manifest::{Manifest, ReferenceValue};
 use drover_core::measure::{self, Bank};
 use drover_update_agent::ctl::attest;
-use drover_update_agent::measured::BootRecord;
 use swtpm::Swtpm;
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -118,14 +118,22 @@ fn boot(tpm: &Swtpm, initrd: &[u8]) -> (Vec<u8>, BootRecord) {
     for e in &stage {
         extend(measure::PCR, &e.data());
     }
-    let record = BootRecord {
-        json: serde_json::json!({}),
-        slot: "USR-A".into(),
-        version: "1.0.0".into(),
+    (log, measured_record("USR-A", "1.0.0", stage))
+}
+
+/// The record a stage writes for a measured boot of `slot`.
+fn measured_record(slot: &str, version: &str, events: Vec<measure::Event>) -> BootRecord {
+    BootRecord {
+        slot: slot.into(),
+        decision: "candidate".into(),
+        version: version.into(),
+        refused: Vec::new(),
         measured: true,
-        events: stage,
-    };
-    (log, record)
+        not_measured_reason: None,
+        pcr: measure::PCR,
+        banks: vec![Bank::Sha256],
+        events,
+    }
 }
 
 fn evidence(tpm: &Swtpm, keys: &std::path::Path, nonce: &[u8], initrd: &[u8]) -> Evidence {
@@ -170,13 +178,7 @@ fn a_quote_from_the_enrolled_tpm_verifies_and_forgeries_do_not() {
         keys.path(),
         nonce2,
         e.firmware_log.as_deref().map(b64),
-        BootRecord {
-            json: serde_json::json!({}),
-            slot: e.stage.slot.clone(),
-            version: e.stage.version.clone(),
-            measured: true,
-            events: e.stage.events.clone(),
-        },
+        measured_record(&e.stage.slot, &e.stage.version, e.stage.events.clone()),
     )
     .unwrap();
     assert_eq!(e2.ak_public, e.ak_public);

@@ -49,8 +49,9 @@ impl Args {
         if !record.measured {
             anyhow::bail!(
                 "this boot was not measured ({}): there is nothing to attest",
-                record.json["not_measured_reason"]
-                    .as_str()
+                record
+                    .not_measured_reason
+                    .as_deref()
                     .unwrap_or("no reason recorded")
             );
         }
@@ -79,7 +80,7 @@ pub fn evidence(
     key_dir: &std::path::Path,
     nonce: &[u8],
     firmware_log: Option<Vec<u8>>,
-    record: measured::BootRecord,
+    record: drover_core::boot_record::BootRecord,
 ) -> anyhow::Result<Evidence> {
     let mut ctx = crate::tpm::open(tcti)?;
     let (ak, ak_public) = crate::tpm::attestation_key(&mut ctx, key_dir)?;

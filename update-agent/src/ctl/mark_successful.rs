@@ -27,7 +27,7 @@ pub struct Args {
     /// The boot record that names the booted slot (with --booted).
     #[arg(
         long,
-        default_value = "/run/drover/boot-record.json",
+        default_value = drover_core::boot_record::ON_SYSTEM,
         value_name = "FILE"
     )]
     pub boot_record: PathBuf,
