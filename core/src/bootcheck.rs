@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::eventlog::{self, EventLog};
 use crate::manifest::ReferenceValue;
@@ -123,8 +123,18 @@ pub fn check_stage(log: &EventLog, reference: &[ReferenceValue]) -> (Vec<EventCh
     (checks, problems)
 }
 
+/// Which log a PCR was replayed from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Log {
+    /// The firmware's TCG event log.
+    Firmware,
+    /// The boot stage's events (the boot record).
+    Drover,
+}
+
 /// One PCR of one bank.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PcrCheck {
     /// The bank.
     pub bank: Bank,
@@ -135,13 +145,13 @@ pub struct PcrCheck {
     /// What the TPM holds, hex (empty: not read).
     pub tpm: String,
     /// Which log: `firmware` or `drover`.
-    pub log: &'static str,
+    pub log: Log,
     /// Whether they are equal.
     pub ok: bool,
 }
 
 /// One measured component against its signed reference value.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventCheck {
     /// `slot`, `manifest`, `root-hash`, `slot-kernel`, … (the stage's
     /// events) or `systemd-boot`, `stage-kernel`, `stage-cmdline`,
@@ -161,7 +171,7 @@ pub struct EventCheck {
 pub type PcrValues = BTreeMap<(Bank, u32), Vec<u8>>;
 
 /// The whole verdict.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verification {
     /// All checks passed (and there was something to check).
     pub verified: bool,
@@ -218,7 +228,7 @@ pub fn verify(
                                 pcr,
                                 replayed: hex::encode(&v),
                                 tpm: actual.map(hex::encode).unwrap_or_default(),
-                                log: "firmware",
+                                log: Log::Firmware,
                                 ok,
                             });
                         }
@@ -247,7 +257,7 @@ pub fn verify(
             pcr: measure::PCR,
             replayed: hex::encode(&v),
             tpm: actual.map(hex::encode).unwrap_or_default(),
-            log: "drover",
+            log: Log::Drover,
             ok,
         });
     }

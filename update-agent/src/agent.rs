@@ -3,7 +3,7 @@
 //! cancel, rollback, reboot by strategy, and the status everyone reads.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -105,26 +105,11 @@ pub struct MeasuredBoot {
 impl MeasuredBoot {
     /// Reads the verdict the unit left, if it has run.
     pub fn read() -> Option<MeasuredBoot> {
-        let text = std::fs::read(crate::measured::VERDICT).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        let measured = v["measured"].as_bool()?;
-        let verified = v["verified"].as_bool()?;
-        let problem = if verified {
-            None
-        } else if !measured {
-            Some(format!(
-                "not measured: {}",
-                v["not_measured_reason"]
-                    .as_str()
-                    .unwrap_or("no reason recorded")
-            ))
-        } else {
-            v["checks"]["problems"][0].as_str().map(String::from)
-        };
+        let r = crate::measured::Report::read_verdict(Path::new(crate::measured::VERDICT))?;
         Some(MeasuredBoot {
-            measured,
-            verified,
-            problem,
+            measured: r.measured,
+            verified: r.verified,
+            problem: r.first_problem(),
         })
     }
 }
@@ -157,7 +142,7 @@ pub struct Agent {
 /// The disk, opened read-write and locked (`flock`, exclusive) for the
 /// time of a read-modify-write of its table: `droverctl` and the agent take
 /// the same lock, and udev leaves a locked disk alone.
-pub fn open_locked(disk: &std::path::Path) -> anyhow::Result<Flock<File>> {
+pub fn open_locked(disk: &Path) -> anyhow::Result<Flock<File>> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -168,7 +153,7 @@ pub fn open_locked(disk: &std::path::Path) -> anyhow::Result<Flock<File>> {
 }
 
 /// The slots of the partition table on `disk` (open as `f`), `booted` active.
-pub(crate) fn slots_of(disk: &std::path::Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
+pub(crate) fn slots_of(disk: &Path, f: &File, booted: SlotId) -> anyhow::Result<Slots> {
     let mut r = f;
     let table = PartitionTable::read(&mut r, disk)?;
     Ok(Slots::from_table(table, booted)?)

@@ -23,7 +23,7 @@ use drover_core::measure::{self, Bank, Event};
 use drover_core::slot::layout;
 use drover_core::slot_image::{self, Window};
 use drover_core::table::PartitionTable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The stage's record of this boot.
 pub const BOOT_RECORD: &str = drover_core::boot_record::ON_SYSTEM;
@@ -55,38 +55,50 @@ impl Default for Sources {
     }
 }
 
-/// The verdict on this boot.
-#[derive(Debug, Serialize)]
+/// The verdict on this boot: what `droverctl verify-boot --json` prints
+/// and `drover-verify-boot.service` leaves at [`VERDICT`] for the agent,
+/// which reads it back with this type ([`Report::read_verdict`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Report {
     /// The stage measured the boot into a TPM.
     pub measured: bool,
     /// Why not, when it did not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_measured_reason: Option<String>,
     /// The slot booted.
     pub slot: String,
     /// Its version.
     pub version: String,
     /// The checks, when the boot was measured.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<Verification>,
     /// Measured, and every check passed.
     pub verified: bool,
 }
 
 impl Report {
-    /// The first reason this boot does not verify, for one-line reports.
-    pub fn first_problem(&self) -> String {
+    /// The first reason this boot does not verify, for one-line reports
+    /// (`droverctl status`, the policy's refusal); `None` when it verifies.
+    pub fn first_problem(&self) -> Option<String> {
+        if self.verified {
+            return None;
+        }
         match &self.checks {
-            _ if !self.measured => format!(
-                "not measured ({})",
+            _ if !self.measured => Some(format!(
+                "not measured: {}",
                 self.not_measured_reason
                     .as_deref()
                     .unwrap_or("no reason recorded")
-            ),
-            Some(v) => v.problems.first().cloned().unwrap_or_default(),
-            None => String::new(),
+            )),
+            Some(v) => v.problems.first().cloned(),
+            None => None,
         }
+    }
+
+    /// The verdict `drover-verify-boot.service` left at `path` (normally
+    /// [`VERDICT`]), if it has run and left one that parses.
+    pub fn read_verdict(path: &Path) -> Option<Report> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
 }
 

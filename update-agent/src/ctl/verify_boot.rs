@@ -126,7 +126,10 @@ pub fn policy(
 ) -> Result<Option<String>, String> {
     let why = match checked {
         Ok(r) if r.verified => return Ok(None),
-        Ok(r) => format!("this boot does not verify: {}", r.first_problem()),
+        Ok(r) => format!(
+            "this boot does not verify: {}",
+            r.first_problem().unwrap_or_default()
+        ),
         Err(e) => format!("this boot's measurements could not be checked: {e:#}"),
     };
     if required {
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(policy(Ok(&report(true, true)), true), Ok(None));
         // Without a TPM: refused under the policy, a warning without it.
         let e = policy(Ok(&report(false, false)), true).unwrap_err();
-        assert!(e.contains("not measured (no TPM device)"), "{e}");
+        assert!(e.contains("not measured: no TPM device"), "{e}");
         let w = policy(Ok(&report(false, false)), false).unwrap().unwrap();
         assert!(w.contains("counts anyway"), "{w}");
         // Measurements that cannot be read count as not verified.
@@ -167,5 +170,32 @@ mod tests {
             .unwrap_err()
             .contains("opening the TPM"));
         assert!(policy(Err(&err), false).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_verdict_the_unit_writes_is_the_verdict_the_agent_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verify-boot.json");
+        let mut r = report(true, false);
+        r.checks = Some(drover_core::bootcheck::Verification {
+            verified: false,
+            pcrs: Vec::new(),
+            events: Vec::new(),
+            problems: vec!["stage-initramfs (PCR 9): changed".into(), "second".into()],
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+        let back = Report::read_verdict(&path).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.first_problem().as_deref(),
+            Some("stage-initramfs (PCR 9): changed")
+        );
+        assert_eq!(report(true, true).first_problem(), None);
+        assert_eq!(
+            report(false, false).first_problem().as_deref(),
+            Some("not measured: no TPM device")
+        );
+        std::fs::write(&path, b"{}").unwrap();
+        assert_eq!(Report::read_verdict(&path), None);
     }
 }
