@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use nix::mount::{mount, MsFlags};
 
+use drover_core::cmdline::VerityArg;
+
 use crate::dm::{self, VerityTable};
 use crate::early::cmdline_value;
 use crate::stage::step;
@@ -79,41 +81,6 @@ fn node_config(
     Ok(())
 }
 
-/// The parsed `drover.verity=` argument.
-#[derive(Debug, PartialEq, Eq)]
-pub struct VerityArg {
-    /// Data blocks.
-    pub data_blocks: u64,
-    /// Hash offset in bytes.
-    pub hash_offset: u64,
-    /// Salt.
-    pub salt: Vec<u8>,
-    /// Root hash.
-    pub root_hash: [u8; 32],
-}
-
-/// Parses `DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH`.
-pub fn parse_verity_arg(s: &str) -> anyhow::Result<VerityArg> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let [blocks, offset, salt, root] = parts.as_slice() else {
-        bail!("drover.verity='{s}' is not DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH");
-    };
-    let root: [u8; 32] = hex::decode(root)
-        .ok()
-        .and_then(|r| r.try_into().ok())
-        .with_context(|| format!("drover.verity root hash '{root}' is not 64 hex digits"))?;
-    Ok(VerityArg {
-        data_blocks: blocks.parse().context("drover.verity data blocks")?,
-        hash_offset: offset.parse().context("drover.verity hash offset")?,
-        salt: if *salt == "-" {
-            Vec::new()
-        } else {
-            hex::decode(salt).context("drover.verity salt")?
-        },
-        root_hash: root,
-    })
-}
-
 /// Copies a directory tree with modes, owners and symlinks (the factory
 /// `/etc` onto ROOT on first boot).
 pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -171,13 +138,15 @@ fn mount_root(start: Instant, disk: &Path, sysroot: &Path) -> anyhow::Result<()>
 /// Runs slot mode; on success it execs systemd and does not return.
 pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    let slot = cmdline_value(&cmdline, "drover.slot").context(
-        "no drover.slot= on the command line: was this kernel started by the boot stage?",
-    )?;
-    let verity = parse_verity_arg(
-        &cmdline_value(&cmdline, "drover.verity")
-            .context("no drover.verity= on the command line")?,
-    )?;
+    let slot = cmdline_value(&cmdline, drover_core::cmdline::SLOT).with_context(|| {
+        format!(
+            "no {}= on the command line: was this kernel started by the boot stage?",
+            drover_core::cmdline::SLOT
+        )
+    })?;
+    let verity: VerityArg = cmdline_value(&cmdline, drover_core::cmdline::VERITY)
+        .with_context(|| format!("no {}= on the command line", drover_core::cmdline::VERITY))?
+        .parse()?;
     let live = cmdline_value(&cmdline, crate::live::FLAG).is_some();
     let disk = if live {
         None
@@ -325,22 +294,4 @@ pub fn run(start: Instant) -> anyhow::Result<std::convert::Infallible> {
     ];
     nix::unistd::execv(&prog, &args).with_context(|| format!("executing {init}"))?;
     unreachable!("execv returned without an error")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verity_argument_round_trip() {
-        let root = "ab".repeat(32);
-        let v = parse_verity_arg(&format!("100:409600:-:{root}")).unwrap();
-        assert_eq!(v.data_blocks, 100);
-        assert_eq!(v.hash_offset, 409_600);
-        assert!(v.salt.is_empty());
-        assert_eq!(v.root_hash, [0xab; 32]);
-        assert!(parse_verity_arg("1:2:3").is_err());
-        assert!(parse_verity_arg(&format!("x:2:-:{root}")).is_err());
-        assert!(parse_verity_arg("1:2:-:abcd").is_err());
-    }
 }

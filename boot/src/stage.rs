@@ -227,7 +227,7 @@ pub fn check_and_prepare(
     let _ = dm::remove(name);
     let (kernel, initramfs) = result?;
 
-    let mut cmdline = measure::slot_cmdline(m, slot);
+    let mut cmdline = measure::slot_cmdline(m, slot)?;
     if !src.extra_cmdline.is_empty() {
         cmdline = format!("{cmdline} {}", src.extra_cmdline);
     }

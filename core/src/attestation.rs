@@ -251,7 +251,8 @@ fn check_boot(
         &digest,
         &manifest,
         &root_hash,
-        &measure::slot_cmdline(&manifest, slot),
+        &measure::slot_cmdline(&manifest, slot)
+            .map_err(|e| format!("the reference manifest: {e}"))?,
     );
     let log = match &evidence.firmware_log {
         None => None,

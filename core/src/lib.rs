@@ -10,6 +10,8 @@
 //! * [`channel`]: the signed update channel metadata.
 //! * [`measure`]: the events the boot stage extends into a TPM PCR, and
 //!   their replay.
+//! * [`cmdline`]: the slot and verity parameters the stage puts on the
+//!   slot kernel's command line, formatted and parsed by one type.
 //! * [`boot_record`]: what the boot stage hands on to the booted system
 //!   (written by the stage, read by the agent).
 //!
@@ -21,6 +23,7 @@ pub mod authenticode;
 pub mod boot_record;
 pub mod bootcheck;
 pub mod channel;
+pub mod cmdline;
 pub mod cpio;
 pub mod devices;
 pub mod esp;

@@ -138,27 +138,25 @@ pub fn replay(bank: Bank, events: &[Event]) -> Vec<u8> {
 
 /// The command line the stage gives the slot's kernel: the manifest's,
 /// then the slot and the verity parameters the slot's initramfs opens
-/// `/usr` with, `drover.verity=DATA_BLOCKS:HASH_OFFSET:SALT:ROOT_HASH`
-/// (salt `-` when empty); all from the signed manifest, so a verifier can
-/// predict it.
-pub fn slot_cmdline(manifest: &crate::manifest::Manifest, slot_label: &str) -> String {
-    let v = &manifest.verity;
-    let salt = if v.salt.is_empty() {
-        "-"
-    } else {
-        v.salt.as_str()
-    };
-    format!(
-        "{} drover.slot={slot_label} drover.verity={}:{}:{salt}:{}",
+/// `/usr` with ([`crate::cmdline`]); all from the signed manifest, so a
+/// verifier can predict it. Fails only for a manifest whose salt or root
+/// hash is not hex.
+pub fn slot_cmdline(
+    manifest: &crate::manifest::Manifest,
+    slot_label: &str,
+) -> Result<String, crate::cmdline::Error> {
+    use crate::cmdline;
+    Ok(format!(
+        "{} {}={slot_label} {}={}",
         manifest
             .boot
             .as_ref()
             .map(|b| b.cmdline.as_str())
             .unwrap_or(""),
-        v.data_blocks,
-        v.hash_offset,
-        v.root_hash
-    )
+        cmdline::SLOT,
+        cmdline::VERITY,
+        cmdline::VerityArg::from_manifest(manifest)?
+    ))
 }
 
 /// What the stage measures when it boots `slot_label` from a slot whose

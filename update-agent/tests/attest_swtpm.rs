@@ -99,7 +99,7 @@ fn boot(tpm: &Swtpm, initrd: &[u8]) -> (Vec<u8>, BootRecord) {
         &digest,
         &m,
         &hex::decode(&m.verity.root_hash).unwrap(),
-        &measure::slot_cmdline(&m, "USR-A"),
+        &measure::slot_cmdline(&m, "USR-A").unwrap(),
     );
     let mut ctx = drover_update_agent::tpm::open(&tpm.tcti_name()).unwrap();
     ctx.set_sessions((Some(AuthSession::Password), None, None));
