@@ -232,7 +232,7 @@ pub fn check_and_prepare(
         cmdline = format!("{cmdline} {}", src.extra_cmdline);
     }
     let events = measure::expected_events(slot, &v.verified.digest, m, &v.root_hash, &cmdline);
-    let (measured, banks, not_measured_reason) = match crate::tpm::device() {
+    let (measured, banks, not_measured_reason) = match drover_core::tpm::device() {
         None => (false, Vec::new(), Some("no TPM device".to_string())),
         Some(dev) => match crate::tpm::extend(&dev, &events) {
             Ok(banks) => {

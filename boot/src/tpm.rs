@@ -1,48 +1,21 @@
-//! Extending the boot stage's events into the TPM, through `tss-esapi`.
+//! Extending the boot stage's events into the TPM, through `tss-esapi`
+//! (opened with [`drover_core::tpm`], as the agent opens it).
 //!
 //! Every PCR bank the TPM has allocated for [`measure::PCR`] is extended
 //! with each event (a bank Drover cannot compute is an error, never skipped
 //! in silence: a bank left alone could be extended to any value later).
 
-use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use drover_core::measure::{self, Bank, Event};
+use drover_core::tpm;
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::PcrHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{CapabilityData, Digest, DigestValues, PcrSelectionList, PcrSlot};
-use tss_esapi::tcti_ldr::{DeviceConfig, TctiNameConf};
+use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::Context;
-
-/// The TPM character device: the kernel's resource manager if there is one.
-pub fn device() -> Option<PathBuf> {
-    ["/dev/tpmrm0", "/dev/tpm0"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn bank_of(alg: HashingAlgorithm) -> Option<Bank> {
-    match alg {
-        HashingAlgorithm::Sha1 => Some(Bank::Sha1),
-        HashingAlgorithm::Sha256 => Some(Bank::Sha256),
-        HashingAlgorithm::Sha384 => Some(Bank::Sha384),
-        HashingAlgorithm::Sha512 => Some(Bank::Sha512),
-        _ => None,
-    }
-}
-
-fn alg_of(bank: Bank) -> HashingAlgorithm {
-    match bank {
-        Bank::Sha1 => HashingAlgorithm::Sha1,
-        Bank::Sha256 => HashingAlgorithm::Sha256,
-        Bank::Sha384 => HashingAlgorithm::Sha384,
-        Bank::Sha512 => HashingAlgorithm::Sha512,
-    }
-}
 
 fn pcr_slot() -> PcrSlot {
     const { assert!(measure::PCR == 8) };
@@ -51,16 +24,7 @@ fn pcr_slot() -> PcrSlot {
 
 /// The TCTI configuration for a TPM character device.
 pub fn device_tcti(dev: &Path) -> anyhow::Result<TctiNameConf> {
-    let conf = DeviceConfig::from_str(&dev.display().to_string())
-        .with_context(|| format!("TPM device {}", dev.display()))?;
-    Ok(TctiNameConf::Device(conf))
-}
-
-fn open(tcti: TctiNameConf) -> anyhow::Result<Context> {
-    // tpm2-tss logs warnings to stderr on its own; errors reach us anyway.
-    std::env::set_var("TSS2_LOG", "all+none");
-    let what = format!("{tcti:?}");
-    Context::new(tcti).with_context(|| format!("opening the TPM ({what})"))
+    Ok(tpm::tcti(&format!("device:{}", dev.display()))?)
 }
 
 /// The banks allocated for the measured PCR.
@@ -76,7 +40,7 @@ fn allocated_banks(ctx: &mut Context) -> anyhow::Result<Vec<Bank>> {
         if !sel.is_selected(pcr_slot()) {
             continue;
         }
-        match bank_of(sel.hashing_algorithm()) {
+        match tpm::bank(sel.hashing_algorithm()) {
             Some(b) => banks.push(b),
             None => bail!(
                 "the TPM has a {:?} bank for PCR {}, which Drover cannot extend",
@@ -99,14 +63,14 @@ pub fn extend(dev: &Path, events: &[Event]) -> anyhow::Result<Vec<Bank>> {
 
 /// [`extend`] through any TCTI (the tests use swtpm's socket).
 pub fn extend_tcti(tcti: TctiNameConf, events: &[Event]) -> anyhow::Result<Vec<Bank>> {
-    let mut ctx = open(tcti)?;
+    let mut ctx = tpm::open_conf(tcti)?;
     let banks = allocated_banks(&mut ctx)?;
     // PCR 8 has an empty authorization value: a password session.
     ctx.set_sessions((Some(AuthSession::Password), None, None));
     for e in events {
         let mut vals = DigestValues::new();
         for &b in &banks {
-            vals.set(alg_of(b), Digest::try_from(b.hash(&e.data()))?);
+            vals.set(tpm::alg(b), Digest::try_from(b.hash(&e.data()))?);
         }
         ctx.pcr_extend(PcrHandle::Pcr8, vals)
             .with_context(|| format!("extending PCR {} with {}", measure::PCR, e.component))?;
@@ -117,12 +81,12 @@ pub fn extend_tcti(tcti: TctiNameConf, events: &[Event]) -> anyhow::Result<Vec<B
 
 /// The current value of PCR 8 in each allocated bank.
 pub fn read_tcti(tcti: TctiNameConf) -> anyhow::Result<Vec<(Bank, Vec<u8>)>> {
-    let mut ctx = open(tcti)?;
+    let mut ctx = tpm::open_conf(tcti)?;
     let banks = allocated_banks(&mut ctx)?;
     let mut out = Vec::new();
     for b in banks {
         let sel = PcrSelectionList::builder()
-            .with_selection(alg_of(b), &[pcr_slot()])
+            .with_selection(tpm::alg(b), &[pcr_slot()])
             .build()?;
         let (_, _, digests) = ctx.pcr_read(sel).context("reading PCR 8")?;
         let d = digests

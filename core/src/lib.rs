@@ -10,6 +10,8 @@
 //! * [`channel`]: the signed update channel metadata.
 //! * [`measure`]: the events the boot stage extends into a TPM PCR, and
 //!   their replay.
+//! * `tpm` (feature `tpm`): opening the TPM and mapping its algorithms
+//!   to PCR banks, for the boot stage and the agent.
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
 //!   slot kernel's command line, formatted and parsed by one type.
 //! * [`boot_record`]: what the boot stage hands on to the booted system
@@ -39,6 +41,8 @@ pub mod slot;
 pub mod slot_image;
 pub mod slots;
 pub mod table;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod verity;
 
 pub use gptprio::GptPrio;

@@ -9,7 +9,6 @@
 //! key is the same until the TPM is cleared or the files go.
 
 use std::path::Path;
-use std::str::FromStr as _;
 
 use anyhow::{bail, Context as _};
 use drover_core::bootcheck::PcrValues;
@@ -22,39 +21,21 @@ use tss_esapi::interface_types::algorithm::{
 use tss_esapi::structures::{
     Data, HashScheme, PcrSelectionList, PcrSlot, Private, Public, SignatureScheme,
 };
-use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 use tss_esapi::Context;
 
-/// The kernel's TPM resource manager.
-pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+/// The default TCTI: the kernel's TPM device, its resource manager first
+/// ([`drover_core::tpm::DEVICES`]), as the boot stage finds it.
+pub const DEFAULT_TCTI: &str = drover_core::tpm::AUTO;
 
 /// File names of the AK in the state directory.
 const AK_PUBLIC: &str = "ak.pub";
 const AK_PRIVATE: &str = "ak.priv";
 
-/// Whether this machine has a TPM the kernel drives.
-pub fn present() -> bool {
-    Path::new("/dev/tpmrm0").exists()
-}
-
-/// Opens the TPM named by a TCTI string (`device:/dev/tpmrm0`,
+/// Opens the TPM named by a TCTI string (`auto`, `device:/dev/tpmrm0`,
 /// `swtpm:host=127.0.0.1,port=2321`).
 pub fn open(tcti: &str) -> anyhow::Result<Context> {
-    // tpm2-tss writes its own warnings to stderr; our errors carry them.
-    std::env::set_var("TSS2_LOG", "all+none");
-    let conf =
-        TctiNameConf::from_str(tcti).with_context(|| format!("'{tcti}' is not a TCTI name"))?;
-    Context::new(conf).with_context(|| format!("opening the TPM ({tcti})"))
-}
-
-fn alg_of(bank: Bank) -> HashingAlgorithm {
-    match bank {
-        Bank::Sha1 => HashingAlgorithm::Sha1,
-        Bank::Sha256 => HashingAlgorithm::Sha256,
-        Bank::Sha384 => HashingAlgorithm::Sha384,
-        Bank::Sha512 => HashingAlgorithm::Sha512,
-    }
+    Ok(drover_core::tpm::open(tcti)?)
 }
 
 fn all_pcrs() -> Vec<PcrSlot> {
@@ -69,11 +50,11 @@ pub fn read_pcrs(ctx: &mut Context, banks: &[Bank]) -> anyhow::Result<PcrValues>
     let mut out = PcrValues::new();
     for &bank in banks {
         let sel = PcrSelectionList::builder()
-            .with_selection(alg_of(bank), &all_pcrs())
+            .with_selection(drover_core::tpm::alg(bank), &all_pcrs())
             .build()?;
         let data =
             pcr::read_all(ctx, sel).with_context(|| format!("reading the {} PCRs", bank.name()))?;
-        let Some(values) = data.pcr_bank(alg_of(bank)) else {
+        let Some(values) = data.pcr_bank(drover_core::tpm::alg(bank)) else {
             continue;
         };
         for (i, slot) in all_pcrs().into_iter().enumerate() {

@@ -29,7 +29,8 @@ pub struct Args {
     /// Where the attestation key is kept.
     #[arg(long, default_value = "/var/lib/drover/attest", value_name = "DIR")]
     pub key_dir: PathBuf,
-    /// The TPM, as a TCTI name.
+    /// The TPM, as a TCTI name: auto (/dev/tpmrm0, else /dev/tpm0),
+    /// device:PATH or swtpm:host=HOST,port=PORT.
     #[arg(long, default_value = crate::tpm::DEFAULT_TCTI, value_name = "TCTI")]
     pub tcti: String,
     /// The boot record (the stage's events).

@@ -33,7 +33,8 @@ pub struct Args {
     /// The firmware's event log.
     #[arg(long, default_value = measured::EVENT_LOG, value_name = "FILE")]
     pub event_log: PathBuf,
-    /// The TPM, as a TCTI name.
+    /// The TPM, as a TCTI name: auto (/dev/tpmrm0, else /dev/tpm0),
+    /// device:PATH or swtpm:host=HOST,port=PORT.
     #[arg(long, default_value = crate::tpm::DEFAULT_TCTI, value_name = "TCTI")]
     pub tcti: String,
     /// The agent's config, for the trusted keys.
