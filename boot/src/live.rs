@@ -18,13 +18,13 @@ use nix::mount::{mount, MsFlags};
 use crate::stage::step;
 
 /// Where the ISO is mounted, in the stage and in the live system's initramfs.
-pub const MEDIA: &str = "/run/drover/live-media";
+pub const MEDIA: &str = drover_core::paths::LIVE_MEDIA;
 /// The slot image on the ISO.
 pub const SLOT_IMAGE: &str = "drover/usr.img";
 /// The label the stage and the slot use for a live boot.
 pub const LABEL: &str = "LIVE";
 /// The command-line flag of a live boot.
-pub const FLAG: &str = "drover.live";
+pub const FLAG: &str = drover_core::paths::LIVE_FLAG;
 
 mod ioctl {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument; LOOP_SET_FD takes a file

@@ -7,15 +7,17 @@ use std::time::Instant;
 use anyhow::Context as _;
 use drover_boot::{early, kexec, live, slot_mode, stage};
 use drover_core::keys::TrustedKeys;
+use drover_core::paths;
 
 fn run(start: Instant) -> anyhow::Result<()> {
     early::mount_pseudo_filesystems()?;
-    let n = early::load_modules(Path::new("/etc/drover/modules"))?;
+    let root = Path::new("/");
+    let n = early::load_modules(&root.join(paths::initramfs::MODULES))?;
     stage::step(start, &format!("loaded {n} kernel modules"));
-    let mode = std::fs::read_to_string("/etc/drover/mode").unwrap_or_default();
+    let mode = std::fs::read_to_string(root.join(paths::initramfs::MODE)).unwrap_or_default();
     match mode.trim() {
         "stage" => {
-            let keys = TrustedKeys::load(&[Path::new("/etc/drover/keys").to_path_buf()])?;
+            let keys = TrustedKeys::load(&[root.join(paths::initramfs::KEYS)])?;
             stage::step(start, &format!("{} trusted key(s)", keys.keys().len()));
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
             let p = if early::cmdline_value(&cmdline, live::FLAG).is_some() {

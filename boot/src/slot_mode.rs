@@ -28,7 +28,9 @@ fn node_config(
 ) -> anyhow::Result<()> {
     use drover_os_config::firstboot::{self, Outcome, Places};
     let oem_dir = Path::new("/oem");
-    let oem = match disk.and_then(|d| drover_core::devices::partition_node(d, "OEM")) {
+    let oem = match disk
+        .and_then(|d| drover_core::devices::partition_node(d, drover_core::slot::layout::OEM.1))
+    {
         Some(dev) => {
             std::fs::create_dir_all(oem_dir)?;
             match mount(

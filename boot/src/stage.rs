@@ -193,7 +193,8 @@ pub fn check_and_prepare(
             restart_on_corruption: false,
         },
     )?;
-    let mnt = Path::new("/run/drover/stage-usr");
+    let mnt = Path::new(drover_core::paths::RUN_DIR).join("stage-usr");
+    let mnt = mnt.as_path();
     std::fs::create_dir_all(mnt)?;
     nix::mount::mount(
         Some(&dev),
@@ -265,7 +266,7 @@ pub fn check_and_prepare(
         banks,
         events,
     };
-    let dir = Path::new("/run/drover");
+    let dir = Path::new(drover_core::paths::RUN_DIR);
     std::fs::create_dir_all(dir)?;
     let kpath = dir.join("slot-kernel");
     std::fs::write(&kpath, &kernel)?;

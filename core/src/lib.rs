@@ -12,6 +12,8 @@
 //!   their replay.
 //! * `tpm` (feature `tpm`): opening the TPM and mapping its algorithms
 //!   to PCR banks, for the boot stage and the agent.
+//! * [`paths`]: the node's file-system contract (keys, `/run/drover`,
+//!   the live media, the stage initramfs's files).
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
 //!   slot kernel's command line, formatted and parsed by one type.
 //! * [`boot_record`]: what the boot stage hands on to the booted system
@@ -35,6 +37,7 @@ pub mod keys;
 pub mod layout;
 pub mod manifest;
 pub mod measure;
+pub mod paths;
 pub mod quote;
 pub mod selection;
 pub mod slot;

@@ -40,9 +40,9 @@ const MIB: u64 = 1 << 20;
 /// The file on the media that describes the install.
 pub const INSTALL_INFO: &str = "install.json";
 /// Where the live system finds the media (the ISO's `/drover`).
-pub const LIVE_MEDIA: &str = "/run/drover/live-media/drover";
+pub const LIVE_MEDIA: &str = drover_core::paths::LIVE_MEDIA_DIR;
 /// The trusted keys in a Drover system.
-pub const SYSTEM_KEYS: &str = "/usr/lib/drover/keys";
+pub const SYSTEM_KEYS: &str = drover_core::paths::SYSTEM_KEYS;
 
 /// `install.json`: what `drover build` tells the installer. Not signed:
 /// it only names files and sizes; the slot image and the ESP's boot stage

@@ -92,7 +92,8 @@ impl AgentSection {
             t.push_str(&format!("boot-complete-timeout-secs = {p}\n"));
         }
         t.push_str(&format!(
-            "trusted-keys = [\"/usr/lib/drover/keys\"]\n\n[reboot]\nstrategy = {:?}\n",
+            "trusted-keys = [{:?}]\n\n[reboot]\nstrategy = {:?}\n",
+            drover_core::paths::SYSTEM_KEYS,
             self.reboot_strategy
         ));
         t

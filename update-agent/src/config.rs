@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// The image's defaults.
 pub const DEFAULTS: &str = "/usr/lib/drover/agent.toml";
 /// The node's drop-ins.
-pub const DROP_INS: &str = "/etc/drover/agent.toml.d";
+pub const DROP_INS: &str = drover_core::paths::AGENT_DROP_INS;
 
 /// The configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -150,7 +150,7 @@ fn yes() -> bool {
     true
 }
 fn default_keys() -> Vec<PathBuf> {
-    vec![PathBuf::from("/usr/lib/drover/keys")]
+    vec![PathBuf::from(drover_core::paths::SYSTEM_KEYS)]
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/drover")

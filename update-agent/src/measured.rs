@@ -30,7 +30,7 @@ pub const BOOT_RECORD: &str = drover_core::boot_record::ON_SYSTEM;
 /// The firmware's event log.
 pub const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
 /// Where `drover-verify-boot.service` leaves its verdict for the agent.
-pub const VERDICT: &str = "/run/drover/verify-boot.json";
+pub const VERDICT: &str = drover_core::paths::VERIFY_BOOT_VERDICT;
 /// The signed manifest on the ESP.
 pub const ESP_MANIFEST: &str = drover_core::esp::MANIFEST;
 

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
+use drover_core::paths::initramfs;
 
 use drover_core::cpio::Cpio;
 
@@ -315,9 +316,9 @@ pub fn build(input: &InitramfsInput<'_>) -> anyhow::Result<Vec<u8>> {
         let mark = if m.optional { "-" } else { "" };
         list.push_str(&format!("{mark}/{name}\n"));
     }
-    c.file("etc/drover/modules", 0o644, list.as_bytes())?;
+    c.file(initramfs::MODULES, 0o644, list.as_bytes())?;
     c.file(
-        "etc/drover/mode",
+        initramfs::MODE,
         0o644,
         format!("{}\n", input.mode).as_bytes(),
     )?;

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::spec::ImageSpec;
 
 /// On the stage's command line: boot the slot image on the ISO.
-pub const LIVE_FLAG: &str = "drover.live";
+pub const LIVE_FLAG: &str = drover_core::paths::LIVE_FLAG;
 
 /// Everything a build needs besides the spec.
 #[derive(Debug)]
@@ -271,7 +271,11 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         .map(|(i, k)| {
             let key = drover_core::keys::PublicKey::load(k)?;
             Ok((
-                format!("etc/drover/keys/{i:02}-{}.pem", key.short_id()),
+                format!(
+                    "{}/{i:02}-{}.pem",
+                    drover_core::paths::initramfs::KEYS,
+                    key.short_id()
+                ),
                 key.to_pem().into_bytes(),
             ))
         })

@@ -93,7 +93,7 @@ impl Args {
         }
         if self.policy {
             if let Ok(report) = &checked {
-                let _ = std::fs::create_dir_all("/run/drover");
+                let _ = std::fs::create_dir_all(drover_core::paths::RUN_DIR);
                 std::fs::write(measured::VERDICT, serde_json::to_vec_pretty(report)?)?;
             }
             return match policy(checked.as_ref(), cfg.require_measured_boot) {
