@@ -12,7 +12,7 @@ use drover_core::keys::TrustedKeys;
 use drover_core::slot_image::{self, Window};
 use drover_core::{PartitionTable, SlotId, Slots};
 use nix::fcntl::{Flock, FlockArg};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apply::Policy;
 use crate::config::{Config, Strategy};
@@ -22,7 +22,7 @@ use crate::reboot::Rebooter;
 use crate::state::{Rollback, StateFile};
 
 /// What the agent is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
     /// Nothing.
@@ -40,7 +40,7 @@ pub enum Operation {
 }
 
 /// The other (not booted) slot.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OtherSlot {
     /// USR-A or USR-B.
     pub slot: String,
@@ -51,8 +51,9 @@ pub struct OtherSlot {
     pub state: String,
 }
 
-/// Everything `droverctl status` shows.
-#[derive(Clone, Debug, Serialize)]
+/// Everything `droverctl status` shows: the D-Bus `Status` method's
+/// answer, which `droverctl status` reads back with this type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Status {
     /// The booted slot and version.
@@ -91,7 +92,7 @@ pub struct Status {
 }
 
 /// `drover-verify-boot.service`'s verdict on this boot.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub struct MeasuredBoot {
     /// The stage measured the boot into a TPM.

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use drover_core::channel::{self, compare_versions, Metadata, Release, Rollout, SignedChannel};
 use drover_core::keys::TrustedKeys;
 use drover_core::Slots;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apply::{self, Advertised, ApplyError, ApplyReport, FileSource, Hooks, Policy, Source};
 use crate::source::{self, HttpSource};
@@ -96,7 +96,7 @@ pub struct Node {
 }
 
 /// What a check found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "result")]
 pub enum Verdict {
     /// Nothing newer.
@@ -115,8 +115,9 @@ pub enum Verdict {
     },
 }
 
-/// A check's result.
-#[derive(Clone, Debug, Serialize)]
+/// A check's result (the D-Bus `Check` method's answer, which `droverctl
+/// check` reads back with this type).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Check {
     /// Channel name.

@@ -11,7 +11,7 @@ use drover_core::SlotId;
 /// slot: the agent does not run on a live boot), the version, whether it
 /// was measured and why this slot was chosen. A view of
 /// [`BootRecord`], which is the one reader of the file.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Booted {
     /// The slot that booted.
     pub slot: SlotId,

@@ -21,7 +21,7 @@ use drover_core::keys::SigningKey;
 use drover_core::layout::LayoutSpec;
 use drover_core::manifest::{BootFiles, FileRef, OsRelease, ReferenceValue};
 use drover_core::slot_image::{self, SealInput};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::spec::ImageSpec;
@@ -65,7 +65,7 @@ pub enum Progress {
 }
 
 /// A file in the output, described in `build.json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Artifact {
     /// File name in the output directory.
     pub file: String,
@@ -76,16 +76,17 @@ pub struct Artifact {
 }
 
 /// One stage and how long it took.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StageTime {
     /// Stage name.
-    pub stage: &'static str,
+    pub stage: String,
     /// Seconds.
     pub seconds: f64,
 }
 
-/// `build.json`.
-#[derive(Debug, Serialize)]
+/// `build.json`, written by `drover build` and read back with this type
+/// (`drover attest-verify --build-json`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct BuildReport {
     /// OS name.
     pub os: String,
@@ -146,7 +147,7 @@ impl Stages {
             eprintln!("{name:>9} {mark} in {secs:.1} s: {what}");
         }
         self.times.push(StageTime {
-            stage: name,
+            stage: name.to_string(),
             seconds: (secs * 10.0).round() / 10.0,
         });
         r

@@ -59,10 +59,9 @@ impl Args {
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.manifest.display()))?;
         let stage: Vec<ReferenceValue> = match &self.build_json {
             Some(p) => {
-                let b: serde_json::Value = serde_json::from_slice(&read(p)?)
-                    .with_context(|| format!("{} is not JSON", p.display()))?;
-                serde_json::from_value(b["boot_stage"].clone())
-                    .with_context(|| format!("{}: no boot_stage reference values", p.display()))?
+                let b: crate::build::BuildReport = serde_json::from_slice(&read(p)?)
+                    .with_context(|| format!("{} is not a build.json", p.display()))?;
+                b.boot_stage
             }
             None => manifest
                 .reference

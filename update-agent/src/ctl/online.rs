@@ -5,7 +5,9 @@ use anyhow::{bail, Context as _};
 use zbus::blocking::{Connection, MessageIterator};
 use zbus::MatchRule;
 
+use crate::agent::Status;
 use crate::dbus::{self, IFACE, PATH};
+use crate::engine::{Check, Verdict};
 
 /// The bus `droverctl` talks on: `--bus`, else `DROVER_BUS`, else `system`.
 pub fn bus() -> String {
@@ -14,6 +16,86 @@ pub fn bus() -> String {
 
 fn connect() -> anyhow::Result<Connection> {
     dbus::connect(&bus())
+}
+
+/// `droverctl status` for people: one line per aspect.
+pub fn status_text(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let b = &s.booted;
+    let _ = writeln!(
+        t,
+        "booted:     {} {} ({}{})",
+        b.slot,
+        b.version,
+        if s.booted_successful {
+            "successful"
+        } else {
+            "not yet marked successful"
+        },
+        if b.measured {
+            ", measured"
+        } else {
+            ", not measured"
+        }
+    );
+    let _ = writeln!(
+        t,
+        "other:      {} {} ({})",
+        s.other.slot,
+        s.other.version.as_deref().unwrap_or("no image"),
+        s.other.state
+    );
+    let operation = serde_json::to_value(s.operation)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let _ = writeln!(
+        t,
+        "operation:  {operation}{}",
+        match s.progress {
+            Some((done, all)) => format!(" ({done} of {all} bytes)"),
+            None => String::new(),
+        }
+    );
+    let _ = writeln!(
+        t,
+        "channel:    {} at {}",
+        s.channel,
+        s.server.as_deref().unwrap_or("(no server configured)")
+    );
+    let _ = writeln!(t, "last check: {}", when(s.last_check));
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(t, "last error: {e}");
+    }
+    if let Some(r) = &s.reboot_blocked {
+        let _ = writeln!(t, "reboot:     waits: {r}");
+    }
+    if let Some(m) = &s.measured_boot {
+        let _ = writeln!(
+            t,
+            "measured:   {}",
+            if m.verified {
+                "verified (droverctl verify-boot)".to_string()
+            } else {
+                format!("NOT VERIFIED: {}", m.problem.as_deref().unwrap_or("-"))
+            }
+        );
+    }
+    if let Some(r) = &s.last_rollback {
+        let _ = writeln!(
+            t,
+            "rollback:   {} from {} to {}, {}",
+            if r.manual { "manual" } else { "automatic" },
+            r.from_version,
+            r.to_version,
+            when(Some(r.at))
+        );
+        if let Some(why) = &r.reason {
+            let _ = writeln!(t, "            {why}");
+        }
+    }
+    t
 }
 
 /// Show what the agent is doing and the state of both slots.
@@ -42,81 +124,9 @@ impl StatusArgs {
             println!("{json}");
             return Ok(());
         }
-        let s: serde_json::Value = serde_json::from_str(&json)?;
-        let str_ = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
-        println!(
-            "booted:     {} {} ({}{})",
-            str_(&s["booted"]["slot"]),
-            str_(&s["booted"]["version"]),
-            if s["booted-successful"].as_bool() == Some(true) {
-                "successful"
-            } else {
-                "not yet marked successful"
-            },
-            if s["booted"]["measured"].as_bool() == Some(true) {
-                ", measured"
-            } else {
-                ", not measured"
-            }
-        );
-        println!(
-            "other:      {} {} ({})",
-            str_(&s["other"]["slot"]),
-            s["other"]["version"].as_str().unwrap_or("no image"),
-            str_(&s["other"]["state"])
-        );
-        println!(
-            "operation:  {}{}",
-            str_(&s["operation"]),
-            match s["progress"].as_array() {
-                Some(p) if p.len() == 2 => format!(
-                    " ({} of {} bytes)",
-                    p[0].as_u64().unwrap_or(0),
-                    p[1].as_u64().unwrap_or(0)
-                ),
-                _ => String::new(),
-            }
-        );
-        println!(
-            "channel:    {} at {}",
-            str_(&s["channel"]),
-            s["server"].as_str().unwrap_or("(no server configured)")
-        );
-        println!("last check: {}", when(s["last-check"].as_u64()));
-        if let Some(e) = s["last-error"].as_str() {
-            println!("last error: {e}");
-        }
-        if let Some(r) = s["reboot-blocked"].as_str() {
-            println!("reboot:     waits: {r}");
-        }
-        if s["measured-boot"].is_object() {
-            let m = &s["measured-boot"];
-            println!(
-                "measured:   {}",
-                if m["verified"].as_bool() == Some(true) {
-                    "verified (droverctl verify-boot)".to_string()
-                } else {
-                    format!("NOT VERIFIED: {}", str_(&m["problem"]))
-                }
-            );
-        }
-        if s["last-rollback"].is_object() {
-            let r = &s["last-rollback"];
-            println!(
-                "rollback:   {} from {} to {}, {}",
-                if r["manual"].as_bool() == Some(true) {
-                    "manual"
-                } else {
-                    "automatic"
-                },
-                str_(&r["from-version"]),
-                str_(&r["to-version"]),
-                when(r["at"].as_u64())
-            );
-            if let Some(why) = r["reason"].as_str() {
-                println!("            {why}");
-            }
-        }
+        let s: Status = serde_json::from_str(&json)
+            .with_context(|| format!("the agent's status is not what droverctl reads: {json}"))?;
+        print!("{}", status_text(&s));
         Ok(())
     }
 }
@@ -138,30 +148,23 @@ impl CheckArgs {
             println!("{json}");
             return Ok(());
         }
-        let c: serde_json::Value = serde_json::from_str(&json)?;
-        let v = &c["verdict"];
-        match v["result"].as_str() {
-            Some("up-to-date") => println!(
+        let c: Check = serde_json::from_str(&json).with_context(|| {
+            format!("the agent's check result is not what droverctl reads: {json}")
+        })?;
+        match &c.verdict {
+            Verdict::UpToDate => println!(
                 "up to date (channel {}, sequence {})",
-                c["channel"], c["sequence"]
+                c.channel, c.sequence
             ),
-            Some("available") => println!(
-                "{} is available: `droverctl update` installs it",
-                v["version"].as_str().unwrap_or("?")
-            ),
-            Some("waiting") => println!(
-                "{} is rolling out; this node's wave comes at {} (Unix time)",
-                v["version"].as_str().unwrap_or("?"),
-                v["at"]
-            ),
-            _ => println!("{json}"),
+            Verdict::Available { version } => {
+                println!("{version} is available: `droverctl update` installs it")
+            }
+            Verdict::Waiting { version, at } => {
+                println!("{version} is rolling out; this node's wave comes at {at} (Unix time)")
+            }
         }
-        for s in c["skipped"].as_array().into_iter().flatten() {
-            println!(
-                "skipped {}: {}",
-                s[0].as_str().unwrap_or("?"),
-                s[1].as_str().unwrap_or("")
-            );
+        for (version, why) in &c.skipped {
+            println!("skipped {version}: {why}");
         }
         Ok(())
     }
@@ -273,4 +276,73 @@ pub fn rollback(reboot: bool, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{MeasuredBoot, Operation, OtherSlot};
+    use crate::state::Rollback;
+
+    #[test]
+    fn the_status_the_agent_sends_is_the_status_droverctl_prints() {
+        let sent = Status {
+            booted: crate::node::Booted {
+                slot: drover_core::SlotId::B,
+                version: "2.0.0".into(),
+                measured: true,
+                decision: "candidate".into(),
+            },
+            booted_successful: false,
+            other: OtherSlot {
+                slot: "USR-A".into(),
+                version: Some("1.0.0".into()),
+                state: "good".into(),
+            },
+            operation: Operation::RebootPending,
+            progress: Some((10, 20)),
+            channel: "stable".into(),
+            server: Some("http://10.0.2.100/".into()),
+            reboot_strategy: crate::config::Strategy::Immediate,
+            last_check: None,
+            last_verdict: Some(Verdict::Waiting {
+                version: "2.1.0".into(),
+                at: 7,
+            }),
+            last_error: Some("the server went away".into()),
+            failures: 1,
+            failed_versions: vec!["1.9.0".into()],
+            last_rollback: Some(Rollback {
+                from_version: "1.9.0".into(),
+                to_version: "1.0.0".into(),
+                at: 0,
+                manual: false,
+                reason: Some("boot check failed: x.service".into()),
+            }),
+            reboot_blocked: Some("an inhibitor".into()),
+            measured_boot: Some(MeasuredBoot {
+                measured: true,
+                verified: false,
+                problem: Some("stage-initramfs (PCR 9)".into()),
+            }),
+        };
+        let json = serde_json::to_string(&sent).unwrap();
+        let read: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        let text = status_text(&read);
+        for line in [
+            "booted:     USR-B 2.0.0 (not yet marked successful, measured)",
+            "other:      USR-A 1.0.0 (good)",
+            "operation:  reboot-pending (10 of 20 bytes)",
+            "channel:    stable at http://10.0.2.100/",
+            "last check: never",
+            "last error: the server went away",
+            "reboot:     waits: an inhibitor",
+            "measured:   NOT VERIFIED: stage-initramfs (PCR 9)",
+            "rollback:   automatic from 1.9.0 to 1.0.0, never",
+            "            boot check failed: x.service",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+    }
 }
