@@ -21,6 +21,10 @@ use crate::node::Booted;
 use crate::reboot::Rebooter;
 use crate::state::{Rollback, StateFile};
 
+/// How long an operator's command waits for a check of the channel that
+/// is under way (a check is bounded by the download stall timeout).
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// What the agent is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -620,12 +624,42 @@ impl Agent {
         Ok(true)
     }
 
+    /// The agent's work lock for an operator's command: a routine check of
+    /// the channel (a second or two) is waited for, an update being
+    /// written is not (the operator cancels it first). Without the wait, a
+    /// `droverctl rollback` that arrived during a poll was refused as "an
+    /// update is running" about one time in ten (seen in the QEMU life-cycle
+    /// test).
+    fn wait_for_check(&self) -> anyhow::Result<std::sync::MutexGuard<'_, ()>> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(g) = self.busy.try_lock() {
+                return Ok(g);
+            }
+            match self.status().operation {
+                Operation::Idle | Operation::Checking => {}
+                op => bail!(
+                    "an update is running ({}); cancel it first",
+                    serde_json::to_value(op)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ),
+            }
+            if start.elapsed() > CHECK_WAIT {
+                bail!(
+                    "the agent has been checking the channel for {} s; try again",
+                    CHECK_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Makes the other slot, which booted successfully before, the next to
     /// boot, and reboots when asked to.
     pub fn rollback(&self, reboot: bool) -> anyhow::Result<String> {
-        let Ok(_busy) = self.busy.try_lock() else {
-            bail!("an update is running; cancel it first");
-        };
+        let _busy = self.wait_for_check()?;
         let to = {
             let mut f = open_locked(&self.disk)?;
             let mut slots = slots_of(&self.disk, &f, self.booted.slot)?;

@@ -399,3 +399,49 @@ fn cancel_stops_the_write_and_leaves_the_slot_unbootable() {
     assert_eq!(logind.lock().unwrap().reboots, 0);
     assert_eq!(agent.status()["operation"], "idle");
 }
+
+/// A manual rollback that arrives while the agent checks the channel waits
+/// for the check instead of being refused as "an update is running" (the
+/// QEMU life-cycle test lost a rollback to a routine poll that way).
+#[test]
+fn a_rollback_during_a_check_of_the_channel_waits_for_it() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let disk = fx.disk(&v1);
+    write_slot(&disk, SlotId::B, &v2);
+    set_bits(&disk, SlotId::B, 2, 0, true);
+    set_bits(&disk, SlotId::A, 1, 0, true);
+    // Test double for a channel server that hangs: it accepts and never
+    // answers, so a check lasts the agent's stall timeout (3 s).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hung.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let bus = Bus::start();
+    let (_c, _logind) = fake_logind(&bus);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::B,
+        "1.1.0",
+        &format!("server = \"http://127.0.0.1:{port}/\"\ndownload-stall-timeout-secs = 3"),
+    );
+    std::thread::scope(|s| {
+        // `droverctl update` checks the channel under the agent's work lock,
+        // as the agent's own polls do.
+        let check = s.spawn(|| agent.ctl(&["update"]));
+        agent.wait_until("a check under way", |st| st["operation"] == "checking");
+        let (ok, out) = agent.ctl(&["rollback"]);
+        assert!(ok, "the rollback was refused during a check: {out}");
+        assert!(out.contains("USR-A boots next"), "{out}");
+        let (ok, out) = check.join().unwrap();
+        assert!(!ok, "an update from a hung server passed: {out}");
+    });
+    assert_eq!(bits(&disk, SlotId::A), (2, 0, true));
+}
