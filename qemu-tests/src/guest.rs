@@ -454,34 +454,8 @@ impl Guest {
     /// reboots the guest).
     pub fn exec(&self, argv: &[&str], wait: bool) -> anyhow::Result<(i64, String)> {
         use base64::Engine as _;
-        use std::io::{BufRead as _, BufReader, Write as _};
-        let sock = self
-            .agent_socket
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("this guest has no guest agent port"))?;
-        let stream = std::os::unix::net::UnixStream::connect(sock)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut w = &stream;
-        let mut r = BufReader::new(&stream);
-        let mut call = |v: serde_json::Value| -> anyhow::Result<serde_json::Value> {
-            w.write_all(format!("{v}\n").as_bytes())?;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line)? == 0 {
-                    anyhow::bail!("the guest agent closed the connection");
-                }
-                let reply: serde_json::Value = match serde_json::from_str(line.trim()) {
-                    Ok(v) => v,
-                    Err(_) => continue,
-                };
-                if let Some(e) = reply.get("error") {
-                    anyhow::bail!("guest agent: {e}");
-                }
-                if let Some(ret) = reply.get("return") {
-                    return Ok(ret.clone());
-                }
-            }
-        };
+        let mut agent = self.guest_agent()?;
+        let mut call = |v| agent.call(v);
         let (path, args) = argv.split_first().expect("a command");
         let ret = call(serde_json::json!({
             "execute": "guest-exec",
@@ -522,32 +496,12 @@ impl Guest {
         execute: &str,
         arguments: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
-        use std::io::{BufRead as _, BufReader, Write as _};
         let sock = self
             .qmp_socket
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("this guest has no QMP monitor"))?;
-        let stream = std::os::unix::net::UnixStream::connect(sock)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut w = &stream;
-        let mut r = BufReader::new(&stream);
-        // Replies to `v`, skipping the greeting and asynchronous events.
-        let mut call = |v: serde_json::Value| -> anyhow::Result<serde_json::Value> {
-            w.write_all(format!("{v}\n").as_bytes())?;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line)? == 0 {
-                    anyhow::bail!("QMP closed the connection");
-                }
-                let reply: serde_json::Value = serde_json::from_str(line.trim())?;
-                if let Some(e) = reply.get("error") {
-                    anyhow::bail!("QMP {}: {e}", v["execute"]);
-                }
-                if let Some(ret) = reply.get("return") {
-                    return Ok(ret.clone());
-                }
-            }
-        };
+        let mut qmp = JsonLines::connect(sock, "QMP")?;
+        let mut call = |v| qmp.call(v);
         call(serde_json::json!({"execute": "qmp_capabilities"}))?;
         let mut cmd = serde_json::json!({ "execute": execute });
         if !arguments.is_null() {
@@ -562,35 +516,21 @@ impl Guest {
     /// was saved, and a release published "now" would wait for its rollout
     /// to start until that clock caught up.
     pub fn sync_clock(&self) -> anyhow::Result<()> {
-        use std::io::{BufRead as _, BufReader, Write as _};
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        self.guest_agent()?.call(serde_json::json!({
+            "execute": "guest-set-time",
+            "arguments": {"time": u64::try_from(now.as_nanos())?}
+        }))?;
+        Ok(())
+    }
+
+    /// A connection to the QEMU guest agent.
+    fn guest_agent(&self) -> anyhow::Result<JsonLines> {
         let sock = self
             .agent_socket
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("this guest has no guest agent port"))?;
-        let stream = std::os::unix::net::UnixStream::connect(sock)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let call = serde_json::json!({
-            "execute": "guest-set-time",
-            "arguments": {"time": u64::try_from(now.as_nanos())?}
-        });
-        (&stream).write_all(format!("{call}\n").as_bytes())?;
-        let mut r = BufReader::new(&stream);
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                anyhow::bail!("the guest agent closed the connection");
-            }
-            let Ok(reply) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
-                continue;
-            };
-            if let Some(e) = reply.get("error") {
-                anyhow::bail!("guest-set-time: {e}");
-            }
-            if reply.get("return").is_some() {
-                return Ok(());
-            }
-        }
+        JsonLines::connect(sock, "the guest agent")
     }
 
     /// `droverctl status --json` in the guest, parsed.
@@ -685,6 +625,48 @@ impl Guest {
             self.name,
             timeout.as_secs()
         )
+    }
+}
+
+/// A client of QEMU's line-delimited JSON protocols (the guest agent and
+/// QMP): one command at a time, the reply is the next line with `return`
+/// or `error`; greetings, events and stray lines are skipped.
+struct JsonLines {
+    stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    peer: &'static str,
+}
+
+impl JsonLines {
+    fn connect(sock: &Path, peer: &'static str) -> anyhow::Result<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(sock)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let reader = std::io::BufReader::new(stream.try_clone()?);
+        Ok(Self {
+            stream,
+            reader,
+            peer,
+        })
+    }
+
+    fn call(&mut self, v: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        use std::io::{BufRead as _, Write as _};
+        self.stream.write_all(format!("{v}\n").as_bytes())?;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                anyhow::bail!("{} closed the connection", self.peer);
+            }
+            let Ok(reply) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+                continue;
+            };
+            if let Some(e) = reply.get("error") {
+                anyhow::bail!("{} {}: {e}", self.peer, v["execute"]);
+            }
+            if let Some(ret) = reply.get("return") {
+                return Ok(ret.clone());
+            }
+        }
     }
 }
 
