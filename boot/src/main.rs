@@ -72,10 +72,10 @@ fn main() -> ExitCode {
     match run(start) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            println!("drover-boot: RESCUE: {e}");
-            for c in e.chain().skip(1) {
-                println!("drover-boot:  -> {c}");
-            }
+            print!(
+                "{}",
+                drover_core::error_report("drover-boot: RESCUE: ", "drover-boot: ", e.as_ref())
+            );
             if std::process::id() == 1 {
                 // PID 1 must not exit: keep the message on the console.
                 loop {

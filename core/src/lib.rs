@@ -12,6 +12,8 @@
 //!   their replay.
 //! * `tpm` (feature `tpm`): opening the TPM and mapping its algorithms
 //!   to PCR banks, for the boot stage and the agent.
+//! * [`durable`]: replacing a small file so that a power cut leaves the
+//!   old one or the new one.
 //! * [`paths`]: the node's file-system contract (keys, `/run/drover`,
 //!   the live media, the stage initramfs's files).
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
@@ -30,6 +32,7 @@ pub mod channel;
 pub mod cmdline;
 pub mod cpio;
 pub mod devices;
+pub mod durable;
 pub mod esp;
 pub mod eventlog;
 pub mod gptprio;
@@ -53,3 +56,37 @@ pub use selection::{select, Decision, SlotView};
 pub use slot::SlotId;
 pub use slots::{SlotError, Slots};
 pub use table::PartitionTable;
+
+/// How every Drover program reports an error: `{head}{error}`, then one
+/// line `{cause_prefix} -> {cause}` for each cause in its chain, each cause
+/// once (the `Display` of an error does not repeat its source).
+pub fn error_report(
+    head: &str,
+    cause_prefix: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> String {
+    let mut s = format!("{head}{e}\n");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!("{cause_prefix} -> {c}\n"));
+        cause = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_report_names_each_cause_once() {
+        let inner = std::io::Error::other("disk gone");
+        let e = crate::durable::Error {
+            what: "writing",
+            path: "/var/lib/drover/state.json".into(),
+            source: inner,
+        };
+        assert_eq!(
+            super::error_report("error: ", "", &e),
+            "error: writing /var/lib/drover/state.json\n -> disk gone\n"
+        );
+    }
+}

@@ -48,10 +48,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!(" -> {cause}");
-            }
+            eprint!("{}", drover_core::error_report("error: ", "", e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -115,23 +115,8 @@ impl StateFile {
     }
 }
 
-/// Replaces `path` with `bytes` so that a power cut leaves the old file or
-/// the new one, whole: a temporary file beside it, fsync, rename, fsync of
-/// the directory (creating the directory if need be).
+/// Replaces `path` with `bytes` (mode 0644) so that a power cut leaves
+/// the old file or the new one, whole ([`drover_core::durable::replace`]).
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+    Ok(drover_core::durable::replace(path, bytes, 0o644)?)
 }

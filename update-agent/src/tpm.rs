@@ -98,7 +98,8 @@ fn load_or_create(
             DefaultKey,
         )
         .context("creating the attestation key under the endorsement key")?;
-        crate::state::write_durably(&priv_path, created.out_private.value())?;
+        // Wrapped by the TPM (of no use without it), but nobody else's.
+        drover_core::durable::replace(&priv_path, created.out_private.value(), 0o600)?;
         crate::state::write_durably(&pub_path, &created.out_public.marshall()?)?;
         tracing::info!(dir = %dir.display(), "created the TPM attestation key");
         (created.out_public, created.out_private)

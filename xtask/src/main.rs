@@ -50,10 +50,7 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for c in e.chain().skip(1) {
-                eprintln!(" -> {c}");
-            }
+            eprint!("{}", drover_core::error_report("error: ", "", e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -89,10 +89,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let refused = e.downcast_ref::<Refused>().is_some();
-            eprintln!("drover-install: error: {e}");
-            for c in e.chain().skip(1) {
-                eprintln!(" -> {c}");
-            }
+            eprint!(
+                "{}",
+                drover_core::error_report("drover-install: error: ", "", e.as_ref())
+            );
             if refused {
                 ExitCode::from(2)
             } else {

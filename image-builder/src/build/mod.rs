@@ -154,7 +154,8 @@ impl Stages {
     }
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<(u64, String)> {
+/// The size and SHA-256 (hex) of a file, streamed.
+pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<(u64, String)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
     let n = std::io::copy(&mut f, &mut h)?;

@@ -1,7 +1,6 @@
 //! `drover publish`: add a built release to a signed update channel.
 
 use std::fs::File;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -49,24 +48,6 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -145,7 +126,7 @@ impl Args {
             Err(e) => return Err(e).with_context(|| format!("reading {}", chan_path.display())),
         };
 
-        let (sha256, _) = sha256_file(&payload)?;
+        let (_, sha256) = crate::build::sha256_file(&payload)?;
         let rel_dir = format!("releases/{version}");
         let mut releases = old.as_ref().map(|o| o.releases.clone()).unwrap_or_default();
         let now = channel::now();
