@@ -14,6 +14,7 @@
 //!   to PCR banks, for the boot stage and the agent.
 //! * [`durable`]: replacing a small file so that a power cut leaves the
 //!   old one or the new one.
+//! * [`location`]: a URL or a local path, as operators give them.
 //! * [`paths`]: the node's file-system contract (keys, `/run/drover`,
 //!   the live media, the stage initramfs's files).
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
@@ -38,6 +39,7 @@ pub mod eventlog;
 pub mod gptprio;
 pub mod keys;
 pub mod layout;
+pub mod location;
 pub mod manifest;
 pub mod measure;
 pub mod paths;

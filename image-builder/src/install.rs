@@ -120,10 +120,9 @@ pub enum ImageSource {
 impl ImageSource {
     /// `URL` or `FILE` as given on the command line.
     pub fn parse(s: &str) -> Self {
-        if s.starts_with("http://") || s.starts_with("https://") {
-            Self::Url(s.to_string())
-        } else {
-            Self::File(PathBuf::from(s))
+        match drover_core::location::Location::parse(s) {
+            drover_core::location::Location::Url(u) => Self::Url(u),
+            drover_core::location::Location::Local(p) => Self::File(p),
         }
     }
 }

@@ -30,10 +30,9 @@ pub enum Repo {
 impl Repo {
     /// A URL when it has a scheme, a directory otherwise.
     pub fn parse(s: &str) -> Repo {
-        if s.starts_with("http://") || s.starts_with("https://") {
-            Repo::Url(s.to_string())
-        } else {
-            Repo::Dir(PathBuf::from(s))
+        match drover_core::location::Location::parse(s) {
+            drover_core::location::Location::Url(u) => Repo::Url(u),
+            drover_core::location::Location::Local(p) => Repo::Dir(p),
         }
     }
 
