@@ -6,7 +6,7 @@
 //!   signed manifest against the keys built into the initramfs (and every
 //!   block, before a slot's first successful boot), open it with dm-verity,
 //!   read its kernel and initramfs and check their digests, and
-//!   extend TPM PCR 8 with what was chosen (see [`drover_core::measure`]),
+//!   extend TPM PCR 8 with what was chosen (see [`drover_core::measured::measure`]),
 //!   and `kexec_file_load` into it with the verity arguments on the
 //!   command line; the events go along in a boot record appended to the
 //!   slot initramfs. A slot that fails any check is not booted; the rule

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use drover_core::keys::TrustedKeys;
-use drover_core::measure;
+use drover_core::measured::measure;
 use drover_core::slot_image::{self, Window};
 use drover_core::{Decision, PartitionTable, SlotId, Slots};
 use sha2::{Digest, Sha256};
@@ -233,7 +233,7 @@ pub fn check_and_prepare(
         cmdline = format!("{cmdline} {}", src.extra_cmdline);
     }
     let events = measure::expected_events(slot, &v.verified.digest, m, &v.root_hash, &cmdline);
-    let (measured, banks, not_measured_reason) = match drover_core::tpm::device() {
+    let (measured, banks, not_measured_reason) = match drover_core::measured::tpm::device() {
         None => (false, Vec::new(), Some("no TPM device".to_string())),
         Some(dev) => match crate::tpm::extend(&dev, &events) {
             Ok(banks) => {

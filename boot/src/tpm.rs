@@ -1,5 +1,5 @@
 //! Extending the boot stage's events into the TPM, through `tss-esapi`
-//! (opened with [`drover_core::tpm`], as the agent opens it).
+//! (opened with [`drover_core::measured::tpm`], as the agent opens it).
 //!
 //! Every PCR bank the TPM has allocated for [`measure::PCR`] is extended
 //! with each event (a bank Drover cannot compute is an error, never skipped
@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use drover_core::measure::{self, Bank, Event};
-use drover_core::tpm;
+use drover_core::measured::measure::{self, Bank, Event};
+use drover_core::measured::tpm;
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::session_handles::AuthSession;

@@ -5,7 +5,7 @@
 use std::str::FromStr as _;
 
 use drover_boot::tpm;
-use drover_core::measure::{self, Event};
+use drover_core::measured::measure::{self, Event};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
 #[path = "../../test-support/swtpm.rs"]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::measure::{Bank, Event};
+use crate::measured::measure::{Bank, Event};
 use crate::SlotId;
 
 /// Path of the record inside the slot initramfs.
@@ -36,12 +36,12 @@ pub struct BootRecord {
     /// Why not, when they were not.
     #[serde(default)]
     pub not_measured_reason: Option<String>,
-    /// The PCR extended ([`crate::measure::PCR`]).
+    /// The PCR extended ([`crate::measured::measure::PCR`]).
     pub pcr: u32,
     /// The banks of it that were extended (empty when not measured).
     #[serde(default)]
     pub banks: Vec<Bank>,
-    /// The events, in order; replay them with [`crate::measure::replay`].
+    /// The events, in order; replay them with [`crate::measured::measure::replay`].
     #[serde(default)]
     pub events: Vec<Event>,
 }
@@ -108,7 +108,7 @@ mod tests {
             refused: vec![("USR-A".into(), "bad signature".into())],
             measured: false,
             not_measured_reason: Some("no TPM device".into()),
-            pcr: crate::measure::PCR,
+            pcr: crate::measured::measure::PCR,
             banks: Vec::new(),
             events: Vec::new(),
         }

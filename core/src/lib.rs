@@ -8,10 +8,10 @@
 //! * [`devices`]: finding the slot disk and its partitions in sysfs (no
 //!   udev needed: the boot stage runs before it, and early units too).
 //! * [`channel`]: the signed update channel metadata.
-//! * [`measure`]: the events the boot stage extends into a TPM PCR, and
-//!   their replay.
-//! * `tpm` (feature `tpm`): opening the TPM and mapping its algorithms
-//!   to PCR banks, for the boot stage and the agent.
+//! * [`measured`]: measured boot, a wing of its own: the stage's events
+//!   and their prediction, the firmware event log, the boot verdict,
+//!   Authenticode, the ESP, TPM quotes, attestation, and (feature `tpm`)
+//!   opening the TPM.
 //! * [`durable`]: replacing a small file so that a power cut leaves the
 //!   old one or the new one.
 //! * [`location`]: a URL or a local path, as operators give them.
@@ -25,32 +25,24 @@
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
-pub mod attestation;
-pub mod authenticode;
 pub mod boot_record;
-pub mod bootcheck;
 pub mod channel;
 pub mod cmdline;
 pub mod cpio;
 pub mod devices;
 pub mod durable;
-pub mod esp;
-pub mod eventlog;
 pub mod gptprio;
 pub mod keys;
 pub mod layout;
 pub mod location;
 pub mod manifest;
-pub mod measure;
+pub mod measured;
 pub mod paths;
-pub mod quote;
 pub mod selection;
 pub mod slot;
 pub mod slot_image;
 pub mod slots;
 pub mod table;
-#[cfg(feature = "tpm")]
-pub mod tpm;
 pub mod verity;
 
 pub use gptprio::GptPrio;

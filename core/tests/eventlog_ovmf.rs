@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use drover_core::eventlog;
 use drover_core::manifest::ReferenceValue;
-use drover_core::measure::{self, Bank};
+use drover_core::measured::eventlog;
+use drover_core::measured::measure::{self, Bank};
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -115,7 +115,7 @@ fn the_recorded_boot_verifies_and_a_changed_stage_initrd_does_not() {
     // binary; the others (the stage kernel and initramfs of that build are
     // not kept) taken from the log itself.
     let mut reference: Vec<ReferenceValue> = Vec::new();
-    for (component, _, value) in drover_core::bootcheck::stage_measurements(&log) {
+    for (component, _, value) in drover_core::measured::bootcheck::stage_measurements(&log) {
         if !reference.iter().any(|r| r.component == component) {
             reference.push(ReferenceValue {
                 component,
@@ -123,16 +123,28 @@ fn the_recorded_boot_verifies_and_a_changed_stage_initrd_does_not() {
             });
         }
     }
-    reference[0].sha256 =
-        hex::encode(drover_core::authenticode::sha256(&fixture("systemd-bootx64.efi")).unwrap());
-    let v = drover_core::bootcheck::verify(Some(&log), &tpm, &events, &events, Some(&reference));
+    reference[0].sha256 = hex::encode(
+        drover_core::measured::authenticode::sha256(&fixture("systemd-bootx64.efi")).unwrap(),
+    );
+    let v = drover_core::measured::bootcheck::verify(
+        Some(&log),
+        &tpm,
+        &events,
+        &events,
+        Some(&reference),
+    );
     assert!(v.verified, "{:?}", v.problems);
     // The TPM as it would read after a different stage initramfs was
     // measured into PCR 9 by the EFI stub: the log no longer explains it.
     let mut changed = tpm.clone();
     changed.insert((Bank::Sha256, 9), vec![0x42; 32]);
-    let v =
-        drover_core::bootcheck::verify(Some(&log), &changed, &events, &events, Some(&reference));
+    let v = drover_core::measured::bootcheck::verify(
+        Some(&log),
+        &changed,
+        &events,
+        &events,
+        Some(&reference),
+    );
     assert!(!v.verified);
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(
@@ -145,7 +157,13 @@ fn the_recorded_boot_verifies_and_a_changed_stage_initrd_does_not() {
     let last = reference.len() - 1;
     assert_eq!(reference[last].component, "stage-initramfs");
     reference[last].sha256 = "00".repeat(32);
-    let v = drover_core::bootcheck::verify(Some(&log), &tpm, &events, &events, Some(&reference));
+    let v = drover_core::measured::bootcheck::verify(
+        Some(&log),
+        &tpm,
+        &events,
+        &events,
+        Some(&reference),
+    );
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(
         v.problems[0].starts_with("stage-initramfs (PCR 9)"),
@@ -159,10 +177,11 @@ fn the_authenticode_digest_is_what_ovmf_measured() {
     // The first EFI program OVMF started in that boot was this systemd-boot
     // (Debian's systemd-boot-efi 252.39, the same bytes as in the image).
     let log = eventlog::parse(&fixture("binary_bios_measurements")).unwrap();
-    let measured = drover_core::bootcheck::stage_measurements(&log);
+    let measured = drover_core::measured::bootcheck::stage_measurements(&log);
     let (component, pcr, value) = &measured[0];
     assert_eq!((component.as_str(), *pcr), ("systemd-boot", 4));
-    let ours = drover_core::authenticode::sha256(&fixture("systemd-bootx64.efi")).unwrap();
+    let ours =
+        drover_core::measured::authenticode::sha256(&fixture("systemd-bootx64.efi")).unwrap();
     assert_eq!(&hex::encode(ours), value);
     // The plain file hash is something else: the firmware does not hash
     // the checksum and the certificate directory.

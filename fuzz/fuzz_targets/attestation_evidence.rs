@@ -4,8 +4,8 @@
 //! an evidence file: errors, never panics.
 #![no_main]
 
-use drover_core::attestation::{self, References};
-use drover_core::quote::{self, AkPublic, Quote};
+use drover_core::measured::attestation::{self, References};
+use drover_core::measured::quote::{self, AkPublic, Quote};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

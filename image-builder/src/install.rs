@@ -501,7 +501,7 @@ fn check(opts: &InstallOptions, steps: &Steps) -> anyhow::Result<Checked> {
         ))
         .into());
     }
-    drover_core::esp::check_stage(&esp_file, 0, esp_len, &keys).map_err(|e| {
+    drover_core::measured::esp::check_stage(&esp_file, 0, esp_len, &keys).map_err(|e| {
         Refused(format!(
             "the ESP image {} does not match its signed reference values: {e}",
             esp_path.display()
@@ -599,7 +599,7 @@ fn write(opts: &InstallOptions, steps: &Steps, c: Checked) -> anyhow::Result<Ins
     if sha256_range(disk, esp_off, c.esp_len)? != want {
         bail!("the ESP read back differs from what was written: the disk is left without a partition table");
     }
-    drover_core::esp::check_stage(disk, esp_off, esp_part, &c.keys)
+    drover_core::measured::esp::check_stage(disk, esp_off, esp_part, &c.keys)
         .map_err(|e| anyhow::anyhow!("the ESP on the disk: {e}"))?;
     let oem_img = File::open(&fs.oem)?;
     if sha256_range(disk, oem_off, spec.oem_mib * MIB)?

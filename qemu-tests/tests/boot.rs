@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_core::keys::TrustedKeys;
-use drover_core::{measure, slot_image, PartitionTable, SlotId, Slots};
+use drover_core::measured::measure;
+use drover_core::{slot_image, PartitionTable, SlotId, Slots};
 use drover_qemu_tests::guest::{Firmware, GuestBuilder};
 use drover_qemu_tests::image::{slot_bits, test_image};
 

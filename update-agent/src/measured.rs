@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use drover_core::boot_record::BootRecord;
-use drover_core::bootcheck::{self, Verification};
 use drover_core::keys::TrustedKeys;
 use drover_core::manifest::ReferenceValue;
-use drover_core::measure::{self, Bank, Event};
+use drover_core::measured::bootcheck::{self, Verification};
+use drover_core::measured::measure::{self, Bank, Event};
 use drover_core::slot::layout;
 use drover_core::slot_image::{self, Window};
 use drover_core::table::PartitionTable;
@@ -32,7 +32,7 @@ pub const EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements"
 /// Where `drover-verify-boot.service` leaves its verdict for the agent.
 pub const VERDICT: &str = drover_core::paths::VERIFY_BOOT_VERDICT;
 /// The signed manifest on the ESP.
-pub const ESP_MANIFEST: &str = drover_core::esp::MANIFEST;
+pub const ESP_MANIFEST: &str = drover_core::measured::esp::MANIFEST;
 
 /// Where the inputs are.
 #[derive(Clone, Debug)]
@@ -127,7 +127,7 @@ pub fn stage_reference(
     trusted: &TrustedKeys,
 ) -> anyhow::Result<Vec<ReferenceValue>> {
     let (start, len) = esp_range(disk, f)?;
-    drover_core::esp::stage_reference(f, start, len, trusted)
+    drover_core::measured::esp::stage_reference(f, start, len, trusted)
         .map_err(|e| anyhow::anyhow!("the ESP of {}: {e}", disk.display()))
 }
 
@@ -176,7 +176,7 @@ pub fn check(src: &Sources, trusted: &TrustedKeys) -> anyhow::Result<Report> {
     let expected = expected(&record, &disk, &f, trusted)?;
     let log = match std::fs::read(&src.event_log) {
         Ok(b) => Some(
-            drover_core::eventlog::parse(&b)
+            drover_core::measured::eventlog::parse(&b)
                 .with_context(|| format!("parsing {}", src.event_log.display()))?,
         ),
         Err(_) => None,

@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use drover_core::bootcheck::PcrValues;
-use drover_core::measure::Bank;
+use drover_core::measured::bootcheck::PcrValues;
+use drover_core::measured::measure::Bank;
 use tss_esapi::abstraction::{ak, ek, pcr, DefaultKey};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{
@@ -25,8 +25,8 @@ use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 use tss_esapi::Context;
 
 /// The default TCTI: the kernel's TPM device, its resource manager first
-/// ([`drover_core::tpm::DEVICES`]), as the boot stage finds it.
-pub const DEFAULT_TCTI: &str = drover_core::tpm::AUTO;
+/// ([`drover_core::measured::tpm::DEVICES`]), as the boot stage finds it.
+pub const DEFAULT_TCTI: &str = drover_core::measured::tpm::AUTO;
 
 /// File names of the AK in the state directory.
 const AK_PUBLIC: &str = "ak.pub";
@@ -35,7 +35,7 @@ const AK_PRIVATE: &str = "ak.priv";
 /// Opens the TPM named by a TCTI string (`auto`, `device:/dev/tpmrm0`,
 /// `swtpm:host=127.0.0.1,port=2321`).
 pub fn open(tcti: &str) -> anyhow::Result<Context> {
-    Ok(drover_core::tpm::open(tcti)?)
+    Ok(drover_core::measured::tpm::open(tcti)?)
 }
 
 fn all_pcrs() -> Vec<PcrSlot> {
@@ -50,11 +50,11 @@ pub fn read_pcrs(ctx: &mut Context, banks: &[Bank]) -> anyhow::Result<PcrValues>
     let mut out = PcrValues::new();
     for &bank in banks {
         let sel = PcrSelectionList::builder()
-            .with_selection(drover_core::tpm::alg(bank), &all_pcrs())
+            .with_selection(drover_core::measured::tpm::alg(bank), &all_pcrs())
             .build()?;
         let data =
             pcr::read_all(ctx, sel).with_context(|| format!("reading the {} PCRs", bank.name()))?;
-        let Some(values) = data.pcr_bank(drover_core::tpm::alg(bank)) else {
+        let Some(values) = data.pcr_bank(drover_core::measured::tpm::alg(bank)) else {
             continue;
         };
         for (i, slot) in all_pcrs().into_iter().enumerate() {
@@ -118,11 +118,11 @@ fn load_or_create(
 /// A quote of every SHA-256 PCR with `nonce` as qualifying data, signed
 /// by the AK: the marshalled `TPMS_ATTEST` and `TPMT_SIGNATURE`.
 pub fn quote(ctx: &mut Context, ak: KeyHandle, nonce: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    if nonce.is_empty() || nonce.len() > drover_core::attestation::MAX_NONCE {
+    if nonce.is_empty() || nonce.len() > drover_core::measured::attestation::MAX_NONCE {
         bail!(
             "the nonce is {} bytes; a TPM takes 1 to {}",
             nonce.len(),
-            drover_core::attestation::MAX_NONCE
+            drover_core::measured::attestation::MAX_NONCE
         );
     }
     let sel = PcrSelectionList::builder()

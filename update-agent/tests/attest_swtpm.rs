@@ -14,12 +14,12 @@
 #[path = "../../test-support/swtpm.rs"]
 mod swtpm;
 
-use drover_core::attestation::{self, Evidence, References};
 use drover_core::boot_record::BootRecord;
-use drover_core::bootcheck::STAGE_COMPONENTS;
-use drover_core::eventlog::{self, EV_EFI_BOOT_SERVICES_APPLICATION};
 use drover_core::manifest::{Manifest, ReferenceValue};
-use drover_core::measure::{self, Bank};
+use drover_core::measured::attestation::{self, Evidence, References};
+use drover_core::measured::bootcheck::STAGE_COMPONENTS;
+use drover_core::measured::eventlog::{self, EV_EFI_BOOT_SERVICES_APPLICATION};
+use drover_core::measured::measure::{self, Bank};
 use drover_update_agent::ctl::attest;
 use swtpm::Swtpm;
 use tss_esapi::handles::PcrHandle;

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 // Where things are on the ESP (from its root, no leading slash): defined
 // once, with the readers on the node and the installer.
-use drover_core::esp::{MANIFEST as STAGE_MANIFEST, STAGE_INITRD, STAGE_KERNEL};
+use drover_core::measured::esp::{MANIFEST as STAGE_MANIFEST, STAGE_INITRD, STAGE_KERNEL};
 
 /// systemd-boot's EFI binary inside a root file system or on the host.
 pub const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -182,10 +182,11 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         let f = std::fs::File::open(&a).unwrap();
-        let got = drover_core::esp::read_file(&f, 0, 34 << 20, "drover/vmlinuz").unwrap();
+        let got = drover_core::measured::esp::read_file(&f, 0, 34 << 20, "drover/vmlinuz").unwrap();
         assert_eq!(got, std::fs::read(&k).unwrap());
         let entry =
-            drover_core::esp::read_file(&f, 0, 34 << 20, "loader/entries/drover.conf").unwrap();
+            drover_core::measured::esp::read_file(&f, 0, 34 << 20, "loader/entries/drover.conf")
+                .unwrap();
         assert!(String::from_utf8(entry)
             .unwrap()
             .contains("options console=ttyS0 drover.stage\n"));

@@ -315,7 +315,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         cmdline: spec.kernel.cmdline.clone(),
     };
     // The boot stage as the firmware will measure it (see
-    // `drover_core::bootcheck::STAGE_COMPONENTS`): signed in the manifest,
+    // `drover_core::measured::bootcheck::STAGE_COMPONENTS`): signed in the manifest,
     // so that a node and a remote verifier can check the ESP it booted
     // from, and the manifest goes onto the ESP with it.
     let systemd_boot = [root.join(esp::SYSTEMD_BOOT), Path::new("/").join(esp::SYSTEMD_BOOT)]
@@ -326,7 +326,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
     let kernel = tree.usr.join(tree.kernel_rel());
     let authenticode = |p: &Path| -> anyhow::Result<String> {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        drover_core::authenticode::sha256(&bytes)
+        drover_core::measured::authenticode::sha256(&bytes)
             .map(hex::encode)
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
     };

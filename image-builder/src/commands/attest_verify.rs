@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use drover_core::attestation::{self, Evidence, References};
-use drover_core::bootcheck::STAGE_COMPONENTS;
 use drover_core::manifest::{Manifest, ReferenceValue};
+use drover_core::measured::attestation::{self, Evidence, References};
+use drover_core::measured::bootcheck::STAGE_COMPONENTS;
 
 /// Check evidence written by `droverctl attest` on a node.
 ///

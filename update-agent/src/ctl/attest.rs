@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use drover_core::attestation::{self, Evidence, PcrValue, StageRecord};
+use drover_core::measured::attestation::{self, Evidence, PcrValue, StageRecord};
 
 use crate::measured;
 

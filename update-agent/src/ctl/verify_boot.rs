@@ -178,7 +178,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("verify-boot.json");
         let mut r = report(true, false);
-        r.checks = Some(drover_core::bootcheck::Verification {
+        r.checks = Some(drover_core::measured::bootcheck::Verification {
             verified: false,
             pcrs: Vec::new(),
             events: Vec::new(),

@@ -105,7 +105,7 @@ pub fn stage_reference(
     Ok(v.manifest
         .reference
         .into_iter()
-        .filter(|r| crate::bootcheck::STAGE_COMPONENTS.contains(&r.component.as_str()))
+        .filter(|r| crate::measured::bootcheck::STAGE_COMPONENTS.contains(&r.component.as_str()))
         .collect())
 }
 
@@ -133,7 +133,7 @@ pub fn check_stage(
     ] {
         let bytes = read_file(file, start, len, path)?;
         let got = if authenticode {
-            crate::authenticode::sha256(&bytes)
+            crate::measured::authenticode::sha256(&bytes)
                 .map(hex::encode)
                 .map_err(|e| format!("/{path}: {e}"))?
         } else {

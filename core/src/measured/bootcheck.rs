@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::eventlog::{self, EventLog};
 use crate::manifest::ReferenceValue;
-use crate::measure::{self, Bank, Event};
+use crate::measured::eventlog::{self, EventLog};
+use crate::measured::measure::{self, Bank, Event};
 
 /// The boot stage's components on the ESP, as the firmware's log shows
 /// them: the first two EFI programs started from the boot option (PCR 4,
@@ -313,7 +313,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventlog;
+    use crate::measured::eventlog;
 
     fn initrd_tag(data: &[u8]) -> Vec<u8> {
         // The stub's tagged event data; its digest is over the initrd, but

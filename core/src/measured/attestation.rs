@@ -15,11 +15,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::bootcheck::{self, PcrValues, Verification};
-use crate::eventlog;
 use crate::manifest::{Manifest, ReferenceValue};
-use crate::measure::{self, Bank, Event};
-use crate::quote::{self, AkPublic, Quote};
+use crate::measured::bootcheck::{self, PcrValues, Verification};
+use crate::measured::eventlog;
+use crate::measured::measure::{self, Bank, Event};
+use crate::measured::quote::{self, AkPublic, Quote};
 
 /// The evidence format this code writes and reads.
 pub const EVIDENCE_FORMAT: u32 = 1;

@@ -10,7 +10,7 @@ use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::tcti_ldr::{DeviceConfig, TctiNameConf};
 use tss_esapi::Context;
 
-use crate::measure::Bank;
+use crate::measured::measure::Bank;
 
 /// The kernel's TPM devices, in the order they are tried: its resource
 /// manager first (several users at once), then the raw device.

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::measure::Bank;
+use crate::measured::measure::Bank;
 
 /// `TPM_GENERATED_VALUE`: the TPM made this structure.
 const TPM_GENERATED: u32 = 0xff54_4347;
@@ -224,7 +224,10 @@ impl Quote {
     /// The digest a TPM computes over `values` for this quote's selection
     /// (SHA-256, the attestation key's scheme hash), or the first selected
     /// PCR that `values` lacks.
-    pub fn digest_of(&self, values: &crate::bootcheck::PcrValues) -> Result<Vec<u8>, (Bank, u32)> {
+    pub fn digest_of(
+        &self,
+        values: &crate::measured::bootcheck::PcrValues,
+    ) -> Result<Vec<u8>, (Bank, u32)> {
         let mut h = Sha256::new();
         for (bank, pcrs) in &self.selection {
             for pcr in pcrs {
@@ -282,7 +285,7 @@ mod tests {
         assert_eq!(q.extra_data, b"nonce");
         assert_eq!(q.signer, vec![0x42; 34]);
         assert_eq!(q.selection, vec![(Bank::Sha256, vec![0, 7, 8])]);
-        let mut values = crate::bootcheck::PcrValues::new();
+        let mut values = crate::measured::bootcheck::PcrValues::new();
         for p in [0, 7, 8] {
             values.insert((Bank::Sha256, p), vec![p as u8; 32]);
         }

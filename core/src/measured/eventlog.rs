@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::measure::Bank;
+use crate::measured::measure::Bank;
 
 /// `EV_NO_ACTION`: information, not extended.
 pub const EV_NO_ACTION: u32 = 0x3;
