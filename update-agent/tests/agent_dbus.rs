@@ -328,16 +328,22 @@ fn a_failed_update_is_detected_after_boot_marked_and_not_installed_again() {
     assert_eq!(c["skipped"], serde_json::json!([]));
 }
 
-#[test]
-fn manual_rollback_through_dbus_reboots_into_the_previous_slot() {
-    let fx = Fx::new();
+/// A disk where B runs 1.1.0 (successful) and A still holds the good
+/// 1.0.0: a machine a manual rollback can take back.
+fn updated_disk(fx: &Fx) -> std::path::PathBuf {
     let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
     let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
-    // B runs 1.1.0 (successful); A still holds the good 1.0.0.
     let disk = fx.disk(&v1);
     write_slot(&disk, SlotId::B, &v2);
     set_bits(&disk, SlotId::B, 2, 0, true);
     set_bits(&disk, SlotId::A, 1, 0, true);
+    disk
+}
+
+#[test]
+fn manual_rollback_through_dbus_reboots_into_the_previous_slot() {
+    let fx = Fx::new();
+    let disk = updated_disk(&fx);
     let bus = Bus::start();
     let (_c, logind) = fake_logind(&bus);
     let agent = Agent::start(&fx, &bus, &disk, SlotId::B, "1.1.0", "");
@@ -406,14 +412,11 @@ fn cancel_stops_the_write_and_leaves_the_slot_unbootable() {
 #[test]
 fn a_rollback_during_a_check_of_the_channel_waits_for_it() {
     let fx = Fx::new();
-    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
-    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
-    let disk = fx.disk(&v1);
-    write_slot(&disk, SlotId::B, &v2);
-    set_bits(&disk, SlotId::B, 2, 0, true);
-    set_bits(&disk, SlotId::A, 1, 0, true);
+    let disk = updated_disk(&fx);
     // Test double for a channel server that hangs: it accepts and never
-    // answers, so a check lasts the agent's stall timeout (3 s).
+    // answers, so a check lasts the agent's stall timeout (10 s: long
+    // enough for the test to see the check under way on a loaded machine;
+    // with 3 s it sometimes ended before the test looked).
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hung.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -430,7 +433,7 @@ fn a_rollback_during_a_check_of_the_channel_waits_for_it() {
         &disk,
         SlotId::B,
         "1.1.0",
-        &format!("server = \"http://127.0.0.1:{port}/\"\ndownload-stall-timeout-secs = 3"),
+        &format!("server = \"http://127.0.0.1:{port}/\"\ndownload-stall-timeout-secs = 10"),
     );
     std::thread::scope(|s| {
         // `droverctl update` checks the channel under the agent's work lock,
