@@ -330,7 +330,7 @@ fn a_failed_update_is_detected_after_boot_marked_and_not_installed_again() {
 
 /// A disk where B runs 1.1.0 (successful) and A still holds the good
 /// 1.0.0: a machine a manual rollback can take back.
-fn updated_disk(fx: &Fx) -> std::path::PathBuf {
+fn updated_disk(fx: &Fx) -> PathBuf {
     let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
     let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
     let disk = fx.disk(&v1);
