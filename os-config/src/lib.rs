@@ -8,6 +8,7 @@
 
 pub mod firstboot;
 pub mod fragment;
+pub mod paths;
 pub mod plan;
 pub mod render;
 pub mod settings;

@@ -336,7 +336,7 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
                     "kubelet.binary-sha256".into(),
                     format!(
                         "required: {} is started only when it has this SHA-256",
-                        crate::plan::KUBELET_BINARY
+                        crate::paths::KUBELET_BINARY
                     ),
                 ));
             }

@@ -1,0 +1,12 @@
+//! Where the node config puts what it renders on the node: the files
+//! other parts read (the agent's drop-in, the kubelet's config and
+//! environment, the kubelet binary's place).
+
+/// The agent drop-in the `[update]` section becomes.
+pub const AGENT_DROP_IN: &str = "/etc/drover/agent.toml.d/50-node-config.toml";
+/// The kubelet's rendered config.
+pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet-config.yaml";
+/// The kubelet unit's environment (pinned digest, extra arguments).
+pub const KUBELET_ENV: &str = "/etc/drover/kubelet.env";
+/// Where the kubelet binary goes.
+pub const KUBELET_BINARY: &str = "/opt/bin/kubelet";
