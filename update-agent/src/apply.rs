@@ -105,6 +105,27 @@ pub struct Policy {
     pub allow_security_downgrade: bool,
 }
 
+/// What decides whether a release is accepted: the keys its manifest must
+/// be signed by, and the operator's choices.
+#[derive(Clone, Copy)]
+pub struct Trust<'a> {
+    /// Keys a manifest (and a channel) must be signed by.
+    pub keys: &'a TrustedKeys,
+    /// The operator's choices.
+    pub policy: Policy,
+}
+
+/// The disk an update is written to: open read-write (and locked by the
+/// caller), its slots read from it.
+pub struct Target<'a> {
+    /// The slots, the inactive one written.
+    pub slots: &'a mut Slots,
+    /// The disk.
+    pub disk: &'a mut File,
+    /// Its path, for messages.
+    pub path: &'a Path,
+}
+
 /// What an applied update did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ApplyReport {
@@ -232,18 +253,23 @@ pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// inactive slot from an interrupted apply (the caller keys its resume state
 /// by the payload's SHA-256 and the slot). They are read back from the disk
 /// and hashed, and only the rest is fetched.
-#[allow(clippy::too_many_arguments)]
 pub fn apply(
-    slots: &mut Slots,
-    disk: &mut File,
-    disk_path: &Path,
+    target: Target<'_>,
     src: &mut dyn Source,
     advertised: Option<&Advertised>,
-    trusted: &TrustedKeys,
-    policy: Policy,
+    trust: Trust<'_>,
     resume_from: u64,
     hooks: Hooks<'_>,
 ) -> Result<ApplyReport, ApplyError> {
+    let Target {
+        slots,
+        disk,
+        path: disk_path,
+    } = target;
+    let Trust {
+        keys: trusted,
+        policy,
+    } = trust;
     let io = |path: &Path, what: &'static str| {
         let path = path.to_owned();
         move |source| ApplyError::Io { path, what, source }

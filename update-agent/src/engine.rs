@@ -1,16 +1,15 @@
 //! Check a channel and apply a release: what `drover-agent` does on each
 //! poll and what `droverctl update --from URL|DIR` does once.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use drover_core::channel::{self, compare_versions, Metadata, Release, Rollout, SignedChannel};
-use drover_core::keys::TrustedKeys;
-use drover_core::Slots;
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{self, Advertised, ApplyError, ApplyReport, FileSource, Hooks, Policy, Source};
+use crate::apply::{
+    self, Advertised, ApplyError, ApplyReport, FileSource, Hooks, Policy, Source, Target, Trust,
+};
 use crate::source::{self, HttpSource};
 use crate::state::{Download, Pending, State, StateFile};
 
@@ -83,6 +82,24 @@ impl Repo {
     }
 }
 
+/// Where releases come from, and the HTTP client that reads them (a
+/// directory ignores it).
+#[derive(Clone, Copy)]
+pub struct Remote<'a> {
+    /// The repository.
+    pub repo: &'a Repo,
+    /// The HTTP client (timeouts, proxies).
+    pub client: &'a reqwest::blocking::Client,
+}
+
+/// Progress reports and the stop button of one apply.
+pub struct Watch<'a> {
+    /// `(written, total)` as bytes are written.
+    pub progress: &'a mut dyn FnMut(u64, u64),
+    /// Set to stop at the next chunk.
+    pub cancel: &'a std::sync::atomic::AtomicBool,
+}
+
 /// The running system, as far as an update is concerned.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -140,20 +157,17 @@ pub struct Check {
 /// error (unless the policy allows it); versions that failed here before are
 /// passed over. With `ignore_rollout`, a waiting release is available now
 /// (an operator's explicit `droverctl update`).
-#[allow(clippy::too_many_arguments)]
 pub fn check(
-    repo: &Repo,
-    client: &reqwest::blocking::Client,
+    remote: Remote<'_>,
     channel_name: &str,
-    trusted: &TrustedKeys,
+    trust: Trust<'_>,
     state: &StateFile,
     node: &Node,
-    policy: Policy,
     ignore_rollout: bool,
 ) -> anyhow::Result<Check> {
-    let bytes = repo.channel_bytes(client, channel_name)?;
+    let bytes = remote.repo.channel_bytes(remote.client, channel_name)?;
     let signed = SignedChannel::from_bytes(&bytes)?;
-    let (meta, _key) = signed.verify(trusted)?;
+    let (meta, _key) = signed.verify(trust.keys)?;
     if meta.channel != channel_name {
         bail!(
             "the metadata at channel '{channel_name}' is for channel '{}': refusing it",
@@ -167,7 +181,7 @@ pub fn check(
         s.sequence.insert(channel_name.to_string(), meta.sequence);
         s.last_check = Some(now);
     })?;
-    pick(&meta, &st, node, policy, ignore_rollout, now)
+    pick(&meta, &st, node, trust.policy, ignore_rollout, now)
 }
 
 fn pick(
@@ -233,22 +247,16 @@ fn pick(
 /// Applies `release` from `repo` to the inactive slot of `disk`, resuming
 /// an interrupted download of the same payload into the same slot, and
 /// records the resume point and, on success, the pending update.
-#[allow(clippy::too_many_arguments)]
 pub fn apply_release(
-    repo: &Repo,
-    client: &reqwest::blocking::Client,
+    remote: Remote<'_>,
     release: &Release,
-    slots: &mut Slots,
-    disk: &mut File,
-    disk_path: &Path,
-    trusted: &TrustedKeys,
-    policy: Policy,
+    target: Target<'_>,
+    trust: Trust<'_>,
     state: &StateFile,
     node: &Node,
-    progress: &mut dyn FnMut(u64, u64),
-    cancel: &std::sync::atomic::AtomicBool,
+    watch: Watch<'_>,
 ) -> anyhow::Result<(ApplyReport, u64)> {
-    let slot = slots.inactive().label().to_string();
+    let slot = target.slots.inactive().label().to_string();
     let st = state.load()?;
     let resume_from = match &st.download {
         Some(d) if d.sha256 == release.sha256 && d.slot == slot => d.durable,
@@ -262,7 +270,7 @@ pub fn apply_release(
             durable: resume_from,
         })
     })?;
-    let mut src = repo.payload(client, release)?;
+    let mut src = remote.repo.payload(remote.client, release)?;
     let advertised = Advertised {
         size: release.size,
         sha256: release.sha256.clone(),
@@ -270,16 +278,13 @@ pub fn apply_release(
     };
     let mut checkpoint_err = None;
     let result = apply::apply(
-        slots,
-        disk,
-        disk_path,
+        target,
         src.as_mut(),
         Some(&advertised),
-        trusted,
-        policy,
+        trust,
         resume_from,
         Hooks {
-            progress,
+            progress: watch.progress,
             checkpoint: &mut |durable| {
                 if let Err(e) = state.update(|s| {
                     if let Some(d) = s.download.as_mut() {
@@ -289,7 +294,7 @@ pub fn apply_release(
                     checkpoint_err.get_or_insert(e);
                 }
             },
-            cancel,
+            cancel: watch.cancel,
         },
     );
     if let Some(e) = checkpoint_err {
@@ -317,5 +322,212 @@ pub fn apply_release(
             }
             Err(anyhow::Error::new(e).context(format!("applying {} to {slot}", release.version)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_core::channel::{Metadata, Release, Rollout};
+
+    use super::{pick, Node, Verdict};
+    use crate::apply::Policy;
+    use crate::state::State;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn release(version: &str, security_version: u64, rollout: Rollout) -> Release {
+        Release {
+            version: version.into(),
+            security_version,
+            payload: format!("releases/{version}/usr.img"),
+            size: 4096,
+            sha256: "00".repeat(32),
+            root_hash: "11".repeat(32),
+            manifest: format!("releases/{version}/manifest"),
+            manifest_sha256: "22".repeat(32),
+            rollout,
+        }
+    }
+
+    fn now_for_all() -> Rollout {
+        Rollout {
+            start: NOW - 60,
+            hours: 0,
+        }
+    }
+
+    fn channel(releases: Vec<Release>) -> Metadata {
+        Metadata {
+            format: drover_core::channel::FORMAT,
+            channel: "stable".into(),
+            sequence: 7,
+            issued_at: NOW - 60,
+            expires_at: NOW + 86_400,
+            releases,
+        }
+    }
+
+    fn node(version: &str, security_version: u64) -> Node {
+        Node {
+            version: version.into(),
+            security_version,
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+        }
+    }
+
+    fn verdict(meta: &Metadata, st: &State, node: &Node, ignore_rollout: bool) -> Verdict {
+        pick(meta, st, node, Policy::default(), ignore_rollout, NOW)
+            .unwrap()
+            .verdict
+    }
+
+    #[test]
+    fn the_newest_release_wins_by_version_order_not_list_order() {
+        let meta = channel(vec![
+            release("1.10.0", 1, now_for_all()),
+            release("1.9.0", 1, now_for_all()),
+            release("1.2.0", 1, now_for_all()),
+        ]);
+        let c = pick(
+            &meta,
+            &State::default(),
+            &node("1.2.0", 1),
+            Policy::default(),
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            c.verdict,
+            Verdict::Available {
+                version: "1.10.0".into()
+            }
+        );
+        assert_eq!(c.release.unwrap().version, "1.10.0");
+        assert_eq!((c.channel.as_str(), c.sequence), ("stable", 7));
+    }
+
+    #[test]
+    fn the_running_version_and_older_ones_are_up_to_date() {
+        let meta = channel(vec![
+            release("1.0.0", 1, now_for_all()),
+            release("1.1.0", 1, now_for_all()),
+        ]);
+        assert_eq!(
+            verdict(&meta, &State::default(), &node("1.1.0", 1), false),
+            Verdict::UpToDate
+        );
+        assert_eq!(
+            verdict(
+                &channel(vec![]),
+                &State::default(),
+                &node("1.1.0", 1),
+                false
+            ),
+            Verdict::UpToDate
+        );
+    }
+
+    #[test]
+    fn a_version_that_failed_here_is_passed_over_with_the_reason() {
+        let meta = channel(vec![
+            release("1.1.0", 1, now_for_all()),
+            release("1.2.0", 1, now_for_all()),
+        ]);
+        let st = State {
+            failed_versions: vec!["1.2.0".into()],
+            ..State::default()
+        };
+        let c = pick(&meta, &st, &node("1.0.0", 1), Policy::default(), false, NOW).unwrap();
+        assert_eq!(
+            c.verdict,
+            Verdict::Available {
+                version: "1.1.0".into()
+            }
+        );
+        assert_eq!(c.skipped.len(), 1);
+        assert_eq!(c.skipped[0].0, "1.2.0");
+        assert!(
+            c.skipped[0].1.contains("forget-failed"),
+            "{}",
+            c.skipped[0].1
+        );
+        // Every newer one failed: up to date, each one said.
+        let st = State {
+            failed_versions: vec!["1.1.0".into(), "1.2.0".into()],
+            ..State::default()
+        };
+        let c = pick(&meta, &st, &node("1.0.0", 1), Policy::default(), false, NOW).unwrap();
+        assert_eq!(c.verdict, Verdict::UpToDate);
+        assert_eq!(c.skipped.len(), 2);
+        assert!(c.release.is_none());
+    }
+
+    #[test]
+    fn a_security_downgrade_is_refused_unless_the_policy_allows_it() {
+        let meta = channel(vec![release("2.0.0", 3, now_for_all())]);
+        let err = pick(
+            &meta,
+            &State::default(),
+            &node("1.0.0", 5),
+            Policy::default(),
+            false,
+            NOW,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("security version 3, below the running 5"),
+            "{err}"
+        );
+        let allow = Policy {
+            allow_security_downgrade: true,
+        };
+        let c = pick(
+            &meta,
+            &State::default(),
+            &node("1.0.0", 5),
+            allow,
+            false,
+            NOW,
+        )
+        .unwrap();
+        assert!(c.release.is_some());
+    }
+
+    #[test]
+    fn a_node_waits_for_its_wave_unless_the_operator_asks() {
+        let n = node("1.0.0", 1);
+        let wave = Rollout::wave(&n.machine_id, "1.1.0");
+        // A rollout that began now, over 1000 hours: this node's turn is
+        // its wave's share of them.
+        let rollout = Rollout {
+            start: NOW,
+            hours: 1000,
+        };
+        let at = rollout.node_start(wave);
+        assert!(
+            at > NOW,
+            "wave {wave} starts at once; pick another machine id"
+        );
+        let meta = channel(vec![release("1.1.0", 1, rollout)]);
+        let c = pick(&meta, &State::default(), &n, Policy::default(), false, NOW).unwrap();
+        assert_eq!(
+            c.verdict,
+            Verdict::Waiting {
+                version: "1.1.0".into(),
+                at
+            }
+        );
+        assert!(c.release.is_none());
+        // At its moment, or when the operator says so, it is available.
+        let c = pick(&meta, &State::default(), &n, Policy::default(), false, at).unwrap();
+        assert!(c.release.is_some());
+        assert_eq!(
+            verdict(&meta, &State::default(), &n, true),
+            Verdict::Available {
+                version: "1.1.0".into()
+            }
+        );
     }
 }

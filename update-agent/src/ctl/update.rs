@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use drover_core::keys::TrustedKeys;
 use drover_core::Slots;
 
-use crate::apply::{self, Policy};
-use crate::engine::{self, Node, Repo};
+use crate::apply::{self, Policy, Target, Trust};
+use crate::engine::{self, Node, Remote, Repo, Watch};
 use crate::state::StateFile;
 
 /// Apply a release to the inactive slot of a disk image or block device,
@@ -76,8 +76,11 @@ impl Args {
             b.set_message(slots.inactive().label());
             b
         };
-        let policy = Policy {
-            allow_security_downgrade: self.allow_security_downgrade,
+        let trust = Trust {
+            keys: &trusted,
+            policy: Policy {
+                allow_security_downgrade: self.allow_security_downgrade,
+            },
         };
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let mut progress = |done, total| {
@@ -99,17 +102,12 @@ impl Args {
                 machine_id: String::new(),
             };
             let client = crate::source::client(crate::source::STALL_TIMEOUT)?;
-            let check = engine::check(
-                &repo,
-                &client,
-                &self.channel,
-                &trusted,
-                &state,
-                &node,
-                policy,
-                true,
-            )
-            .with_context(|| format!("checking channel {} at {}", self.channel, from))?;
+            let remote = Remote {
+                repo: &repo,
+                client: &client,
+            };
+            let check = engine::check(remote, &self.channel, trust, &state, &node, true)
+                .with_context(|| format!("checking channel {} at {}", self.channel, from))?;
             let Some(release) = check.release else {
                 bar.finish_and_clear();
                 if self.json {
@@ -122,20 +120,17 @@ impl Args {
                 }
                 return Ok(());
             };
-            let (report, resumed) = engine::apply_release(
-                &repo,
-                &client,
-                &release,
-                &mut slots,
-                &mut disk,
-                &disk_path,
-                &trusted,
-                policy,
-                &state,
-                &node,
-                &mut progress,
-                &cancel,
-            )?;
+            let target = Target {
+                slots: &mut slots,
+                disk: &mut disk,
+                path: &disk_path,
+            };
+            let watch = Watch {
+                progress: &mut progress,
+                cancel: &cancel,
+            };
+            let (report, resumed) =
+                engine::apply_release(remote, &release, target, trust, &state, &node, watch)?;
             if resumed > 0 && !self.json {
                 eprintln!("resumed an interrupted download at byte {resumed}");
             }
@@ -146,14 +141,16 @@ impl Args {
                 _ => PathBuf::from(&from),
             };
             let mut src = apply::FileSource::open(&payload)?;
+            let target = Target {
+                slots: &mut slots,
+                disk: &mut disk,
+                path: &disk_path,
+            };
             apply::apply(
-                &mut slots,
-                &mut disk,
-                &disk_path,
+                target,
                 &mut src,
                 None,
-                &trusted,
-                policy,
+                trust,
                 0,
                 apply::Hooks {
                     progress: &mut progress,
