@@ -15,6 +15,9 @@
 //! * [`durable`]: replacing a small file so that a power cut leaves the
 //!   old one or the new one.
 //! * [`location`]: a URL or a local path, as operators give them.
+//! * `http` (feature `http`): files over HTTP with range requests, a size
+//!   bound and resume (the agent's payloads and channels, the installer's
+//!   slot image).
 //! * [`paths`]: the node's file-system contract (keys, `/run/drover`,
 //!   the live media, the stage initramfs's files).
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
@@ -32,6 +35,8 @@ pub mod cpio;
 pub mod devices;
 pub mod durable;
 pub mod gptprio;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod keys;
 pub mod layout;
 pub mod location;

@@ -5,4 +5,5 @@
 pub mod build;
 pub mod commands;
 pub mod install;
+pub mod media;
 pub mod spec;

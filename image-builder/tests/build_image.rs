@@ -483,6 +483,46 @@ fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
     let cat = must("debugfs", &["-R", "cat /config.toml", s(&oem)]);
     assert!(cat.contains("hostname = \"installed\""), "{cat}");
 
+    // The slot image over HTTP (nginx on loopback): fetched through the
+    // agent's HTTP code, then checked and installed like a file; a URL
+    // that is not there is refused before the disk is touched.
+    let web = drover_qemu_tests::web::Nginx::serve(out, None);
+    let url_disk = fx.p("installed-from-url.raw");
+    std::fs::File::create(&url_disk)
+        .unwrap()
+        .set_len(1536 << 20)
+        .unwrap();
+    let mut args = base(&url_disk);
+    args.extend(["--image".into(), format!("{}usr.img", web.url())]);
+    let (code, text) = exec(args);
+    assert_eq!(code, Some(0), "{text}");
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_drover"),
+        &["inspect", s(&url_disk), "--public", s(&keys), "--verify"],
+    );
+    assert!(ok && text.contains("verity:           verified"), "{text}");
+    let log = web.access_log();
+    assert!(
+        log.contains("HEAD /usr.img") && log.contains("GET /usr.img"),
+        "{log}"
+    );
+    let url_before = sha256(&url_disk);
+    let mut args = base(&url_disk);
+    args.extend(["--image".into(), format!("{}missing.img", web.url())]);
+    let (code, text) = exec(args);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("refusing to install") && text.contains("404"),
+        "{text}"
+    );
+    assert_eq!(
+        sha256(&url_disk),
+        url_before,
+        "a refused install changed the disk"
+    );
+    drop(web);
+    std::fs::remove_file(&url_disk).unwrap();
+
     let before = sha256(&disk);
     // Too small.
     let small = fx.p("small.raw");

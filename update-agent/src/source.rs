@@ -1,234 +1,32 @@
-//! Payloads and channels over HTTP(S), from any static web server.
-//!
-//! The signed header of a payload (locator and manifest) is read with range
-//! requests before anything is written; the body is streamed from a given
-//! offset with one range request, so an interrupted download resumes where
-//! its last synced checkpoint was. A server that ignores range requests is
-//! refused with a clear error, never silently restarted at byte 0 into the
-//! middle of a slot.
+//! Payloads and channels over HTTP(S): [`drover_core::http`], with the
+//! agent's name and the payload [`Source`] on top.
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::time::Duration;
 
+pub use drover_core::http::{get_small, join, HttpSource, STALL_TIMEOUT};
 use drover_core::slot_image::ReadAt;
-use reqwest::blocking::{Client, Response};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
-use reqwest::StatusCode;
 
 use crate::apply::Source;
 
-/// How long a server may send nothing before a request is given up,
-/// unless the config says otherwise (`download-stall-timeout-secs`).
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The HTTP client every request of the agent goes through. `stall`
-/// bounds the wait for a response's headers and for each read of its body
-/// (the blocking client's timeout applies per read), not the whole
-/// transfer: a payload streams through one response for as long as it
-/// takes, but a server that stops sending is given up after `stall`, and
-/// the next attempt resumes from the last synced checkpoint. Keepalive
-/// probes find a peer that is gone.
-pub fn client(stall: Duration) -> reqwest::Result<Client> {
-    Client::builder()
-        .user_agent(concat!("drover-agent/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(20))
-        .timeout(stall)
-        .tcp_keepalive(Duration::from_secs(30))
-        .build()
-}
-
-fn other(msg: String) -> io::Error {
-    io::Error::other(msg)
-}
-
-/// GETs a small file whole (channel metadata, a manifest), at most `limit`
-/// bytes.
-pub fn get_small(client: &Client, url: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
-    let resp = client
-        .get(url)
-        .send()
-        .and_then(Response::error_for_status)
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
-    let mut out = Vec::new();
-    resp.take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
-    if out.len() as u64 > limit {
-        anyhow::bail!("GET {url}: more than {limit} bytes, refusing it");
-    }
-    Ok(out)
-}
-
-/// A payload at a URL whose size the signed channel advertises.
-pub struct HttpSource {
-    client: Client,
-    url: String,
-    size: u64,
-}
-
-impl HttpSource {
-    /// A payload of `size` advertised bytes. Asks the server for its size
-    /// first: a payload that is shorter or longer than advertised is refused
-    /// here, before the disk is touched.
-    pub fn new(client: Client, url: &str, size: u64) -> anyhow::Result<Self> {
-        let resp = client
-            .head(url)
-            .send()
-            .and_then(Response::error_for_status)
-            .map_err(|e| anyhow::anyhow!("HEAD {url}: {e}"))?;
-        if let Some(len) = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len != size {
-                anyhow::bail!(
-                    "{url} is {len} bytes, the signed channel metadata says {size}: refusing it"
-                );
-            }
-        }
-        Ok(Self {
-            client,
-            url: url.to_string(),
-            size,
-        })
-    }
-
-    fn range(&self, from: u64, to_inclusive: Option<u64>) -> io::Result<Response> {
-        let spec = match to_inclusive {
-            Some(t) => format!("bytes={from}-{t}"),
-            None => format!("bytes={from}-"),
-        };
-        let resp = self
-            .client
-            .get(&self.url)
-            .header(RANGE, &spec)
-            .send()
-            .map_err(|e| other(format!("GET {} ({spec}): {e}", self.url)))?;
-        match resp.status() {
-            StatusCode::PARTIAL_CONTENT => {}
-            StatusCode::OK if from == 0 && to_inclusive.is_none() => return Ok(resp),
-            StatusCode::OK => {
-                return Err(other(format!(
-                    "{} ignores range requests (answered 200 to {spec}); Drover needs a server that supports them",
-                    self.url
-                )))
-            }
-            s => return Err(other(format!("GET {} ({spec}): {s}", self.url))),
-        }
-        // bytes FROM-TO/TOTAL: the server must send what was asked.
-        let cr = resp
-            .headers()
-            .get(CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let start = cr
-            .strip_prefix("bytes ")
-            .and_then(|r| r.split('-').next())
-            .and_then(|s| s.parse::<u64>().ok());
-        if start != Some(from) {
-            return Err(other(format!(
-                "{} answered {spec} with Content-Range '{cr}'",
-                self.url
-            )));
-        }
-        if let Some(total) = cr.rsplit('/').next().and_then(|t| t.parse::<u64>().ok()) {
-            if total != self.size {
-                return Err(other(format!(
-                    "{} is now {total} bytes, the signed channel metadata says {}",
-                    self.url, self.size
-                )));
-            }
-        }
-        Ok(resp)
-    }
-}
-
-impl ReadAt for HttpSource {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        if offset + buf.len() as u64 > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "beyond the advertised size",
-            ));
-        }
-        let mut resp = self.range(offset, Some(offset + buf.len() as u64 - 1))?;
-        resp.read_exact(buf)?;
-        Ok(())
-    }
+/// The HTTP client every request of the agent goes through (see
+/// [`drover_core::http::client`]); `stall` is the config's
+/// `download-stall-timeout-secs`.
+pub fn client(stall: Duration) -> reqwest::Result<reqwest::blocking::Client> {
+    drover_core::http::client(concat!("drover-agent/", env!("CARGO_PKG_VERSION")), stall)
 }
 
 impl Source for HttpSource {
     fn name(&self) -> String {
-        self.url.clone()
+        self.url().to_string()
     }
     fn size(&self) -> u64 {
-        self.size
+        HttpSource::size(self)
     }
     fn at(&self) -> &dyn ReadAt {
         self
     }
-    fn stream(&mut self, offset: u64) -> io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(Stalls {
-            inner: self.range(offset, None)?,
-            url: &self.url,
-        }))
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(HttpSource::stream(self, offset)?))
     }
-}
-
-/// A response body whose stall (see [`client`]) is reported as such, not
-/// as reqwest's "error decoding response body".
-struct Stalls<'a> {
-    inner: Response,
-    url: &'a str,
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
-    while let Some(c) = cause {
-        if c.downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_timeout)
-            || c.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    e.kind() == io::ErrorKind::TimedOut
-}
-
-impl Read for Stalls<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            if is_timeout(&e) {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "{}: the server stopped sending (nothing within download-stall-timeout-secs); the next attempt resumes from the last checkpoint",
-                        self.url
-                    ),
-                )
-            } else {
-                e
-            }
-        })
-    }
-}
-
-/// Joins a path relative to a repository base URL (`http://host/repo/`).
-pub fn join(base: &str, rel: &str) -> String {
-    if rel.contains("://") {
-        return rel.to_string();
-    }
-    format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        rel.trim_start_matches('/')
-    )
 }

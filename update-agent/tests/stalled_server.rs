@@ -11,7 +11,6 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use drover_update_agent::apply::Source as _;
 use drover_update_agent::source::{client, HttpSource};
 
 const SIZE: u64 = 1 << 20;
@@ -59,7 +58,7 @@ fn stalled_server() -> (String, std::sync::mpsc::Sender<()>) {
 fn a_server_that_stops_sending_is_given_up_after_the_stall_timeout() {
     let (url, done) = stalled_server();
     let http = client(Duration::from_secs(2)).unwrap();
-    let mut src = HttpSource::new(http, &url, SIZE).unwrap();
+    let src = HttpSource::new(http, &url, SIZE).unwrap();
     let mut body = src.stream(0).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let started = Instant::now();

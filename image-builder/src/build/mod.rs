@@ -462,7 +462,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         let info = w.join("install.json");
         std::fs::write(
             &info,
-            serde_json::to_vec_pretty(&crate::install::InstallInfo {
+            serde_json::to_vec_pretty(&crate::media::InstallInfo {
                 format: 1,
                 os: spec.os.name.clone(),
                 version: spec.os.version.clone(),
