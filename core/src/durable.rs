@@ -2,8 +2,8 @@
 //! new one, whole: a temporary file beside it (created with its final
 //! mode), written and fsynced, renamed over the old one, and the directory
 //! fsynced so the rename itself survives. The agent's state, its
-//! attestation key, the image builder's keys and channel metadata all go
-//! through here.
+//! attestation key, the image builder's keys, channel metadata and the
+//! payloads it publishes all go through here.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -30,6 +30,23 @@ fn at(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 /// the directory if need be. A failure leaves the old file and no
 /// temporary file behind.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    replace_with(path, mode, |f| f.write_all(bytes))
+}
+
+/// Replaces `to` with a copy of the file `from` (a payload published, an
+/// image of hundreds of MiB: streamed, not read into memory), as
+/// [`replace`] does.
+pub fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), Error> {
+    let mut src = std::fs::File::open(from).map_err(at("opening", from))?;
+    replace_with(to, mode, |f| std::io::copy(&mut src, f).map(drop))
+}
+
+/// [`replace`] with the new file's content written by `write`.
+fn replace_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), Error> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -53,7 +70,7 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
             .mode(mode)
             .open(&tmp)
             .map_err(at("creating", &tmp))?;
-        f.write_all(bytes).map_err(at("writing", &tmp))?;
+        write(&mut f).map_err(at("writing", &tmp))?;
         f.sync_all().map_err(at("syncing", &tmp))?;
         std::fs::rename(&tmp, path).map_err(at("renaming a new file to", path))
     })();
@@ -70,6 +87,24 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn copies_a_file_over_another_with_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::write(&from, vec![7u8; 3 << 20]).unwrap();
+        let to = dir.path().join("out/to");
+        replace(&to, b"old", 0o600).unwrap();
+        copy(&from, &to, 0o644).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), vec![7u8; 3 << 20]);
+        let mode = std::fs::metadata(&to).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
+        assert_eq!(names.len(), 1, "a temporary file was left");
+        let err = copy(&dir.path().join("absent"), &to, 0o644).unwrap_err();
+        assert!(err.to_string().starts_with("opening "), "{err}");
+        assert_eq!(std::fs::read(&to).unwrap().len(), 3 << 20);
+    }
 
     #[test]
     fn replaces_whole_with_the_mode_and_leaves_no_temporary_file() {

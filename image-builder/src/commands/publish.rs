@@ -1,7 +1,7 @@
 //! `drover publish`: add a built release to a signed update channel.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use drover_core::channel::{self, Metadata, Release, Rollout, SignedChannel};
@@ -48,15 +48,6 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn copy_atomic(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let tmp = to.with_extension("tmp-publish");
-    std::fs::copy(from, &tmp)
-        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
-    File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, to).with_context(|| format!("renaming to {}", to.display()))?;
-    Ok(())
 }
 
 impl Args {
@@ -141,7 +132,7 @@ impl Args {
                 let dir = self.repo.join(&rel_dir);
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                copy_atomic(&payload, &dir.join("usr.img"))?;
+                drover_core::durable::copy(&payload, &dir.join("usr.img"), 0o644)?;
                 crate::commands::write_atomic(&dir.join("manifest.json"), &manifest_bytes, 0o644)?;
                 releases.push(Release {
                     version: version.clone(),
