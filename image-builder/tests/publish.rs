@@ -6,8 +6,7 @@ use std::process::Command;
 
 use drover_core::channel::{self, SignedChannel};
 use drover_core::keys::{SigningKey, TrustedKeys};
-use drover_core::manifest::OsRelease;
-use drover_core::slot_image::{seal, SealInput};
+use drover_test_support::{fake_fs, release_input, seal_release, Fill};
 
 fn drover(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -24,32 +23,8 @@ fn build_dir(root: &Path, name: &str, version: &str, fill: u8, key: &SigningKey)
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("usr.img");
-    let mut data = vec![fill; 1 << 20];
-    data[..1024].fill(0);
-    std::fs::write(&p, data).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
-    seal(
-        &f,
-        &p,
-        SealInput {
-            os: OsRelease {
-                name: "drover".into(),
-                version: version.into(),
-                security_version: 1,
-            },
-            fs_kind: "erofs".into(),
-            created: 1_700_000_000,
-            salt: vec![1; 32],
-            boot: None,
-            reference: Vec::new(),
-        },
-        &[key],
-    )
-    .unwrap();
+    fake_fs(&p, 1 << 20, Fill::Byte(fill));
+    seal_release(&p, release_input(version, 1, vec![1; 32]), &[key]).unwrap();
     dir
 }
 

@@ -11,6 +11,7 @@ use drover_core::SlotId;
 
 mod common;
 use common::*;
+use drover_test_support::{set_bits, write_slot};
 
 struct Agent {
     child: Child,

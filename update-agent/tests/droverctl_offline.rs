@@ -1,10 +1,9 @@
 //! `droverctl` slot commands on disk image files, checked against `cgpt`.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use drover_core::layout::{self, LayoutSpec};
+use drover_core::layout::LayoutSpec;
 
 fn disk(dir: &Path) -> PathBuf {
     let path = dir.join("disk.raw");
@@ -15,16 +14,7 @@ fn disk(dir: &Path) -> PathBuf {
         root_mib: 16,
         disk_guid: "11111111-2222-4333-8444-555555555555".parse().unwrap(),
     };
-    File::create(&path)
-        .unwrap()
-        .set_len(spec.disk_size())
-        .unwrap();
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    layout::create(&mut f, &path, &spec).unwrap();
+    drover_test_support::disk(&path, &spec);
     path
 }
 

@@ -118,25 +118,9 @@ fn image_bench() -> anyhow::Result<()> {
     let (_, d_erofs) =
         timed(|| drover_image_builder::build::mkfs_erofs(&tree, &ours, epoch, uuid))?;
     let (_, d_seal) = timed(|| {
-        let f = OpenOptions::new().read(true).write(true).open(&ours)?;
-        drover_core::slot_image::seal(
-            &f,
-            &ours,
-            drover_core::slot_image::SealInput {
-                os: drover_core::manifest::OsRelease {
-                    name: "drover".into(),
-                    version: "bench".into(),
-                    security_version: 1,
-                },
-                fs_kind: "erofs".into(),
-                created: epoch,
-                salt: hex::decode(SALT)?,
-                boot: None,
-                reference: Vec::new(),
-            },
-            &[&key],
-        )?;
-        Ok(())
+        let mut input = drover_test_support::release_input("bench", 1, hex::decode(SALT)?);
+        input.created = epoch;
+        Ok(drover_test_support::seal_release(&ours, input, &[&key])?)
     })?;
 
     let theirs = dir.join("peer-usr.img");

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use drover_core::keys::SigningKey;
 use drover_core::layout::{self, LayoutSpec};
-use drover_core::manifest::OsRelease;
-use drover_core::slot_image::{seal, SealInput};
+use drover_test_support::{fake_fs, release_input, seal_release, Fill};
 
 /// Kills the child (by PID) on drop.
 struct Proc(Child);
@@ -261,34 +260,16 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
 /// A 4 MiB v1 for USR-A.
 fn payload_small(dir: &Path, key: &SigningKey) -> anyhow::Result<PathBuf> {
     let p = dir.join("v1.img");
-    let mut data = vec![0u8; 4 << 20];
-    for (i, b) in data.iter_mut().enumerate().skip(1024) {
-        *b = (i % 251) as u8;
-    }
-    std::fs::write(&p, data)?;
+    fake_fs(&p, 4 << 20, Fill::Ramp);
     seal_as(&p, "1.0.0", key)?;
     Ok(p)
 }
 
 /// Seals the file at `p` in place as release `version`, signed by `key`.
 fn seal_as(p: &Path, version: &str, key: &SigningKey) -> anyhow::Result<()> {
-    let f = OpenOptions::new().read(true).write(true).open(p)?;
-    seal(
-        &f,
+    Ok(seal_release(
         p,
-        SealInput {
-            os: OsRelease {
-                name: "drover".into(),
-                version: version.into(),
-                security_version: 1,
-            },
-            fs_kind: "erofs".into(),
-            created: 1_700_000_000,
-            salt: vec![3; 32],
-            boot: None,
-            reference: Vec::new(),
-        },
+        release_input(version, 1, vec![3; 32]),
         &[key],
-    )?;
-    Ok(())
+    )?)
 }

@@ -4,15 +4,13 @@
 
 #![allow(dead_code)]
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use drover_core::keys::SigningKey;
-use drover_core::layout::{self, LayoutSpec};
-use drover_core::manifest::OsRelease;
-use drover_core::slot_image::{seal, SealInput};
 use drover_core::{PartitionTable, SlotId, Slots};
+use drover_test_support::{fake_fs, release_input, seal_release, small_layout, write_slot, Fill};
 
 pub struct Fx {
     pub dir: tempfile::TempDir,
@@ -47,38 +45,9 @@ impl Fx {
         key: &SigningKey,
     ) -> PathBuf {
         let path = self.p(name);
-        let mut data = vec![0u8; mib << 20];
-        let mut x = security.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.len() as u64 | 1;
-        for c in data[1024..].chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-        std::fs::write(&path, &data).unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        seal(
-            &f,
-            &path,
-            SealInput {
-                os: OsRelease {
-                    name: "drover".into(),
-                    version: version.into(),
-                    security_version: security,
-                },
-                fs_kind: "erofs".into(),
-                created: 1_700_000_000,
-                salt: vec![7; 32],
-                boot: None,
-                reference: Vec::new(),
-            },
-            &[key],
-        )
-        .unwrap();
+        let seed = security.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ version.len() as u64;
+        fake_fs(&path, mib << 20, Fill::Random(seed));
+        seal_release(&path, release_input(version, security, vec![7; 32]), &[key]).unwrap();
         path
     }
 
@@ -90,27 +59,8 @@ impl Fx {
     /// [`Fx::disk`] with slots of `usr_mib` MiB.
     pub fn disk_with(&self, running: &Path, usr_mib: u64) -> PathBuf {
         let path = self.p("disk.raw");
-        let spec = LayoutSpec {
-            esp_mib: 1,
-            usr_mib,
-            oem_mib: 1,
-            root_mib: 1,
-            disk_guid: "00000000-0000-4000-8000-000000000000".parse().unwrap(),
-        };
-        File::create(&path)
-            .unwrap()
-            .set_len(spec.disk_size())
-            .unwrap();
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let t = layout::create(&mut f, &path, &spec).unwrap();
-        let (off, _) = t.byte_range(3).unwrap();
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(&std::fs::read(running).unwrap(), off)
-            .unwrap();
+        drover_test_support::disk(&path, &small_layout(usr_mib));
+        write_slot(&path, SlotId::A, running);
         path
     }
 
@@ -291,26 +241,4 @@ pub fn fake_logind(
         .build()
         .unwrap();
     (conn, state)
-}
-
-/// Sets a slot's attribute bits on a disk image.
-pub fn set_bits(disk: &Path, slot: SlotId, priority: u8, tries: u8, successful: bool) {
-    let (mut t, mut f) = PartitionTable::open_rw(disk).unwrap();
-    let s = Slots::from_table(t.clone(), SlotId::A).unwrap();
-    let part = s.get(slot).partition;
-    let bits = drover_core::GptPrio::from_raw(t.entry(part).unwrap().flags)
-        .with_priority(priority)
-        .with_tries(tries)
-        .with_successful(successful);
-    t.set_attributes(part, bits.raw()).unwrap();
-    t.write(&mut f, false).unwrap();
-}
-
-/// Writes a payload into a slot of a disk image.
-pub fn write_slot(disk: &Path, slot: SlotId, payload: &Path) {
-    use std::os::unix::fs::FileExt;
-    let (t, f) = PartitionTable::open_rw(disk).unwrap();
-    let s = Slots::from_table(t, SlotId::A).unwrap();
-    f.write_all_at(&std::fs::read(payload).unwrap(), s.get(slot).offset)
-        .unwrap();
 }
