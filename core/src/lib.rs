@@ -22,12 +22,16 @@
 //!   the live media, the stage initramfs's files).
 //! * [`cmdline`]: the slot and verity parameters the stage puts on the
 //!   slot kernel's command line, formatted and parsed by one type.
+//! * [`agent_config`]: the agent's settings other parts write (the node
+//!   config's `[update]`, the image spec's `[agent]`): one set of
+//!   validated types, rendered with `toml`.
 //! * [`boot_record`]: what the boot stage hands on to the booted system
 //!   (written by the stage, read by the agent).
 //!
 //! `drover-boot`, `drover-agent`/`droverctl` and the `drover` image builder
 //! all link this crate; none of them has GPT or verity code of its own.
 
+pub mod agent_config;
 pub mod boot_record;
 pub mod channel;
 pub mod cmdline;

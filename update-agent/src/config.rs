@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+pub use drover_core::agent_config::{EtcdLock, FleetLock, Reboot, Strategy, Window};
 use serde::Deserialize;
 
 /// The image's defaults.
@@ -32,9 +33,14 @@ pub struct Config {
     /// Install available releases on its own (otherwise only on request).
     #[serde(default = "yes")]
     pub auto_update: bool,
-    /// How the node reboots into an update.
+    /// How the node reboots into an update: the strategy and its window
+    /// or lock server ([`drover_core::agent_config`]).
     #[serde(default)]
     pub reboot: Reboot,
+    /// Refuse to start a release once this many nodes of the fleet failed
+    /// to boot it (counted in the lock store; `etcd-lock` only). Unset: no
+    /// halt.
+    pub halt_after_failures: Option<u32>,
     /// Trusted public keys (PEM files or directories of them).
     #[serde(default = "default_keys")]
     pub trusted_keys: Vec<PathBuf>,
@@ -67,74 +73,6 @@ pub struct Config {
     /// payload) before the request is given up; the next attempt resumes.
     #[serde(default = "default_stall")]
     pub download_stall_timeout_secs: u64,
-}
-
-/// Reboot strategy.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Reboot {
-    /// `immediate`, `off` or `window`.
-    #[serde(default)]
-    pub strategy: Strategy,
-    /// For `window`.
-    pub window: Option<Window>,
-}
-
-/// When the agent reboots.
-#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// As soon as an update is written (inhibitor locks allowing).
-    #[default]
-    Immediate,
-    /// Never: the operator reboots.
-    Off,
-    /// Only inside the maintenance window.
-    Window,
-}
-
-/// A weekly maintenance window, in UTC.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Window {
-    /// Days: `mon` … `sun`.
-    pub days: Vec<String>,
-    /// Start, `HH:MM` UTC.
-    pub start: String,
-    /// Length in minutes.
-    pub length_minutes: u32,
-}
-
-impl Window {
-    /// Whether `unix` (seconds) falls inside the window.
-    pub fn contains(&self, unix: u64) -> anyhow::Result<bool> {
-        const DAYS: [&str; 7] = ["thu", "fri", "sat", "sun", "mon", "tue", "wed"];
-        let (h, m) = self
-            .start
-            .split_once(':')
-            .and_then(|(h, m)| Some((h.parse::<u64>().ok()?, m.parse::<u64>().ok()?)))
-            .filter(|(h, m)| *h < 24 && *m < 60)
-            .with_context(|| format!("reboot window start '{}' is not HH:MM", self.start))?;
-        for d in &self.days {
-            let Some(idx) = DAYS.iter().position(|x| d.eq_ignore_ascii_case(x)) else {
-                bail!("reboot window day '{d}' is not one of mon, tue, wed, thu, fri, sat, sun");
-            };
-            // Windows starting on this weekday in this week and the last.
-            let day = unix / 86_400;
-            for back in 0..=7u64 {
-                let cand = day.saturating_sub(back);
-                if (cand % 7) as usize != idx {
-                    continue;
-                }
-                let open = cand * 86_400 + h * 3600 + m * 60;
-                let close = open + u64::from(self.length_minutes) * 60;
-                if unix >= open && unix < close {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    }
 }
 
 fn default_channel() -> String {
@@ -230,13 +168,12 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.reboot.strategy == Strategy::Window {
-            let w = self
-                .reboot
-                .window
-                .as_ref()
-                .context("reboot.strategy = \"window\" needs a [reboot.window] table")?;
-            w.contains(0)?;
+        self.reboot.validate().map_err(anyhow::Error::msg)?;
+        if self.halt_after_failures == Some(0) {
+            bail!("halt-after-failures must be above 0 (leave it unset for no halt)");
+        }
+        if self.halt_after_failures.is_some() && self.reboot.strategy != Strategy::EtcdLock {
+            bail!("halt-after-failures needs reboot.strategy = \"etcd-lock\": the failures are counted in etcd");
         }
         if self.poll_interval_secs == 0 {
             bail!("poll-interval-secs must be above 0");
@@ -285,30 +222,5 @@ mod tests {
         std::fs::write(di.join("30-bad.toml"), "[reboot]\nwindw = 1\n").unwrap();
         let e = format!("{:#}", Config::load_from(&defaults, &di).unwrap_err());
         assert!(e.contains("reboot.windw") || e.contains("windw"), "{e}");
-    }
-
-    #[test]
-    fn windows_open_and_close_on_their_days() {
-        let w = Window {
-            days: vec!["sat".into()],
-            start: "02:30".into(),
-            length_minutes: 60,
-        };
-        // 2026-11-28 is a Saturday.
-        let sat = 1_795_824_000; // 2026-11-28T00:00:00Z
-        assert!(!w.contains(sat + 2 * 3600).unwrap());
-        assert!(w.contains(sat + 2 * 3600 + 30 * 60).unwrap());
-        assert!(w.contains(sat + 3 * 3600 + 29 * 60).unwrap());
-        assert!(!w.contains(sat + 3 * 3600 + 30 * 60).unwrap());
-        assert!(!w.contains(sat + 86_400 + 2 * 3600 + 45 * 60).unwrap());
-        // Across midnight: Sunday 23:30 for two hours reaches Monday 01:29.
-        let w = Window {
-            days: vec!["sun".into()],
-            start: "23:30".into(),
-            length_minutes: 120,
-        };
-        let mon = sat + 2 * 86_400;
-        assert!(w.contains(mon + 3600).unwrap());
-        assert!(!w.contains(mon + 2 * 3600).unwrap());
     }
 }

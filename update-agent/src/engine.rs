@@ -123,12 +123,71 @@ pub enum Verdict {
         version: String,
         /// When this node's wave comes (seconds since the Unix epoch).
         at: u64,
+        /// Where this node is in the rollout, in percent: a node at 30
+        /// updates once 30 % of the rollout's hours have passed.
+        #[serde(default)]
+        wave_percent: u8,
     },
     /// A newer release this node should install.
     Available {
         /// The version.
         version: String,
     },
+    /// A newer release the fleet halted: too many nodes failed to boot it.
+    Halted {
+        /// The version.
+        version: String,
+        /// Nodes that failed to boot it.
+        failures: u32,
+        /// The configured `halt-after-failures`.
+        limit: u32,
+    },
+}
+
+impl Verdict {
+    /// For people: `droverctl check` and `droverctl status`.
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::UpToDate => "up to date".into(),
+            Verdict::Available { version } => format!("{version} is available"),
+            Verdict::Waiting {
+                version,
+                at,
+                wave_percent,
+            } => format!(
+                "{version} is rolling out; this node is at {wave_percent} % of the rollout, its turn comes at {} ({at})",
+                utc(*at)
+            ),
+            Verdict::Halted {
+                version,
+                failures,
+                limit,
+            } => format!(
+                "{version} is HALTED: {failures} node(s) of the fleet failed to boot it (halt-after-failures = {limit}); `droverctl lock clear-failures {version}` lifts the halt"
+            ),
+        }
+    }
+}
+
+/// `2026-12-07 04:53 UTC`.
+pub fn utc(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 /// A check's result (the D-Bus `Check` method's answer, which `droverctl
@@ -224,13 +283,13 @@ fn pick(
                 node.version
             );
         }
-        let at = r
-            .rollout
-            .node_start(Rollout::wave(&node.machine_id, &r.version));
+        let wave = Rollout::wave(&node.machine_id, &r.version);
+        let at = r.rollout.node_start(wave);
         check.verdict = if now < at && !ignore_rollout {
             Verdict::Waiting {
                 version: r.version.clone(),
                 at,
+                wave_percent: (wave * 100.0) as u8,
             }
         } else {
             check.release = Some(r.clone());
@@ -382,6 +441,13 @@ mod tests {
     }
 
     #[test]
+    fn times_read_as_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(1_795_824_000 + 9000), "2026-11-28 02:30 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
     fn the_newest_release_wins_by_version_order_not_list_order() {
         let meta = channel(vec![
             release("1.10.0", 1, now_for_all()),
@@ -516,8 +582,14 @@ mod tests {
             c.verdict,
             Verdict::Waiting {
                 version: "1.1.0".into(),
-                at
+                at,
+                wave_percent: (wave * 100.0) as u8,
             }
+        );
+        assert!(
+            c.verdict.describe().contains("its turn comes at"),
+            "{}",
+            c.verdict.describe()
         );
         assert!(c.release.is_none());
         // At its moment, or when the operator says so, it is available.

@@ -26,6 +26,25 @@ pub struct State {
     pub last_rollback: Option<Rollback>,
     /// Seconds since the Unix epoch of the last successful check.
     pub last_check: Option<u64>,
+    /// The reboot lock this node took before rebooting into an update,
+    /// held across the reboot until the new slot is confirmed (or its
+    /// rollback recorded).
+    pub lock: Option<HeldLock>,
+    /// Versions whose failed boot here is not yet counted in the fleet's
+    /// lock store (it did not answer); reported on the next try.
+    pub unreported_failures: Vec<String>,
+}
+
+/// A reboot lock held by this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HeldLock {
+    /// The lock (`etcd lock /drover/reboot-lock/default at …`).
+    pub lock: String,
+    /// The id it is held under.
+    pub id: String,
+    /// Since when, seconds since the Unix epoch.
+    pub since: u64,
 }
 
 /// An update waiting for its first boot.

@@ -59,10 +59,15 @@ impl Agent {
                 "ROLLBACK: {} did not boot successfully; back on {} ({}), and {} will not be installed again on its own",
                 p.version, self.booted.version, booted_label, p.version
             );
+            // The fleet's lock store counts it (etcd-lock), for the halt.
+            let counted = self.gate.lock().is_some();
             self.state.update(|s| {
                 s.pending = None;
                 if !s.failed_versions.contains(&p.version) {
                     s.failed_versions.push(p.version.clone());
+                }
+                if counted && !s.unreported_failures.contains(&p.version) {
+                    s.unreported_failures.push(p.version.clone());
                 }
                 s.last_rollback = Some(rb);
             })?;

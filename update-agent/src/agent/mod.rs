@@ -22,6 +22,7 @@ use crate::engine::{self, Node, Remote, Repo, Watch};
 use crate::node::Booted;
 use crate::reboot::Rebooter;
 use crate::state::StateFile;
+use crate::strategy::Gate;
 
 mod boot;
 mod disk;
@@ -48,6 +49,7 @@ pub struct Agent {
     busy: Mutex<()>,
     notify: Box<dyn Fn(Event) + Send + Sync>,
     rebooter: Box<dyn Rebooter>,
+    gate: Gate,
 }
 
 impl Agent {
@@ -65,7 +67,9 @@ impl Agent {
         let state = StateFile::in_dir(&cfg.state_dir);
         // A state file that does not parse stops the agent here, at start.
         state.load()?;
+        let gate = Gate::new(&cfg.reboot, &machine_id)?;
         let a = Arc::new(Agent {
+            gate,
             cfg,
             trusted,
             state,
@@ -202,6 +206,7 @@ impl Agent {
                 ignore_rollout,
             )
         })();
+        let r = r.and_then(|c| self.halt(c));
         self.set_op(prev);
         match &r {
             Ok(c) => {
@@ -216,6 +221,43 @@ impl Agent {
             }
         }
         r
+    }
+
+    /// A release the check found is not started when `halt-after-failures`
+    /// nodes of the fleet failed to boot it (counted in the lock store).
+    /// A store that does not answer stops the update too: a halt must not
+    /// be missed because etcd was down.
+    fn halt(&self, mut c: engine::Check) -> anyhow::Result<engine::Check> {
+        let (Some(limit), Some(lock), engine::Verdict::Available { version }) =
+            (self.cfg.halt_after_failures, self.gate.lock(), &c.verdict)
+        else {
+            return Ok(c);
+        };
+        let failures = lock
+            .failures(version)
+            .with_context(|| {
+                format!(
+                    "reading the fleet's failed boots of {version} from {} (halt-after-failures = {limit})",
+                    lock.describe()
+                )
+            })?
+            .map(|f| f.count())
+            .unwrap_or(0);
+        if failures >= limit {
+            tracing::warn!(
+                %version,
+                failures,
+                limit,
+                "HALTED: {failures} node(s) failed to boot {version} (halt-after-failures = {limit}); not installing it (`droverctl lock clear-failures {version}` lifts the halt)"
+            );
+            c.verdict = engine::Verdict::Halted {
+                version: version.clone(),
+                failures,
+                limit,
+            };
+            c.release = None;
+        }
+        Ok(c)
     }
 
     /// The HTTP client, with the configured stall timeout.

@@ -1,48 +1,50 @@
-//! When to reboot into a written update: the strategy (off, window,
-//! immediate) and logind's inhibitor locks decide.
+//! Rebooting into a written update when the [`crate::strategy::Gate`]
+//! allows it, and giving the reboot lock back once the update is
+//! confirmed (or its rollback recorded).
 
 use anyhow::Context as _;
 
 use super::{Agent, Operation};
-use crate::config::Strategy;
+use crate::state::HeldLock;
+use crate::strategy::Decision;
 
 impl Agent {
-    /// Reboots when the strategy allows it now and nothing inhibits it.
-    /// Returns whether the reboot was asked for.
+    /// Reboots when the strategy allows it now and nothing inhibits it
+    /// (see [`crate::strategy`]). Returns whether the reboot was asked for.
     pub fn maybe_reboot(&self) -> anyhow::Result<bool> {
         if self.op() != Operation::RebootPending {
             return Ok(false);
         }
-        let blocked = match self.cfg.reboot.strategy {
-            Strategy::Off => Some("reboot strategy is off: the operator reboots".to_string()),
-            Strategy::Window => {
-                let w = self
-                    .cfg
-                    .reboot
-                    .window
-                    .as_ref()
-                    .context("no reboot window")?;
-                if w.contains(drover_core::channel::now())? {
-                    None
-                } else {
-                    Some(format!(
-                        "outside the reboot window ({} {} for {} min, UTC)",
-                        w.days.join(","),
-                        w.start,
-                        w.length_minutes
-                    ))
+        let now = drover_core::channel::now();
+        let held = self.state.load()?.lock.is_some();
+        let decision = self.gate.decide(now, held, &|| self.rebooter.inhibited())?;
+        let took_lock = match decision {
+            Decision::Wait(why) => {
+                if self.live().reboot_blocked.as_deref() != Some(why.as_str()) {
+                    tracing::info!("reboot waits: {why}");
                 }
+                self.live_mut().reboot_blocked = Some(why);
+                return Ok(false);
             }
-            Strategy::Immediate => None,
+            Decision::Reboot { took_lock } => took_lock,
         };
-        let blocked = match blocked {
-            Some(b) => Some(b),
-            None => self.rebooter.inhibited()?,
-        };
-        self.live_mut().reboot_blocked = blocked.clone();
-        if let Some(why) = blocked {
-            tracing::info!("reboot waits: {why}");
-            return Ok(false);
+        self.live_mut().reboot_blocked = None;
+        if took_lock {
+            let lock = self
+                .gate
+                .lock()
+                .context("a lock was taken without a lock")?;
+            let held = HeldLock {
+                lock: lock.describe(),
+                id: self.gate.id().to_string(),
+                since: now,
+            };
+            tracing::info!(lock = %held.lock, id = %held.id, "took the reboot lock");
+            // Remember it before the reboot, or give it back.
+            if let Err(e) = self.state.update(|s| s.lock = Some(held)) {
+                let _ = lock.release(self.gate.id());
+                return Err(e.context("recording the reboot lock"));
+            }
         }
         self.set_op(Operation::Rebooting);
         tracing::info!("rebooting into the update");
@@ -51,5 +53,50 @@ impl Agent {
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Fleet bookkeeping, each poll of the agent's loop: reports the failed
+    /// boots the lock store has not counted yet, then gives back the reboot
+    /// lock once the booted slot is confirmed and no update is pending.
+    /// Errors (the store does not answer) leave both for the next try.
+    pub fn settle_fleet(&self) -> anyhow::Result<()> {
+        let Some(lock) = self.gate.lock() else {
+            return Ok(());
+        };
+        let st = self.state.load()?;
+        for version in &st.unreported_failures {
+            if let Some(f) = lock
+                .record_failure(version, self.gate.id())
+                .with_context(|| {
+                    format!(
+                        "counting the failed boot of {version} in {}",
+                        lock.describe()
+                    )
+                })?
+            {
+                tracing::warn!(
+                    %version,
+                    failures = f.count(),
+                    "recorded the failed boot of {version} in the fleet's lock store ({} node(s) so far)",
+                    f.count()
+                );
+            }
+            self.state
+                .update(|s| s.unreported_failures.retain(|v| v != version))?;
+        }
+        let Some(held) = st.lock else {
+            return Ok(());
+        };
+        let settled = st.pending.is_none()
+            && self.live().booted_successful
+            && matches!(self.op(), Operation::Idle | Operation::Checking);
+        if !settled {
+            return Ok(());
+        }
+        lock.release(&held.id)
+            .with_context(|| format!("giving back the reboot lock of {}", lock.describe()))?;
+        self.state.update(|s| s.lock = None)?;
+        tracing::info!(lock = %held.lock, "gave back the reboot lock: the booted slot is confirmed");
+        Ok(())
     }
 }

@@ -105,6 +105,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     sd_notify("READY=1\nSTATUS=idle");
 
+    // Fleet bookkeeping (failed boots to count, the reboot lock to give
+    // back): every 10 s, backing off to 5 min while the store is down.
+    let mut next_settle = Instant::now();
+    let mut settle_pause = Duration::from_secs(10);
     let mut next_poll =
         Instant::now() + Duration::from_secs(random_below(60).min(cfg.poll_jitter_secs));
     loop {
@@ -122,6 +126,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         if let Err(e) = agent.maybe_reboot() {
             tracing::error!("reboot: {e:#}");
+        }
+        if Instant::now() >= next_settle {
+            match agent.settle_fleet() {
+                Ok(()) => settle_pause = Duration::from_secs(10),
+                Err(e) => {
+                    settle_pause = (settle_pause * 2).min(Duration::from_secs(300));
+                    tracing::warn!("{e:#}; trying again in {} s", settle_pause.as_secs());
+                }
+            }
+            next_settle = Instant::now() + settle_pause;
         }
         if Instant::now() < next_poll {
             continue;

@@ -65,6 +65,9 @@ pub fn status_text(s: &Status) -> String {
         s.server.as_deref().unwrap_or("(no server configured)")
     );
     let _ = writeln!(t, "last check: {}", when(s.last_check));
+    if let Some(v) = &s.last_verdict {
+        let _ = writeln!(t, "update:     {}", v.describe());
+    }
     if let Some(e) = &s.last_error {
         let _ = writeln!(t, "last error: {e}");
     }
@@ -159,9 +162,11 @@ impl CheckArgs {
             Verdict::Available { version } => {
                 println!("{version} is available: `droverctl update` installs it")
             }
-            Verdict::Waiting { version, at } => {
-                println!("{version} is rolling out; this node's wave comes at {at} (Unix time)")
-            }
+            v @ Verdict::Waiting { .. } => println!(
+                "{}; `droverctl update` installs it now, ahead of the wave",
+                v.describe()
+            ),
+            v @ Verdict::Halted { .. } => println!("{}", v.describe()),
         }
         for (version, why) in &c.skipped {
             println!("skipped {version}: {why}");
@@ -307,7 +312,8 @@ mod tests {
             last_check: None,
             last_verdict: Some(Verdict::Waiting {
                 version: "2.1.0".into(),
-                at: 7,
+                at: 1_795_833_000,
+                wave_percent: 42,
             }),
             last_error: Some("the server went away".into()),
             failures: 1,
@@ -333,6 +339,7 @@ mod tests {
         for line in [
             "booted:     USR-B 2.0.0 (not yet marked successful, measured)",
             "other:      USR-A 1.0.0 (good)",
+            "update:     2.1.0 is rolling out; this node is at 42 % of the rollout, its turn comes at 2026-11-28 02:30 UTC (1795833000)",
             "operation:  reboot-pending (10 of 20 bytes)",
             "channel:    stable at http://10.0.2.100/",
             "last check: never",
