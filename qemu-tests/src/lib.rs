@@ -10,8 +10,11 @@
 //! * [`accel`]: KVM when a short probe shows a KVM guest actually runs, TCG
 //!   otherwise.
 //! * [`web`]: nginx serving a published update repository on loopback.
+//! * [`etcd`]: etcd members on loopback (plain or TLS with client
+//!   certificates), for the reboot-lock tests.
 
 pub mod accel;
+pub mod etcd;
 pub mod guest;
 pub mod image;
 pub mod snapshot;

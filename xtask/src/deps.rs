@@ -29,6 +29,10 @@ const NEEDED: &[(&str, &str)] = &[
     ("pkg-config", "pkg-config"),
     ("nginx", "nginx-light"),
     ("socat", "socat"),
+    // The reboot lock's store, and certificates for its TLS tests.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("openssl", "openssl"),
     ("dbus-daemon", "dbus-daemon"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (

@@ -45,6 +45,9 @@ enum Command {
     /// Quote this boot's PCRs with a verifier's nonce, for
     /// `drover attest-verify`.
     Attest(ctl::attest::Args),
+    /// The fleet's reboot lock (etcd or FleetLock) and the failed boots
+    /// that halt a release.
+    Lock(ctl::lock::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Update(a) => a.run(),
         Command::VerifyBoot(a) => a.run(),
         Command::Attest(a) => a.run(),
+        Command::Lock(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,5 +75,14 @@ fn main() -> ExitCode {
             eprint!("{}", drover_core::error_report("error: ", "", e.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,6 +1,7 @@
 //! `droverctl` subcommands, one file each.
 
 pub mod attest;
+pub mod lock;
 pub mod mark_successful;
 pub mod online;
 pub mod rollback;
