@@ -56,7 +56,12 @@ pub fn find_disk() -> anyhow::Result<PathBuf> {
 
 /// `/etc/machine-id`, or empty.
 pub fn machine_id() -> String {
-    std::fs::read_to_string("/etc/machine-id")
+    machine_id_from(Path::new("/etc/machine-id"))
+}
+
+/// The machine-id in `file` (empty when unreadable).
+pub fn machine_id_from(file: &Path) -> String {
+    std::fs::read_to_string(file)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }

@@ -13,6 +13,9 @@ mod common;
 use common::*;
 use drover_test_support::{set_bits, write_slot};
 
+/// The machine-id every test agent reads.
+const MACHINE_ID: &str = "0b5e8d1c7a9f4e2d8c6b4a2f1e3d5c7b";
+
 struct Agent {
     child: Child,
     bus: String,
@@ -53,7 +56,10 @@ impl Agent {
         );
         std::fs::write(dir.join("conf.d/10-test.toml"), conf).unwrap();
         let log = dir.join("agent.log");
+        std::fs::write(dir.join("machine-id"), format!("{MACHINE_ID}\n")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
+            .arg("--machine-id-file")
+            .arg(dir.join("machine-id"))
             .arg("--config")
             .arg(dir.join("none.toml"))
             .arg("--config-dir")
@@ -448,4 +454,212 @@ fn a_rollback_during_a_check_of_the_channel_waits_for_it() {
         assert!(!ok, "an update from a hung server passed: {out}");
     });
     assert_eq!(bits(&disk, SlotId::A), (2, 0, true));
+}
+
+/// `droverctl lock ARGS --etcd ENDPOINTS`.
+fn lock_ctl(etcd: &drover_qemu_tests::etcd::Etcd, args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_droverctl"))
+        .arg("lock")
+        .args(args)
+        .arg("--etcd")
+        .arg(etcd.endpoints().join(","))
+        .output()
+        .unwrap();
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), s)
+}
+
+fn etcd_lock_config(web: &Nginx, etcd: &drover_qemu_tests::etcd::Etcd, extra: &str) -> String {
+    format!(
+        "server = \"{}\"\n{extra}\n[reboot]\nstrategy = \"etcd-lock\"\n[reboot.etcd]\nendpoints = {:?}\n",
+        web.url(),
+        etcd.endpoints()
+    )
+}
+
+#[test]
+fn the_etcd_lock_holds_the_reboot_until_a_slot_frees_and_is_given_back_once_confirmed() {
+    let etcd = drover_qemu_tests::etcd::Etcd::start(1);
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    // Another node is rebooting: the group's one slot is taken.
+    let (ok, out) = lock_ctl(&etcd, &["acquire", "--id", "other-node"]);
+    assert!(ok, "{out}");
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &etcd_lock_config(&web, &etcd, ""),
+    );
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    let s = agent.wait_until("waiting for the lock", |s| {
+        s["reboot-blocked"]
+            .as_str()
+            .unwrap_or("")
+            .contains("other-node")
+    });
+    assert_eq!(s["operation"], "reboot-pending", "{s:#}");
+    assert!(
+        s["reboot-blocked"]
+            .as_str()
+            .unwrap()
+            .contains("the reboot lock is full"),
+        "{s:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        logind.lock().unwrap().reboots,
+        0,
+        "rebooted without the lock"
+    );
+
+    // The other node is done: this one takes the slot (after its backoff)
+    // and reboots, holding it.
+    let (ok, out) = lock_ctl(&etcd, &["release", "--id", "other-node"]);
+    assert!(ok, "{out}");
+    wait_for("no reboot once the lock was free", || {
+        logind.lock().unwrap().reboots == 1
+    });
+    let id = drover_update_agent::fleet::node_id(MACHINE_ID);
+    let (ok, out) = lock_ctl(&etcd, &["status", "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["holders"][0]["id"], id.as_str(), "{v:#}");
+    assert!(!out.contains(MACHINE_ID), "the machine-id itself was sent");
+    let state = std::fs::read_to_string(fx.p("state/agent-state.json")).unwrap();
+    assert!(
+        state.contains(&id),
+        "the held lock is not remembered: {state}"
+    );
+    assert!(
+        agent.log().contains("took the reboot lock"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+
+    // After the reboot: B booted and was marked successful. The agent
+    // confirms the update and gives the slot back.
+    set_bits(&disk, SlotId::B, 2, 0, true);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::B,
+        "1.1.0",
+        &etcd_lock_config(&web, &etcd, ""),
+    );
+    wait_for("the lock was not given back", || {
+        let (_, out) = lock_ctl(&etcd, &["status", "--json"]);
+        out.contains("\"holders\":[]")
+    });
+    assert!(
+        agent.log().contains("gave back the reboot lock"),
+        "{}",
+        agent.log()
+    );
+    let state = std::fs::read_to_string(fx.p("state/agent-state.json")).unwrap();
+    assert!(!state.contains(&id), "{state}");
+}
+
+#[test]
+fn a_rollback_is_counted_in_etcd_and_a_release_that_failed_often_enough_is_halted() {
+    let etcd = drover_qemu_tests::etcd::Etcd::start(1);
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let v3 = fx.payload("v3.img", "1.2.0", 1, 5, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2, &v3], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    // Two other nodes failed to boot 1.2.0.
+    let store =
+        drover_update_agent::fleet::etcd::EtcdLock::new(&drover_core::agent_config::EtcdLock {
+            endpoints: etcd.endpoints(),
+            ca: None,
+            cert: None,
+            key: None,
+            group: "default".into(),
+        })
+        .unwrap();
+    use drover_update_agent::fleet::Lock as _;
+    store.record_failure("1.2.0", "n1").unwrap();
+    store.record_failure("1.2.0", "n2").unwrap();
+    // This node failed 1.1.0: it was written to B, its try used up, and
+    // the stage fell back to A; the node held the lock for that reboot.
+    let id = drover_update_agent::fleet::node_id(MACHINE_ID);
+    let (ok, out) = lock_ctl(&etcd, &["acquire", "--id", &id]);
+    assert!(ok, "{out}");
+    write_slot(&disk, SlotId::B, &v2);
+    set_bits(&disk, SlotId::B, 2, 0, false);
+    std::fs::create_dir_all(fx.p("state")).unwrap();
+    std::fs::write(
+        fx.p("state/agent-state.json"),
+        serde_json::json!({
+            "pending": {"version": "1.1.0", "slot": "USR-B", "from-version": "1.0.0"},
+            "lock": {"lock": "etcd", "id": id, "since": 1},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &etcd_lock_config(&web, &etcd, "halt-after-failures = 2"),
+    );
+    // The rollback is counted fleet-wide, then the lock given back.
+    wait_for(
+        "the failed boot was not counted, or the lock not given back",
+        || {
+            let (_, out) = lock_ctl(&etcd, &["status", "--json"]);
+            out.contains("\"holders\":[]") && out.contains("\"1.1.0\"")
+        },
+    );
+    let (ok, out) = lock_ctl(&etcd, &["status"]);
+    assert!(
+        ok && out.contains("failed boots of 1.1.0: 1 node(s) (default: 1)"),
+        "{out}"
+    );
+    assert!(out.contains("failed boots of 1.2.0: 2 node(s)"), "{out}");
+    // 1.2.0 is newest, but halted: the agent does not start it.
+    let (ok, out) = agent.ctl(&["check", "--json"]);
+    assert!(ok, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(c["verdict"]["result"], "halted", "{c:#}");
+    assert_eq!(c["verdict"]["version"], "1.2.0");
+    assert_eq!(c["verdict"]["failures"], 2);
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    assert_eq!(logind.lock().unwrap().reboots, 0);
+    assert!(
+        agent.status()["other"]["version"] == "1.1.0",
+        "the halted release was written"
+    );
+    let (ok, out) = agent.ctl(&["status"]);
+    assert!(ok && out.contains("1.2.0 is HALTED: 2 node(s)"), "{out}");
+    // The operator lifts the halt.
+    let (ok, out) = lock_ctl(&etcd, &["clear-failures", "1.2.0"]);
+    assert!(ok, "{out}");
+    let (ok, out) = agent.ctl(&["check", "--json"]);
+    assert!(ok, "{out}");
+    let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(c["verdict"]["result"], "available", "{c:#}");
+    assert_eq!(c["verdict"]["version"], "1.2.0");
 }

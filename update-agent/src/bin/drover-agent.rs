@@ -34,6 +34,10 @@ struct Cli {
     /// Print the merged configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// The machine-id (the rollout wave and the reboot lock's node id are
+    /// derived from it; the id itself is never sent).
+    #[arg(long, default_value = "/etc/machine-id", value_name = "FILE")]
+    machine_id_file: PathBuf,
 }
 
 fn sd_notify(msg: &str) {
@@ -90,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.clone(),
         disk,
         booted,
-        node::machine_id(),
+        node::machine_id_from(&cli.machine_id_file),
         Box::new(move |ev| dbus::emit(&sig_conn, &ev)),
         Box::new(Logind::new(conn.clone())),
     )?;
