@@ -262,48 +262,61 @@ pub struct Reboot {
 }
 
 impl Reboot {
-    /// What the strategy needs is there, and each lock's settings are
-    /// whole (a client certificate with its key; endpoints are URLs).
+    /// [`Reboot::check`] in the agent's words: `reboot.KEY: reason`.
     pub fn validate(&self) -> Result<(), String> {
+        self.check()
+            .map_err(|(key, reason)| format!("reboot.{key}: {reason}"))
+    }
+
+    /// What the strategy needs is there, and each lock's settings are
+    /// whole (a client certificate with its key; endpoints are URLs). The
+    /// error names the key below `[reboot]` (`window`, `etcd.endpoints`),
+    /// for the caller to prefix with where the settings sit in its file.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let e = |key: &str, reason: String| Err((key.to_string(), reason));
+        let needs = |what: &str| format!("strategy \"{}\" needs {what}", self.strategy);
         match self.strategy {
             Strategy::Window if self.window.is_none() => {
-                return Err("reboot.strategy = \"window\" needs a [reboot.window] table".into())
+                return e("window", needs("a window (days, start, length-minutes)"))
             }
             Strategy::EtcdLock if self.etcd.is_none() => {
-                return Err(
-                    "reboot.strategy = \"etcd-lock\" needs a [reboot.etcd] table (endpoints)"
-                        .into(),
-                )
+                return e("etcd", needs("the etcd cluster (endpoints)"))
             }
             Strategy::Fleetlock if self.fleetlock.is_none() => {
-                return Err(
-                    "reboot.strategy = \"fleetlock\" needs a [reboot.fleetlock] table (url)".into(),
-                )
+                return e("fleetlock", needs("the FleetLock server (url)"))
             }
             _ => {}
         }
-        let url = |key: &str, u: &str| -> Result<(), String> {
-            if u.starts_with("http://") || u.starts_with("https://") {
-                Ok(())
-            } else {
-                Err(format!("{key}: '{u}' is not an http:// or https:// URL"))
+        if self.window.as_ref().is_some_and(|w| w.days.is_empty()) {
+            return e("window.days", "a window needs at least one day".into());
+        }
+        let url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(x) = &self.etcd {
+            if x.endpoints.is_empty() {
+                return e("etcd.endpoints", "at least one endpoint".into());
             }
-        };
-        if let Some(e) = &self.etcd {
-            if e.endpoints.is_empty() {
-                return Err("reboot.etcd.endpoints: at least one endpoint".into());
+            if let Some(u) = x.endpoints.iter().find(|u| !url(u)) {
+                return e(
+                    "etcd.endpoints",
+                    format!("'{u}' is not an http:// or https:// URL"),
+                );
             }
-            for u in &e.endpoints {
-                url("reboot.etcd.endpoints", u)?;
+            if x.cert.is_some() != x.key.is_some() {
+                return e(
+                    "etcd",
+                    "a client cert needs its key, and a key its cert".into(),
+                );
             }
-            if e.cert.is_some() != e.key.is_some() {
-                return Err("reboot.etcd: a client cert needs its key, and a key its cert".into());
-            }
-            group("reboot.etcd.group", &e.group)?;
+            group(&x.group).or_else(|r| e("etcd.group", r))?;
         }
         if let Some(f) = &self.fleetlock {
-            url("reboot.fleetlock.url", &f.url)?;
-            group("reboot.fleetlock.group", &f.group)?;
+            if !url(&f.url) {
+                return e(
+                    "fleetlock.url",
+                    format!("'{}' is not an http:// or https:// URL", f.url),
+                );
+            }
+            group(&f.group).or_else(|r| e("fleetlock.group", r))?;
         }
         Ok(())
     }
@@ -311,7 +324,7 @@ impl Reboot {
 
 /// A lock group: letters, digits, `-`, `_`, `.` (it is part of an etcd key
 /// and of a FleetLock request).
-fn group(key: &str, g: &str) -> Result<(), String> {
+fn group(g: &str) -> Result<(), String> {
     if !g.is_empty()
         && g.len() <= 64
         && g.chars()
@@ -320,7 +333,7 @@ fn group(key: &str, g: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{key}: '{g}' is not a group name (1 to 64 letters, digits, '-', '_', '.')"
+            "'{g}' is not a group name (1 to 64 letters, digits, '-', '_', '.')"
         ))
     }
 }
@@ -451,7 +464,10 @@ mod tests {
             strategy: Strategy::EtcdLock,
             ..Reboot::default()
         };
-        assert!(r.validate().unwrap_err().contains("[reboot.etcd]"));
+        assert_eq!(
+            r.validate().unwrap_err(),
+            "reboot.etcd: strategy \"etcd-lock\" needs the etcd cluster (endpoints)"
+        );
         r.etcd = Some(EtcdLock {
             endpoints: vec!["10.0.0.1:2379".into()],
             ca: None,
@@ -468,7 +484,7 @@ mod tests {
         assert!(r.validate().unwrap_err().contains("group name"));
         r.strategy = Strategy::Fleetlock;
         r.etcd = None;
-        assert!(r.validate().unwrap_err().contains("[reboot.fleetlock]"));
+        assert!(r.validate().unwrap_err().starts_with("reboot.fleetlock: "));
         assert_eq!("etcd-lock".parse::<Strategy>(), Ok(Strategy::EtcdLock));
         assert!("now".parse::<Strategy>().unwrap_err().contains("fleetlock"));
     }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use drover_core::agent_config::{Reboot, Strategy, Written};
 use serde::Deserialize;
 
 /// Debian packages the agent's binaries link (tpm2-tss), required in
@@ -53,9 +54,11 @@ pub struct AgentSection {
     /// Channel.
     #[serde(default = "default_channel")]
     pub channel: String,
-    /// `immediate`, `off` or `window`.
-    #[serde(default = "default_strategy")]
-    pub reboot_strategy: String,
+    /// `immediate`, `off`, `window`, `etcd-lock` or `fleetlock`; the
+    /// window and the lock server are per node (the node config's
+    /// `[update]`).
+    #[serde(default)]
+    pub reboot_strategy: Strategy,
     /// Seconds between checks.
     pub poll_interval_secs: Option<u64>,
     /// Seconds a new slot may take to reach boot-complete.target.
@@ -68,7 +71,7 @@ impl Default for AgentSection {
             enabled: true,
             server: None,
             channel: default_channel(),
-            reboot_strategy: default_strategy(),
+            reboot_strategy: Strategy::default(),
             poll_interval_secs: None,
             boot_complete_timeout_secs: None,
         }
@@ -76,27 +79,22 @@ impl Default for AgentSection {
 }
 
 impl AgentSection {
-    /// The image's `/usr/lib/drover/agent.toml`.
+    /// The image's `/usr/lib/drover/agent.toml`, rendered from the agent's
+    /// own types ([`drover_core::agent_config`]).
     pub fn defaults_toml(&self) -> String {
-        let mut t = String::from(
-            "# drover-agent defaults of this image. Override on a node in\n# /etc/drover/agent.toml.d/*.toml.\n",
-        );
-        if let Some(s) = &self.server {
-            t.push_str(&format!("server = {s:?}\n"));
+        Written {
+            server: self.server.clone(),
+            channel: Some(self.channel.clone()),
+            poll_interval_secs: self.poll_interval_secs,
+            boot_complete_timeout_secs: self.boot_complete_timeout_secs,
+            trusted_keys: Some(vec![drover_core::paths::SYSTEM_KEYS.into()]),
+            reboot: Some(Reboot {
+                strategy: self.reboot_strategy,
+                ..Reboot::default()
+            }),
+            ..Written::default()
         }
-        t.push_str(&format!("channel = {:?}\n", self.channel));
-        if let Some(p) = self.poll_interval_secs {
-            t.push_str(&format!("poll-interval-secs = {p}\n"));
-        }
-        if let Some(p) = self.boot_complete_timeout_secs {
-            t.push_str(&format!("boot-complete-timeout-secs = {p}\n"));
-        }
-        t.push_str(&format!(
-            "trusted-keys = [{:?}]\n\n[reboot]\nstrategy = {:?}\n",
-            drover_core::paths::SYSTEM_KEYS,
-            self.reboot_strategy
-        ));
-        t
+        .render("drover-agent defaults of this image. Override on a node in\n/etc/drover/agent.toml.d/*.toml.")
     }
 }
 
@@ -106,10 +104,6 @@ fn yes() -> bool {
 
 fn default_channel() -> String {
     "stable".into()
-}
-
-fn default_strategy() -> String {
-    "immediate".into()
 }
 
 /// `[os]`
@@ -337,12 +331,6 @@ impl ImageSpec {
                 self.os.version
             ));
         }
-        if !["immediate", "off", "window"].contains(&self.agent.reboot_strategy.as_str()) {
-            return Err(format!(
-                "at `agent.reboot-strategy`: '{}' is not immediate, off or window",
-                self.agent.reboot_strategy
-            ));
-        }
         if self.agent.enabled && !self.debian.packages.iter().any(|p| p == "dbus") {
             return Err("at `debian.packages`: the update agent ([agent] enabled) needs `dbus` (its API and logind are on the system bus); add it or set agent.enabled = false".into());
         }
@@ -432,6 +420,14 @@ packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linu
         let e =
             ImageSpec::parse(&format!("{GOOD}\n[agent]\nreboot-strategy = \"now\"\n")).unwrap_err();
         assert!(e.contains("agent.reboot-strategy"), "{e}");
+        // What it writes, the agent's own types read back.
+        let w: Written = toml::from_str(&t).unwrap();
+        assert_eq!(w.reboot.unwrap().strategy, Strategy::Off);
+        assert_eq!(w.channel.as_deref(), Some("beta"));
+        assert!(
+            t.starts_with("# drover-agent defaults of this image."),
+            "{t}"
+        );
         let e = ImageSpec::parse(&GOOD.replace("\"dbus\", ", "")).unwrap_err();
         assert!(e.contains("dbus"), "{e}");
         let e = ImageSpec::parse(&GOOD.replace("\"libtss2-tctildr0\", ", "")).unwrap_err();

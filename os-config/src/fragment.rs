@@ -10,6 +10,7 @@ use crate::types::{
     AbsPath, Channel, DropInName, Hostname, Line, Mode, NodePath, Owner, Sha256Hex, SshKey,
     SysctlKey, UnitName, Url, UserName,
 };
+pub use drover_core::agent_config::{EtcdLock, FleetLock, Strategy, Window};
 
 /// A fragment: the whole schema, every part optional.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -117,7 +118,8 @@ impl std::fmt::Display for SysctlValue {
     }
 }
 
-/// The update agent's settings (rendered as an agent drop-in).
+/// The update agent's settings (rendered as an agent drop-in); the types
+/// are the agent's own ([`drover_core::agent_config`]).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Update {
@@ -125,107 +127,22 @@ pub struct Update {
     pub server: Option<Url>,
     /// Channel.
     pub channel: Option<Channel>,
-    /// `immediate`, `off` or `window`.
-    pub reboot_strategy: Option<RebootStrategy>,
-    /// The maintenance window, for `window`.
+    /// `immediate`, `off`, `window`, `etcd-lock` or `fleetlock`.
+    pub reboot_strategy: Option<Strategy>,
+    /// The maintenance window, for `window` (and a lock strategy's, when
+    /// set).
     pub window: Option<Window>,
+    /// The etcd cluster holding the reboot lock, for `etcd-lock`.
+    pub etcd: Option<EtcdLock>,
+    /// The FleetLock server, for `fleetlock`.
+    pub fleetlock: Option<FleetLock>,
+    /// Halt a release once this many nodes failed to boot it (`etcd-lock`).
+    pub halt_after_failures: Option<u32>,
     /// Seconds between checks.
     pub poll_interval_secs: Option<u64>,
     /// Secure sites: a boot whose TPM measurements do not verify is never
     /// marked successful (an update falls back).
     pub require_measured_boot: Option<bool>,
-}
-
-/// When the agent reboots into an update.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum RebootStrategy {
-    /// As soon as the update is written.
-    Immediate,
-    /// Never on its own.
-    Off,
-    /// Inside the maintenance window.
-    Window,
-}
-
-/// A weekly maintenance window, UTC.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Window {
-    /// Days: `mon` … `sun`.
-    pub days: Vec<Weekday>,
-    /// Start, `HH:MM`.
-    pub start: ClockTime,
-    /// Length in minutes (1 to 1440).
-    pub length_minutes: WindowLength,
-}
-
-/// A day of the week.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Weekday {
-    /// Monday.
-    Mon,
-    /// Tuesday.
-    Tue,
-    /// Wednesday.
-    Wed,
-    /// Thursday.
-    Thu,
-    /// Friday.
-    Fri,
-    /// Saturday.
-    Sat,
-    /// Sunday.
-    Sun,
-}
-
-/// `HH:MM`, 24 hours.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(try_from = "String", into = "String")]
-pub struct ClockTime(String);
-
-impl TryFrom<String> for ClockTime {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let ok = s.len() == 5
-            && s.split_once(':')
-                .and_then(|(h, m)| Some((h.parse::<u8>().ok()?, m.parse::<u8>().ok()?)))
-                .is_some_and(|(h, m)| h < 24 && m < 60);
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(format!("'{s}' is not a time of day HH:MM"))
-        }
-    }
-}
-
-impl From<ClockTime> for String {
-    fn from(c: ClockTime) -> String {
-        c.0
-    }
-}
-
-/// Minutes, 1 to 1440.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct WindowLength(u32);
-
-impl TryFrom<u32> for WindowLength {
-    type Error = String;
-    fn try_from(n: u32) -> Result<Self, String> {
-        if (1..=1440).contains(&n) {
-            Ok(Self(n))
-        } else {
-            Err(format!("{n} minutes: a window is 1 to 1440 minutes long"))
-        }
-    }
-}
-
-impl From<WindowLength> for u32 {
-    fn from(w: WindowLength) -> u32 {
-        w.0
-    }
 }
 
 /// The kubelet.

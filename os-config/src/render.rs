@@ -1,51 +1,39 @@
 //! Files rendered from settings: the agent drop-in, the kubelet's config
 //! and its unit environment.
 
-use crate::fragment::{RebootStrategy, Update};
+use drover_core::agent_config::{Reboot, Written};
+
+use crate::fragment::Update;
 use crate::settings::KubeletSettings;
 
-/// TOML string literal.
-fn q(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+/// The `[reboot]` table the `[update]` section means (strategy
+/// `immediate` when it names none).
+pub fn agent_reboot(u: &Update) -> Reboot {
+    Reboot {
+        strategy: u.reboot_strategy.unwrap_or_default(),
+        window: u.window.clone(),
+        etcd: u.etcd.clone(),
+        fleetlock: u.fleetlock.clone(),
+    }
 }
 
-/// `/etc/drover/agent.toml.d/50-node-config.toml`: the agent's own keys.
+/// `/etc/drover/agent.toml.d/50-node-config.toml`: the agent's own keys,
+/// rendered from the agent's own types.
 pub fn agent_drop_in(u: &Update) -> String {
-    let mut t = String::from("# Written by Drover from the node config ([update]).\n");
-    if let Some(s) = &u.server {
-        t.push_str(&format!("server = {}\n", q(s.as_str())));
+    let any_reboot = u.reboot_strategy.is_some()
+        || u.window.is_some()
+        || u.etcd.is_some()
+        || u.fleetlock.is_some();
+    Written {
+        server: u.server.as_ref().map(|s| s.as_str().to_string()),
+        channel: u.channel.as_ref().map(|c| c.as_str().to_string()),
+        poll_interval_secs: u.poll_interval_secs,
+        require_measured_boot: u.require_measured_boot,
+        halt_after_failures: u.halt_after_failures,
+        reboot: any_reboot.then(|| agent_reboot(u)),
+        ..Written::default()
     }
-    if let Some(c) = &u.channel {
-        t.push_str(&format!("channel = {}\n", q(c.as_str())));
-    }
-    if let Some(p) = u.poll_interval_secs {
-        t.push_str(&format!("poll-interval-secs = {p}\n"));
-    }
-    if let Some(r) = u.require_measured_boot {
-        t.push_str(&format!("require-measured-boot = {r}\n"));
-    }
-    if let Some(s) = u.reboot_strategy {
-        let name = match s {
-            RebootStrategy::Immediate => "immediate",
-            RebootStrategy::Off => "off",
-            RebootStrategy::Window => "window",
-        };
-        t.push_str(&format!("\n[reboot]\nstrategy = \"{name}\"\n"));
-        if let Some(w) = &u.window {
-            let days: Vec<String> = w
-                .days
-                .iter()
-                .map(|d| q(&format!("{d:?}").to_lowercase()))
-                .collect();
-            t.push_str(&format!(
-                "\n[reboot.window]\ndays = [{}]\nstart = {}\nlength-minutes = {}\n",
-                days.join(", "),
-                q(&String::from(w.start.clone())),
-                u32::from(w.length_minutes)
-            ));
-        }
-    }
-    t
+    .render("Written by Drover from the node config ([update]).")
 }
 
 /// `/etc/kubernetes/kubelet-config.yaml` (a `KubeletConfiguration`).

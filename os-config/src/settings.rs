@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Serialize;
 
-use crate::fragment::{DropIn, Fragment, Kubelet, RebootStrategy, SysctlValue, Update, Window};
+use crate::fragment::{DropIn, Fragment, Kubelet, SysctlValue, Update};
 use crate::types::{AbsPath, Hostname, Line, Mode, NodePath, Owner, SshKey, UnitName, UserName};
 use crate::Error;
 
@@ -176,6 +176,9 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
             m.channel = u.channel.or(m.channel.take());
             m.reboot_strategy = u.reboot_strategy.or(m.reboot_strategy);
             m.window = u.window.or(m.window.take());
+            m.etcd = u.etcd.or(m.etcd.take());
+            m.fleetlock = u.fleetlock.or(m.fleetlock.take());
+            m.halt_after_failures = u.halt_after_failures.or(m.halt_after_failures);
             m.poll_interval_secs = u.poll_interval_secs.or(m.poll_interval_secs);
             m.require_measured_boot = u.require_measured_boot.or(m.require_measured_boot);
         }
@@ -304,20 +307,19 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
     }
 
     if let Some(u) = &merged.update {
-        match (u.reboot_strategy, &u.window) {
-            (Some(RebootStrategy::Window), None) => {
-                return Err(err(
-                    "update.window".into(),
-                    "reboot-strategy \"window\" needs a window".into(),
-                ))
-            }
-            (Some(RebootStrategy::Window), Some(Window { days, .. })) if days.is_empty() => {
-                return Err(err(
-                    "update.window.days".into(),
-                    "a window needs at least one day".into(),
-                ))
-            }
-            _ => {}
+        // The agent's own check of what it will read.
+        crate::render::agent_reboot(u)
+            .check()
+            .map_err(|(key, reason)| {
+                // `window` and the lock tables sit in [update] itself; the
+                // strategy is `update.reboot-strategy`.
+                err(format!("update.{key}"), reason)
+            })?;
+        if u.halt_after_failures == Some(0) {
+            return Err(err(
+                "update.halt-after-failures".into(),
+                "must be above 0 (leave it out for no halt)".into(),
+            ));
         }
         if u.poll_interval_secs.is_some_and(|s| s < 10) {
             return Err(err(

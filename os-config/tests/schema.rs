@@ -87,6 +87,35 @@ max-pods = 50
     )
 }
 
+/// A node config with a reboot lock renders a drop-in the agent's own
+/// types read back as written.
+#[test]
+fn a_lock_strategy_renders_what_the_agent_reads() {
+    let text = "[update]\nreboot-strategy = \"etcd-lock\"\nhalt-after-failures = 3\n\
+                etcd = { endpoints = [\"https://10.0.0.1:2379\", \"https://10.0.0.2:2379\"], ca = \"/etc/drover/etcd/ca.pem\", cert = \"/etc/drover/etcd/node.pem\", key = \"/etc/drover/etcd/node-key.pem\", group = \"workers\" }\n";
+    let s = settle(&[src("lock.toml", text)]).unwrap();
+    let plan = plan(&s, None).unwrap();
+    let drop_in = plan
+        .iter()
+        .find_map(|a| match a {
+            Action::Write { path, contents, .. }
+                if path == "/etc/drover/agent.toml.d/50-node-config.toml" =>
+            {
+                Some(String::from_utf8(contents.clone()).unwrap())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let w: drover_core::agent_config::Written = toml::from_str(&drop_in).unwrap();
+    assert_eq!(w.halt_after_failures, Some(3));
+    let r = w.reboot.unwrap();
+    assert_eq!(r.strategy, drover_core::agent_config::Strategy::EtcdLock);
+    let e = r.etcd.unwrap();
+    assert_eq!(e.endpoints.len(), 2);
+    assert_eq!(e.group, "workers");
+    assert_eq!(e.key.unwrap(), Path::new("/etc/drover/etcd/node-key.pem"));
+}
+
 #[test]
 fn every_field_is_read() {
     let s = settle(&[src("full.toml", &full())]).unwrap();
@@ -140,6 +169,13 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[update]\nwindow = { days = [\"sun\"], start = \"25:00\", length-minutes = 60 }", "update.window.start", "HH:MM"),
     ("[update]\nwindow = { days = [\"sun\"], start = \"02:00\", length-minutes = 0 }", "update.window.length-minutes", "1 to 1440"),
     ("[update]\npoll-interval-secs = 1", "update.poll-interval-secs", "10 seconds"),
+    ("[update]\nwindow = { days = [\"sun\"], start = \"7:5\", length-minutes = 60 }", "update.window.start", "HH:MM"),
+    ("[update]\nreboot-strategy = \"etcd-lock\"", "update.etcd", "needs the etcd cluster"),
+    ("[update]\nreboot-strategy = \"fleetlock\"", "update.fleetlock", "needs the FleetLock server"),
+    ("[update]\nreboot-strategy = \"etcd-lock\"\netcd = { endpoints = [\"10.0.0.1:2379\"] }", "update.etcd.endpoints", "not an http"),
+    ("[update]\netcd = { endpoints = [\"https://e:2379\"], cert = \"/c.pem\" }", "update.etcd", "needs its key"),
+    ("[update]\nfleetlock = { url = \"http://f\", group = \"a b\" }", "update.fleetlock.group", "group name"),
+    ("[update]\nhalt-after-failures = 0", "update.halt-after-failures", "above 0"),
     ("[kubelet]\nenabled = true", "kubelet.binary-sha256", "required"),
     ("[kubelet]\nbinary-sha256 = \"xyz\"", "kubelet.binary-sha256", "SHA-256"),
     ("[kubelet]\ncluster-dns = [\"10.0.0.300\"]", "kubelet.cluster-dns[0]", "invalid"),

@@ -223,4 +223,61 @@ mod tests {
         let e = format!("{:#}", Config::load_from(&defaults, &di).unwrap_err());
         assert!(e.contains("reboot.windw") || e.contains("windw"), "{e}");
     }
+
+    #[test]
+    fn what_the_node_config_and_the_image_write_the_agent_reads() {
+        use drover_core::agent_config::{EtcdLock, Written};
+        let d = tempfile::tempdir().unwrap();
+        let di = d.path().join("agent.toml.d");
+        std::fs::create_dir(&di).unwrap();
+        let w = Written {
+            server: Some("https://updates.example/drover/".into()),
+            halt_after_failures: Some(2),
+            reboot: Some(Reboot {
+                strategy: Strategy::EtcdLock,
+                etcd: Some(EtcdLock {
+                    endpoints: vec!["https://10.0.0.1:2379".into()],
+                    ca: Some("/etc/drover/etcd/ca.pem".into()),
+                    cert: None,
+                    key: None,
+                    group: "db".into(),
+                }),
+                ..Reboot::default()
+            }),
+            ..Written::default()
+        };
+        std::fs::write(di.join("50-node-config.toml"), w.render("test")).unwrap();
+        let c = Config::load_from(&d.path().join("none.toml"), &di).unwrap();
+        assert_eq!(c.reboot, w.reboot.unwrap());
+        assert_eq!(c.halt_after_failures, Some(2));
+        assert_eq!(c.server.as_deref(), Some("https://updates.example/drover/"));
+
+        // A start time the node config refuses, the agent refuses too.
+        std::fs::write(
+            di.join("60-window.toml"),
+            "[reboot]\nstrategy = \"window\"\n[reboot.window]\ndays = [\"sat\"]\nstart = \"7:5\"\nlength-minutes = 60\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            Config::load_from(&d.path().join("none.toml"), &di).unwrap_err()
+        );
+        assert!(
+            e.contains("60-window.toml")
+                && e.contains("reboot.window.start")
+                && e.contains("HH:MM"),
+            "{e}"
+        );
+        // And a halt without etcd is explained.
+        std::fs::write(
+            di.join("60-window.toml"),
+            "halt-after-failures = 1\n[reboot]\nstrategy = \"immediate\"\n",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            Config::load_from(&d.path().join("none.toml"), &di).unwrap_err()
+        );
+        assert!(e.contains("needs reboot.strategy = \"etcd-lock\""), "{e}");
+    }
 }

@@ -232,8 +232,17 @@ fn droverctl_lock_shows_takes_frees_and_resizes() {
     }
     let (ok, out) = droverctl(&["status", "--etcd", &eps]);
     assert!(ok && out.contains("group default: 2 of 2 held"), "{out}");
+    // Max 0 pauses the group's reboots.
     let (ok, out) = droverctl(&["set-max", "0", "--etcd", &eps]);
-    assert!(!ok && out.contains("at least 1"), "{out}");
+    assert!(
+        ok && out.contains("no node of group default reboots"),
+        "{out}"
+    );
+    for id in ["node-b", "node-c"] {
+        assert!(droverctl(&["release", "--etcd", &eps, "--id", id]).0);
+    }
+    let (ok, out) = droverctl(&["acquire", "--etcd", &eps, "--id", "node-d"]);
+    assert!(!ok && out.contains("0 of 0"), "{out}");
     // Failures show, and clear.
     etcd_lock(etcd.endpoints(), DEFAULT_GROUP)
         .record_failure("3.1.0", "node-x")

@@ -129,9 +129,10 @@ enum Command {
         #[arg(long, value_name = "ID")]
         id: Option<String>,
     },
-    /// Set how many nodes of the group may reboot at once.
+    /// Set how many nodes of the group may reboot at once (0 pauses the
+    /// group's reboots: updates are written, nobody reboots into them).
     SetMax {
-        /// The number of holders (at least 1).
+        /// The number of holders.
         #[arg(value_name = "N")]
         max: u32,
         #[command(flatten)]
@@ -212,6 +213,12 @@ impl Args {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
                     println!("{}", s.summary());
+                    if max == 0 {
+                        println!(
+                            "no node of group {} reboots into an update until `droverctl lock set-max N` with N ≥ 1",
+                            s.group
+                        );
+                    }
                 }
                 Ok(())
             }

@@ -368,9 +368,6 @@ impl Lock for EtcdLock {
     }
 
     fn set_max(&self, max: u32) -> anyhow::Result<LockStatus> {
-        if max == 0 {
-            bail!("the lock needs at least 1 holder to let any node reboot");
-        }
         self.etcd
             .update(&lock_key(&self.group), |cur: Option<Semaphore>| {
                 let mut s = cur.unwrap_or_else(new_semaphore);
