@@ -81,11 +81,12 @@ impl Service {
         .await
     }
 
-    /// Checks the channel now (ignoring the rollout wave: an operator asked).
+    /// Checks the channel now, as the poll would: a release whose wave has
+    /// not come to this node is `waiting` (`Update` skips the wave).
     async fn check(&self) -> zbus::fdo::Result<String> {
         let agent = Arc::clone(&self.agent);
         blocking::unblock(move || {
-            let c = agent.check(true, None).map_err(failed)?;
+            let c = agent.check(false, None).map_err(failed)?;
             serde_json::to_string(&c).map_err(|e| failed(e.into()))
         })
         .await
@@ -100,7 +101,17 @@ impl Service {
         std::thread::spawn(move || {
             let from = Some(from.as_str()).filter(|f| !f.is_empty());
             let (ok, msg) = match agent.update(true, from) {
-                Ok(Some(v)) => (true, format!("{v} written; it boots next")),
+                Ok(Some(u)) => (
+                    true,
+                    match u.ahead_of_wave {
+                        None => format!("{} written; it boots next", u.version),
+                        Some(t) => format!(
+                            "{} written ahead of this node's wave (its turn was to come at {}); it boots next",
+                            u.version,
+                            crate::engine::utc(t)
+                        ),
+                    },
+                ),
                 Ok(None) => (true, "up to date".to_string()),
                 Err(e) => (false, format!("{e:#}")),
             };

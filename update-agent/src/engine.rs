@@ -113,7 +113,11 @@ pub struct Node {
 
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "result")]
+#[serde(
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    tag = "result"
+)]
 pub enum Verdict {
     /// Nothing newer.
     UpToDate,

@@ -26,6 +26,19 @@ struct Agent {
 impl Agent {
     /// Starts drover-agent for `disk`, booted from `slot` running `version`.
     fn start(fx: &Fx, bus: &Bus, disk: &Path, slot: SlotId, version: &str, extra: &str) -> Agent {
+        Agent::start_as(fx, bus, disk, slot, version, extra, MACHINE_ID)
+    }
+
+    /// [`Agent::start`] with another machine-id.
+    fn start_as(
+        fx: &Fx,
+        bus: &Bus,
+        disk: &Path,
+        slot: SlotId,
+        version: &str,
+        extra: &str,
+        machine_id: &str,
+    ) -> Agent {
         let dir = fx.p(&format!("agent-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("conf.d")).unwrap();
         let record = dir.join("boot-record.json");
@@ -47,7 +60,7 @@ impl Agent {
         let conf = format!(
             "channel = \"stable\"\nauto-update = false\npoll-interval-secs = 3600\n\
              trusted-keys = [\"{}\"]\nstate-dir = \"{}\"\ndisk = \"{}\"\nboot-record = \"{}\"\n\
-             bus = \"{}\"\nmetrics-listen = \"127.0.0.1:{metrics}\"\n{extra}\n",
+             bus = \"{}\"\nmetrics-listen = \"127.0.0.1:{metrics}\"\n",
             fx.p("release.pub.pem").display(),
             fx.p("state").display(),
             disk.display(),
@@ -55,8 +68,11 @@ impl Agent {
             bus.address,
         );
         std::fs::write(dir.join("conf.d/10-test.toml"), conf).unwrap();
+        // The test's own settings override the base ones, as a node's
+        // drop-ins do.
+        std::fs::write(dir.join("conf.d/20-test-extra.toml"), extra).unwrap();
         let log = dir.join("agent.log");
-        std::fs::write(dir.join("machine-id"), format!("{MACHINE_ID}\n")).unwrap();
+        std::fs::write(dir.join("machine-id"), format!("{machine_id}\n")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_drover-agent"))
             .arg("--machine-id-file")
             .arg(dir.join("machine-id"))
@@ -662,4 +678,96 @@ fn a_rollback_is_counted_in_etcd_and_a_release_that_failed_often_enough_is_halte
     let c: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(c["verdict"]["result"], "available", "{c:#}");
     assert_eq!(c["verdict"]["version"], "1.2.0");
+}
+
+#[test]
+fn waves_hold_the_nodes_after_the_rollouts_progress_and_let_those_before_it_update() {
+    use drover_core::channel::Rollout;
+    // A rollout that began 5 h ago over 10 h: half the fleet's turn has come.
+    let now = drover_core::channel::now();
+    let rollout = Rollout {
+        start: now - 5 * 3600,
+        hours: 10,
+    };
+    let id_at = |want: &dyn Fn(f64) -> bool| {
+        (0u64..)
+            .map(|i| format!("{i:032x}"))
+            .find(|m| want(Rollout::wave(m, "1.1.0")))
+            .unwrap()
+    };
+    let early = id_at(&|w| w < 0.4);
+    let late = id_at(&|w| w > 0.6);
+    let late_turn = rollout.node_start(Rollout::wave(&late, "1.1.0"));
+    let mut agents = Vec::new();
+    for machine_id in [&early, &late] {
+        let fx = Fx::new();
+        let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+        let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+        let repo = fx.p("repo");
+        publish(&repo, "stable", &[&v2], &fx.key, |m| {
+            m.releases[0].rollout = rollout
+        });
+        let web = Nginx::serve(&repo, None);
+        let disk = fx.disk(&v1);
+        let bus = Bus::start();
+        let (c, logind) = fake_logind(&bus);
+        // The timer's poll: auto-update, at once (no jitter).
+        let agent = Agent::start_as(
+            &fx,
+            &bus,
+            &disk,
+            SlotId::A,
+            "1.0.0",
+            &format!(
+                "server = \"{}\"\nauto-update = true\npoll-jitter-secs = 0\n",
+                web.url()
+            ),
+            machine_id,
+        );
+        agents.push((agent, logind, c, bus, web, disk, fx));
+    }
+    // Before the rollout's progress: updated and rebooted on its own.
+    let (early_agent, early_logind, ..) = &agents[0];
+    wait_for("the early node did not update", || {
+        early_logind.lock().unwrap().reboots == 1
+    });
+    assert_eq!(early_agent.status()["other"]["version"], "1.1.0");
+    // After it: waits, says until when, and has written nothing.
+    let (late_agent, late_logind, _, _, _, late_disk, _) = &agents[1];
+    let s = late_agent.wait_until("the late node did not check", |s| {
+        !s["last-verdict"].is_null()
+    });
+    assert_eq!(s["last-verdict"]["result"], "waiting", "{s:#}");
+    assert_eq!(s["last-verdict"]["at"], late_turn, "{s:#}");
+    let pct = s["last-verdict"]["wave-percent"].as_u64().unwrap();
+    assert!(pct > 60, "{s:#}");
+    let (ok, out) = late_agent.ctl(&["status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "1.1.0 is rolling out; this node is at {pct} % of the rollout, its turn comes at"
+        )),
+        "{out}"
+    );
+    assert_eq!(late_logind.lock().unwrap().reboots, 0);
+    assert_eq!(
+        bits(late_disk, SlotId::B).0,
+        0,
+        "the late node wrote the update"
+    );
+    // An operator's explicit update skips the wave, and says it did.
+    let (ok, out) = late_agent.ctl(&["check"]);
+    assert!(
+        ok && out.contains("`droverctl update` installs it now, ahead of the wave"),
+        "{out}"
+    );
+    let (ok, out) = late_agent.ctl(&["update"]);
+    assert!(
+        ok && out.contains("1.1.0 written ahead of this node's wave"),
+        "{out}"
+    );
+    wait_for(
+        "the late node did not reboot after its explicit update",
+        || late_logind.lock().unwrap().reboots == 1,
+    );
 }

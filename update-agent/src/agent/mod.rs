@@ -35,6 +35,16 @@ pub(crate) use disk::slots_of;
 pub use status::{Event, MeasuredBoot, Operation, OtherSlot, Status};
 use status::{Live, Parts};
 
+/// What an update wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Updated {
+    /// The version, chosen for the next boot.
+    pub version: String,
+    /// When the rollout would have come to this node, when the update was
+    /// asked for before that (an operator's `droverctl update`).
+    pub ahead_of_wave: Option<u64>,
+}
+
 /// The agent.
 pub struct Agent {
     /// Its configuration.
@@ -291,12 +301,12 @@ impl Agent {
     /// Checks (`from` a published repository, else the configured server)
     /// and, when a release is available, writes it to the other
     /// slot and chooses it for the next boot; then reboots by strategy.
-    /// Returns the version written, if any.
+    /// Returns what was written, if anything.
     pub fn update(
         &self,
         ignore_rollout: bool,
         from: Option<&str>,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Option<Updated>> {
         let Ok(_busy) = self.busy.try_lock() else {
             bail!("an update is already running");
         };
@@ -308,6 +318,21 @@ impl Agent {
         let Some(release) = check.release else {
             return Ok(None);
         };
+        let turn = release
+            .rollout
+            .node_start(drover_core::channel::Rollout::wave(
+                &self.machine_id,
+                &release.version,
+            ));
+        let ahead_of_wave = (turn > drover_core::channel::now()).then_some(turn);
+        if let Some(t) = ahead_of_wave {
+            tracing::info!(
+                version = %release.version,
+                "an operator asked for {} ahead of this node's wave (its turn comes at {})",
+                release.version,
+                engine::utc(t)
+            );
+        }
         self.cancel.store(false, Ordering::Relaxed);
         self.set_op(Operation::Applying);
         let r = (|| {
@@ -363,7 +388,10 @@ impl Agent {
                 self.set_op(Operation::RebootPending);
                 self.live_mut().last_error = None;
                 self.maybe_reboot()?;
-                Ok(Some(report.version))
+                Ok(Some(Updated {
+                    version: report.version,
+                    ahead_of_wave,
+                }))
             }
             Err(e) => {
                 tracing::error!("update failed: {e:#}");
