@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::agent::{Agent, Operation, Status};
+use crate::engine::Verdict;
 
 const OPERATIONS: [Operation; 6] = [
     Operation::Idle,
@@ -112,6 +113,43 @@ pub fn render(s: &Status) -> String {
             s.last_rollback.as_ref().map(|r| r.at).unwrap_or(0)
         )],
     );
+    metric(
+        "drover_reboot_lock_held",
+        "1 while this node holds the fleet's reboot lock (etcd-lock, fleetlock).",
+        "gauge",
+        vec![format!(" {}", u8::from(s.reboot_lock.is_some()))],
+    );
+    let now = drover_core::channel::now();
+    metric(
+        "drover_reboot_waiting_seconds",
+        "How long a written update has waited for its reboot (window, inhibitors, the reboot lock); 0 when none waits.",
+        "gauge",
+        vec![format!(
+            " {}",
+            s.reboot_pending_since
+                .map(|t| now.saturating_sub(t))
+                .unwrap_or(0)
+        )],
+    );
+    let (wave_at, halted) = match &s.last_verdict {
+        Some(Verdict::Waiting { at, .. }) => (*at, None),
+        Some(Verdict::Halted { version, .. }) => (0, Some(version)),
+        _ => (0, None),
+    };
+    metric(
+        "drover_rollout_wave_timestamp_seconds",
+        "When the rollout of the newest release reaches this node, while it waits for its wave (0 otherwise).",
+        "gauge",
+        vec![format!(" {wave_at}")],
+    );
+    metric(
+        "drover_release_halted",
+        "1 for a newer release the fleet halted (halt-after-failures), as the last check found.",
+        "gauge",
+        halted
+            .map(|v| vec![format!("{{version=\"{}\"}} 1", label(v))])
+            .unwrap_or_default(),
+    );
     o
 }
 
@@ -175,6 +213,8 @@ mod tests {
             failed_versions: Vec::new(),
             last_rollback: None,
             reboot_blocked: None,
+            reboot_pending_since: None,
+            reboot_lock: None,
             measured_boot,
         }
     }

@@ -670,6 +670,12 @@ fn a_rollback_is_counted_in_etcd_and_a_release_that_failed_often_enough_is_halte
     );
     let (ok, out) = agent.ctl(&["status"]);
     assert!(ok && out.contains("1.2.0 is HALTED: 2 node(s)"), "{out}");
+    let m = agent.metrics();
+    assert!(
+        m.contains("drover_release_halted{version=\"1.2.0\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("drover_reboot_lock_held 0"), "{m}");
     // The operator lifts the halt.
     let (ok, out) = lock_ctl(&etcd, &["clear-failures", "1.2.0"]);
     assert!(ok, "{out}");

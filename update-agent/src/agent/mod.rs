@@ -137,6 +137,19 @@ impl Agent {
             if op != Operation::Applying {
                 s.progress = None;
             }
+            match op {
+                Operation::RebootPending => {
+                    s.reboot_pending_since
+                        .get_or_insert_with(drover_core::channel::now);
+                }
+                // A check while pending, or the reboot asked for (and
+                // perhaps refused): still the same wait.
+                Operation::Rebooting | Operation::Checking => {}
+                _ => {
+                    s.reboot_pending_since = None;
+                    s.reboot_blocked = None;
+                }
+            }
             (from, from != op)
         };
         if !from.may_become(op) {

@@ -132,6 +132,14 @@ pub struct Status {
     pub last_rollback: Option<Rollback>,
     /// Why a reboot waits, when it does.
     pub reboot_blocked: Option<String>,
+    /// Since when a written update waits for its reboot (seconds since the
+    /// Unix epoch), while it does.
+    #[serde(default)]
+    pub reboot_pending_since: Option<u64>,
+    /// The reboot lock this node holds (taken before its reboot, given
+    /// back once the new slot is confirmed).
+    #[serde(default)]
+    pub reboot_lock: Option<crate::state::HeldLock>,
     /// This boot's measured-boot verdict (`drover-verify-boot.service`),
     /// once the check has run.
     pub measured_boot: Option<MeasuredBoot>,
@@ -149,6 +157,7 @@ pub(crate) struct Live {
     pub last_error: Option<String>,
     pub failures: u64,
     pub reboot_blocked: Option<String>,
+    pub reboot_pending_since: Option<u64>,
 }
 
 impl Live {
@@ -163,6 +172,7 @@ impl Live {
             last_error: None,
             failures: 0,
             reboot_blocked: None,
+            reboot_pending_since: None,
         }
     }
 }
@@ -189,6 +199,7 @@ impl From<Parts<'_>> for Status {
             last_error,
             failures,
             reboot_blocked,
+            reboot_pending_since,
         } = p.live;
         Status {
             booted: p.booted.clone(),
@@ -206,6 +217,8 @@ impl From<Parts<'_>> for Status {
             failed_versions: p.state.failed_versions,
             last_rollback: p.state.last_rollback,
             reboot_blocked,
+            reboot_pending_since,
+            reboot_lock: p.state.lock,
             measured_boot: p.measured_boot,
         }
     }

@@ -74,6 +74,15 @@ pub fn status_text(s: &Status) -> String {
     if let Some(r) = &s.reboot_blocked {
         let _ = writeln!(t, "reboot:     waits: {r}");
     }
+    if let Some(l) = &s.reboot_lock {
+        let _ = writeln!(
+            t,
+            "lock:       holds the {} as {} since {}",
+            l.lock,
+            l.id,
+            crate::engine::utc(l.since)
+        );
+    }
     if let Some(m) = &s.measured_boot {
         let _ = writeln!(
             t,
@@ -326,6 +335,12 @@ mod tests {
                 reason: Some("boot check failed: x.service".into()),
             }),
             reboot_blocked: Some("an inhibitor".into()),
+            reboot_pending_since: Some(1_795_833_000),
+            reboot_lock: Some(crate::state::HeldLock {
+                lock: "etcd lock /drover/reboot-lock/default at http://10.0.0.1:2379".into(),
+                id: "5f0c".into(),
+                since: 1_795_833_060,
+            }),
             measured_boot: Some(MeasuredBoot {
                 measured: true,
                 verified: false,
@@ -339,6 +354,7 @@ mod tests {
         for line in [
             "booted:     USR-B 2.0.0 (not yet marked successful, measured)",
             "other:      USR-A 1.0.0 (good)",
+            "lock:       holds the etcd lock /drover/reboot-lock/default at http://10.0.0.1:2379 as 5f0c since 2026-11-28 02:31 UTC",
             "update:     2.1.0 is rolling out; this node is at 42 % of the rollout, its turn comes at 2026-11-28 02:30 UTC (1795833000)",
             "operation:  reboot-pending (10 of 20 bytes)",
             "channel:    stable at http://10.0.2.100/",
