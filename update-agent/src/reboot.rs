@@ -7,8 +7,149 @@ use zbus::blocking::Connection;
 pub trait Rebooter: Send + Sync {
     /// `Some(why)` while something blocks a reboot.
     fn inhibited(&self) -> anyhow::Result<Option<String>>;
+    /// Runs what must happen before the reboot (`drover-pre-reboot.target`)
+    /// and waits for it; an error calls this reboot off.
+    fn pre_reboot(&self) -> anyhow::Result<()>;
     /// Asks for the reboot.
     fn reboot(&self) -> anyhow::Result<()>;
+}
+
+/// The target users hang their pre-reboot units on.
+pub const PRE_REBOOT_TARGET: &str = "drover-pre-reboot.target";
+
+/// How long the pre-reboot units may take (a drain can take minutes).
+pub const PRE_REBOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
+
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+const SYSTEMD_MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// Starts `unit` through systemd's manager on `conn` and waits for its job:
+/// `Ok(())` when it ends `done`; otherwise an error naming the result and
+/// the units the target requires or wants that failed.
+pub fn start_and_wait(
+    conn: &Connection,
+    unit: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use zbus::blocking::MessageIterator;
+    use zbus::MatchRule;
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(SYSTEMD)?
+        .interface(SYSTEMD_MANAGER)?
+        .member("JobRemoved")?
+        .build();
+    let signals = MessageIterator::for_match_rule(rule, conn, Some(256))?;
+    // Without Subscribe, systemd sends JobRemoved only to clients that ask.
+    let _ = conn.call_method(
+        Some(SYSTEMD),
+        SYSTEMD_PATH,
+        Some(SYSTEMD_MANAGER),
+        "Subscribe",
+        &(),
+    );
+    let reply = conn
+        .call_method(
+            Some(SYSTEMD),
+            SYSTEMD_PATH,
+            Some(SYSTEMD_MANAGER),
+            "StartUnit",
+            &(unit, "replace"),
+        )
+        .with_context(|| format!("asking systemd to start {unit}"))?;
+    let job: zbus::zvariant::OwnedObjectPath = reply.body().deserialize()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let want = job.clone();
+    std::thread::spawn(move || {
+        for m in signals {
+            let Ok(m) = m else { break };
+            let Ok((_id, path, _unit, result)) =
+                m.body()
+                    .deserialize::<(u32, zbus::zvariant::OwnedObjectPath, String, String)>()
+            else {
+                continue;
+            };
+            if path == want {
+                let _ = tx.send(result);
+                break;
+            }
+        }
+    });
+    let result = rx
+        .recv_timeout(timeout)
+        .map_err(|_| anyhow::anyhow!("{unit} did not finish within {} s", timeout.as_secs()))?;
+    if result == "done" {
+        return Ok(());
+    }
+    let failed = failed_dependencies(conn, unit).unwrap_or_default();
+    anyhow::bail!(
+        "{unit} ended '{result}'{}",
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {} failed", failed.join(", "))
+        }
+    )
+}
+
+/// Whether `e` says nobody owns systemd's name on the bus.
+fn no_systemd(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<zbus::Error>(),
+            Some(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown"
+                    || name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner"
+        )
+    })
+}
+
+/// The units `unit` requires or wants that are in the `failed` state.
+fn failed_dependencies(conn: &Connection, unit: &str) -> anyhow::Result<Vec<String>> {
+    let prop = |path: &zbus::zvariant::OwnedObjectPath,
+                name: &str|
+     -> anyhow::Result<zbus::zvariant::OwnedValue> {
+        let r = conn.call_method(
+            Some(SYSTEMD),
+            path.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Unit", name),
+        )?;
+        Ok(r.body().deserialize::<zbus::zvariant::OwnedValue>()?)
+    };
+    let path_of = |u: &str| -> anyhow::Result<zbus::zvariant::OwnedObjectPath> {
+        let r = conn.call_method(
+            Some(SYSTEMD),
+            SYSTEMD_PATH,
+            Some(SYSTEMD_MANAGER),
+            "LoadUnit",
+            &(u,),
+        )?;
+        Ok(r.body().deserialize()?)
+    };
+    let target = path_of(unit)?;
+    let mut deps: Vec<String> = Vec::new();
+    for p in ["Requires", "Wants"] {
+        if let Ok(v) = prop(&target, p) {
+            if let Ok(list) = Vec::<String>::try_from(v) {
+                deps.extend(list);
+            }
+        }
+    }
+    let mut failed = Vec::new();
+    for d in deps {
+        let Ok(p) = path_of(&d) else { continue };
+        if let Ok(v) = prop(&p, "ActiveState") {
+            if String::try_from(v).is_ok_and(|s| s == "failed") {
+                failed.push(d);
+            }
+        }
+    }
+    failed.sort();
+    failed.dedup();
+    Ok(failed)
 }
 
 const DEST: &str = "org.freedesktop.login1";
@@ -52,6 +193,18 @@ impl Rebooter for Logind {
                 blocking.join("; ")
             ))
         })
+    }
+
+    fn pre_reboot(&self) -> anyhow::Result<()> {
+        match start_and_wait(&self.conn, PRE_REBOOT_TARGET, PRE_REBOOT_TIMEOUT) {
+            Err(e) if no_systemd(&e) => {
+                // No systemd on this bus (a test bus, a container): no
+                // units to run.
+                tracing::debug!("{PRE_REBOOT_TARGET}: {e:#}");
+                Ok(())
+            }
+            r => r,
+        }
     }
 
     fn reboot(&self) -> anyhow::Result<()> {

@@ -777,3 +777,108 @@ fn waves_hold_the_nodes_after_the_rollouts_progress_and_let_those_before_it_upda
         || late_logind.lock().unwrap().reboots == 1,
     );
 }
+
+#[test]
+fn the_pre_reboot_units_run_before_the_reboot() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let (_s, systemd) = fake_systemd(
+        &bus,
+        &logind,
+        "drover-pre-reboot.target",
+        &[("drain.service", false)],
+        "done",
+    );
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &format!("server = \"{}\"", web.url()),
+    );
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    wait_for("no reboot", || logind.lock().unwrap().reboots == 1);
+    let s = systemd.lock().unwrap();
+    assert_eq!(
+        s.started,
+        vec![(
+            "drover-pre-reboot.target".to_string(),
+            "replace".to_string()
+        )]
+    );
+    assert_eq!(
+        s.reboots_seen,
+        vec![0],
+        "the target ran after the reboot was asked"
+    );
+}
+
+#[test]
+fn a_failing_pre_reboot_unit_calls_the_reboot_off_and_gives_the_lock_back() {
+    let etcd = drover_qemu_tests::etcd::Etcd::start(1);
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    let (_s, systemd) = fake_systemd(
+        &bus,
+        &logind,
+        "drover-pre-reboot.target",
+        &[("drain.service", true), ("notify.service", false)],
+        "dependency",
+    );
+    let agent = Agent::start(
+        &fx,
+        &bus,
+        &disk,
+        SlotId::A,
+        "1.0.0",
+        &etcd_lock_config(&web, &etcd, ""),
+    );
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    let s = agent.wait_until("the failure is not reported", |s| {
+        s["reboot-blocked"]
+            .as_str()
+            .unwrap_or("")
+            .contains("pre-reboot")
+    });
+    let why = s["reboot-blocked"].as_str().unwrap();
+    assert!(
+        why.contains("drover-pre-reboot.target ended 'dependency': drain.service failed"),
+        "{why}"
+    );
+    assert_eq!(s["operation"], "reboot-pending");
+    assert!(s["reboot-lock"].is_null(), "{s:#}");
+    assert_eq!(systemd.lock().unwrap().started.len(), 1);
+    // The lock was taken for the reboot, and given back when it was called off.
+    assert!(
+        agent.log().contains("took the reboot lock"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("the reboot is called off"),
+        "{}",
+        agent.log()
+    );
+    let (ok, out) = lock_ctl(&etcd, &["status", "--json"]);
+    assert!(ok && out.contains("\"holders\":[]"), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(logind.lock().unwrap().reboots, 0);
+    assert_eq!(systemd.lock().unwrap().started.len(), 1, "retried at once");
+}

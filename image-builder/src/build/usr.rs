@@ -71,6 +71,12 @@ const VERIFY_BOOT_UNIT: (&str, &str) = (
     include_str!("../../../update-agent/units/drover-verify-boot.service"),
 );
 
+/// What runs before a reboot into an update (users hang units on it).
+const PRE_REBOOT_TARGET: (&str, &str) = (
+    "drover-pre-reboot.target",
+    include_str!("../../../update-agent/units/drover-pre-reboot.target"),
+);
+
 /// The kubelet's unit (kubelet-unit/), shipped where containerd is.
 const KUBELET_UNIT: &str = include_str!("../../../kubelet-unit/kubelet.service");
 
@@ -220,6 +226,11 @@ pub fn prepare(
             let _ = std::fs::remove_file(wants.join(name));
             std::os::unix::fs::symlink(format!("../{name}"), wants.join(name))?;
         }
+        write_file(
+            &sd.join(PRE_REBOOT_TARGET.0),
+            PRE_REBOOT_TARGET.1.as_bytes(),
+            0o644,
+        )?;
         // The measured-boot check, a boot check of boot-complete.target.
         write_file(
             &sd.join(VERIFY_BOOT_UNIT.0),

@@ -6,6 +6,9 @@ use anyhow::Context as _;
 
 use super::{Agent, Operation};
 use crate::state::HeldLock;
+
+/// After the pre-reboot units failed, the next try waits this long.
+pub const PRE_REBOOT_RETRY_SECS: u64 = 600;
 use crate::strategy::Decision;
 
 impl Agent {
@@ -16,6 +19,13 @@ impl Agent {
             return Ok(false);
         }
         let now = drover_core::channel::now();
+        if let Some((until, why)) = self.live().pre_reboot_failed.clone() {
+            if now < until {
+                self.live_mut().reboot_blocked =
+                    Some(format!("{why}; next try in {} s", until - now));
+                return Ok(false);
+            }
+        }
         let held = self.state.load()?.lock.is_some();
         let decision = self.gate.decide(now, held, &|| self.rebooter.inhibited())?;
         let took_lock = match decision {
@@ -46,6 +56,30 @@ impl Agent {
                 return Err(e.context("recording the reboot lock"));
             }
         }
+        // The units hung on drover-pre-reboot.target (a drain): a failure
+        // calls this reboot off and gives the lock back.
+        if let Err(e) = self.rebooter.pre_reboot() {
+            let why = format!("the pre-reboot units failed: {e:#}");
+            tracing::error!("{why}; not rebooting now");
+            if let Some(lock) = self.gate.lock() {
+                if let Some(held) = self.state.load()?.lock {
+                    match lock.release(&held.id) {
+                        Ok(_) => {
+                            self.state.update(|s| s.lock = None)?;
+                            tracing::info!(lock = %held.lock, "gave back the reboot lock: the reboot is called off");
+                        }
+                        Err(e) => tracing::warn!(
+                            "giving back the reboot lock: {e:#}; it is given back once this boot is settled"
+                        ),
+                    }
+                }
+            }
+            let mut l = self.live_mut();
+            l.pre_reboot_failed = Some((now + PRE_REBOOT_RETRY_SECS, why.clone()));
+            l.reboot_blocked = Some(why);
+            return Ok(false);
+        }
+        self.live_mut().pre_reboot_failed = None;
         self.set_op(Operation::Rebooting);
         tracing::info!("rebooting into the update");
         if let Err(e) = self.rebooter.reboot() {

@@ -158,6 +158,9 @@ pub(crate) struct Live {
     pub failures: u64,
     pub reboot_blocked: Option<String>,
     pub reboot_pending_since: Option<u64>,
+    /// Until when the reboot waits after the pre-reboot units failed, and
+    /// why.
+    pub pre_reboot_failed: Option<(u64, String)>,
 }
 
 impl Live {
@@ -173,6 +176,7 @@ impl Live {
             failures: 0,
             reboot_blocked: None,
             reboot_pending_since: None,
+            pre_reboot_failed: None,
         }
     }
 }
@@ -200,6 +204,7 @@ impl From<Parts<'_>> for Status {
             failures,
             reboot_blocked,
             reboot_pending_since,
+            pre_reboot_failed: _,
         } = p.live;
         Status {
             booted: p.booted.clone(),

@@ -242,3 +242,154 @@ pub fn fake_logind(
         .unwrap();
     (conn, state)
 }
+
+/// What the systemd test double was asked and how its jobs end.
+pub struct SystemdState {
+    /// `StartUnit` calls: (unit, mode).
+    pub started: Vec<(String, String)>,
+    /// The result every job ends with (`done`, `dependency`, `failed`).
+    pub result: String,
+    /// Units the target requires, and whether each is `failed`.
+    pub requires: Vec<(String, bool)>,
+    /// Logind's reboot count when each job was started (the order check).
+    pub reboots_seen: Vec<u32>,
+}
+
+/// A test double for systemd's `org.freedesktop.systemd1.Manager` on the
+/// private bus: `Subscribe`, `StartUnit` (ends each job at once with the
+/// configured result, signalled by `JobRemoved`) and `LoadUnit`, and the
+/// `Requires`/`Wants`/`ActiveState` properties of the units it knows. It
+/// runs nothing.
+pub struct FakeSystemd {
+    state: std::sync::Arc<std::sync::Mutex<SystemdState>>,
+    logind: std::sync::Arc<std::sync::Mutex<LogindState>>,
+    jobs: u32,
+}
+
+/// A unit's object as the double serves it.
+pub struct FakeUnit {
+    requires: Vec<String>,
+    failed: bool,
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Unit")]
+impl FakeUnit {
+    #[zbus(property)]
+    fn requires(&self) -> Vec<String> {
+        self.requires.clone()
+    }
+    #[zbus(property)]
+    fn wants(&self) -> Vec<String> {
+        Vec::new()
+    }
+    #[zbus(property)]
+    fn active_state(&self) -> String {
+        if self.failed { "failed" } else { "inactive" }.into()
+    }
+}
+
+fn unit_path(name: &str) -> String {
+    let mut p = String::from("/org/freedesktop/systemd1/unit/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("_{b:02x}"));
+        }
+    }
+    p
+}
+
+#[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
+impl FakeSystemd {
+    fn subscribe(&self) {}
+
+    async fn start_unit(
+        &mut self,
+        name: String,
+        mode: String,
+        #[zbus(signal_emitter)] emitter: zbus::object_server::SignalEmitter<'_>,
+    ) -> zbus::zvariant::OwnedObjectPath {
+        self.jobs += 1;
+        let job = zbus::zvariant::OwnedObjectPath::try_from(format!(
+            "/org/freedesktop/systemd1/job/{}",
+            self.jobs
+        ))
+        .unwrap();
+        let result = {
+            let mut s = self.state.lock().unwrap();
+            s.started.push((name.clone(), mode));
+            let reboots = self.logind.lock().unwrap().reboots;
+            s.reboots_seen.push(reboots);
+            s.result.clone()
+        };
+        let _ = FakeSystemd::job_removed(&emitter, self.jobs, job.clone(), name, result).await;
+        job
+    }
+
+    fn load_unit(&self, name: String) -> zbus::zvariant::OwnedObjectPath {
+        zbus::zvariant::OwnedObjectPath::try_from(unit_path(&name)).unwrap()
+    }
+
+    #[zbus(signal)]
+    async fn job_removed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        id: u32,
+        job: zbus::zvariant::OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+/// Serves a [`FakeSystemd`] on `bus` whose `target` requires the units in
+/// `requires` (name, failed); jobs end with `result`.
+pub fn fake_systemd(
+    bus: &Bus,
+    logind: &std::sync::Arc<std::sync::Mutex<LogindState>>,
+    target: &str,
+    requires: &[(&str, bool)],
+    result: &str,
+) -> (
+    zbus::blocking::Connection,
+    std::sync::Arc<std::sync::Mutex<SystemdState>>,
+) {
+    let state = std::sync::Arc::new(std::sync::Mutex::new(SystemdState {
+        started: Vec::new(),
+        result: result.into(),
+        requires: requires.iter().map(|(n, f)| (n.to_string(), *f)).collect(),
+        reboots_seen: Vec::new(),
+    }));
+    let mut b = zbus::blocking::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("org.freedesktop.systemd1")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/systemd1",
+            FakeSystemd {
+                state: std::sync::Arc::clone(&state),
+                logind: std::sync::Arc::clone(logind),
+                jobs: 0,
+            },
+        )
+        .unwrap()
+        .serve_at(
+            unit_path(target),
+            FakeUnit {
+                requires: requires.iter().map(|(n, _)| n.to_string()).collect(),
+                failed: false,
+            },
+        )
+        .unwrap();
+    for (n, failed) in requires {
+        b = b
+            .serve_at(
+                unit_path(n),
+                FakeUnit {
+                    requires: Vec::new(),
+                    failed: *failed,
+                },
+            )
+            .unwrap();
+    }
+    (b.build().unwrap(), state)
+}
