@@ -165,4 +165,10 @@ pub struct Kubelet {
     pub node_labels: Option<BTreeMap<Line, Line>>,
     /// Maximum pods.
     pub max_pods: Option<u32>,
+    /// The kubelet's graceful node shutdown: seconds it may take to stop
+    /// the pods when the node shuts down or reboots (default 30; a third
+    /// of it for critical pods). logind's `InhibitDelayMaxSec` is set
+    /// longer, or the kubelet's delay inhibitor is cut short
+    /// (kubernetes/kubernetes#102818).
+    pub shutdown_grace_period_secs: Option<u32>,
 }

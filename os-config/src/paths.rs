@@ -10,3 +10,5 @@ pub const KUBELET_CONFIG: &str = "/etc/kubernetes/kubelet-config.yaml";
 pub const KUBELET_ENV: &str = "/etc/drover/kubelet.env";
 /// Where the kubelet binary goes.
 pub const KUBELET_BINARY: &str = "/opt/bin/kubelet";
+/// logind's drop-in for the kubelet's graceful shutdown.
+pub const LOGIND_DROP_IN: &str = "/etc/systemd/logind.conf.d/90-drover-kubelet.conf";

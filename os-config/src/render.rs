@@ -62,7 +62,24 @@ pub fn kubelet_config(k: &KubeletSettings) -> String {
     if let Some(m) = k.more.max_pods {
         t.push_str(&format!("maxPods: {m}\n"));
     }
+    let grace = k.shutdown_grace_period_secs();
+    t.push_str(&format!(
+        "shutdownGracePeriod: \"{grace}s\"\nshutdownGracePeriodCriticalPods: \"{}s\"\n",
+        grace / 3
+    ));
     t
+}
+
+/// `/etc/systemd/logind.conf.d/90-drover-kubelet.conf`: logind waits for
+/// the kubelet's delay inhibitor longer than its grace period (its default
+/// 5 s would cut the pods' shutdown short, kubernetes/kubernetes#102818).
+pub fn logind_drop_in(k: &KubeletSettings) -> String {
+    format!(
+        "# Written by Drover from the node config ([kubelet]): the kubelet's\n\
+         # graceful shutdown takes up to {} s.\n[Login]\nInhibitDelayMaxSec={}\n",
+        k.shutdown_grace_period_secs(),
+        k.inhibit_delay_max_secs()
+    )
 }
 
 /// `/etc/drover/kubelet.env`: what `kubelet.service` reads.

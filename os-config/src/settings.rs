@@ -98,6 +98,19 @@ pub struct KubeletSettings {
     pub more: Kubelet,
 }
 
+impl KubeletSettings {
+    /// Seconds the kubelet may take to stop the pods at a shutdown.
+    pub fn shutdown_grace_period_secs(&self) -> u32 {
+        self.more.shutdown_grace_period_secs.unwrap_or(30)
+    }
+
+    /// logind's `InhibitDelayMaxSec`: longer than the grace period, so the
+    /// kubelet's delay inhibitor is honoured whole.
+    pub fn inhibit_delay_max_secs(&self) -> u32 {
+        self.shutdown_grace_period_secs() + 15
+    }
+}
+
 /// The merged, validated node config.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
@@ -192,6 +205,9 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
             m.cluster_domain = k.cluster_domain.or(m.cluster_domain.take());
             m.node_labels = k.node_labels.or(m.node_labels.take());
             m.max_pods = k.max_pods.or(m.max_pods);
+            m.shutdown_grace_period_secs = k
+                .shutdown_grace_period_secs
+                .or(m.shutdown_grace_period_secs);
         }
     }
     // The source of the entry an error is about: the longest origin key
@@ -340,6 +356,14 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
                         "required: {} is started only when it has this SHA-256",
                         crate::paths::KUBELET_BINARY
                     ),
+                ));
+            }
+            if k.shutdown_grace_period_secs
+                .is_some_and(|g| !(3..=3600).contains(&g))
+            {
+                return Err(err(
+                    "kubelet.shutdown-grace-period-secs".into(),
+                    "3 to 3600 seconds".into(),
                 ));
             }
             Some(KubeletSettings {

@@ -176,6 +176,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[update]\netcd = { endpoints = [\"https://e:2379\"], cert = \"/c.pem\" }", "update.etcd", "needs its key"),
     ("[update]\nfleetlock = { url = \"http://f\", group = \"a b\" }", "update.fleetlock.group", "group name"),
     ("[update]\nhalt-after-failures = 0", "update.halt-after-failures", "above 0"),
+    ("[kubelet]\nenabled = false\nshutdown-grace-period-secs = 1", "kubelet.shutdown-grace-period-secs", "3 to 3600"),
     ("[kubelet]\nenabled = true", "kubelet.binary-sha256", "required"),
     ("[kubelet]\nbinary-sha256 = \"xyz\"", "kubelet.binary-sha256", "SHA-256"),
     ("[kubelet]\ncluster-dns = [\"10.0.0.300\"]", "kubelet.cluster-dns[0]", "invalid"),
@@ -346,6 +347,12 @@ fn applying_writes_what_the_config_says_and_only_once() {
     assert!(kc.contains("kind: KubeletConfiguration"));
     assert!(kc.contains("containerRuntimeEndpoint: \"unix:///run/containerd/containerd.sock\""));
     assert!(kc.contains("maxPods: 50"));
+    assert!(kc.contains("shutdownGracePeriod: \"30s\""), "{kc}");
+    let logind = r("etc/systemd/logind.conf.d/90-drover-kubelet.conf");
+    assert!(
+        logind.contains("[Login]\nInhibitDelayMaxSec=45\n"),
+        "{logind}"
+    );
     let env = r("etc/drover/kubelet.env");
     assert!(env.contains(&format!("KUBELET_SHA256={}", "ab".repeat(32))));
     assert!(env.contains("--node-labels=role=worker"));

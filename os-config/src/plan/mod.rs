@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::paths::{AGENT_DROP_IN, KUBELET_CONFIG, KUBELET_ENV};
+use crate::paths::{AGENT_DROP_IN, KUBELET_CONFIG, KUBELET_ENV, LOGIND_DROP_IN};
 use crate::settings::Settings;
 use crate::Error;
 
@@ -245,6 +245,7 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
         for (path, text) in [
             (KUBELET_CONFIG, crate::render::kubelet_config(k)),
             (KUBELET_ENV, crate::render::kubelet_env(k)),
+            (LOGIND_DROP_IN, crate::render::logind_drop_in(k)),
         ] {
             out.parents(path);
             out.push(Action::root_file(path, text.into_bytes(), "kubelet"));
