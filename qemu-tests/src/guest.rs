@@ -36,6 +36,7 @@ pub struct GuestBuilder {
     probe_kernel: Option<PathBuf>,
     tpm_dir: Option<PathBuf>,
     channel_port: Option<u16>,
+    forwards: Vec<(String, u16)>,
     allow_reboot: bool,
     agent_socket: Option<PathBuf>,
     fw_cfg: Vec<(String, PathBuf)>,
@@ -72,6 +73,7 @@ impl GuestBuilder {
             probe_kernel: None,
             tpm_dir: None,
             channel_port: None,
+            forwards: Vec::new(),
             allow_reboot: false,
             agent_socket: None,
             fw_cfg: Vec::new(),
@@ -131,6 +133,14 @@ impl GuestBuilder {
     /// connection), and nothing else outside the guest is reachable.
     pub fn channel(mut self, port: u16) -> Self {
         self.channel_port = Some(port);
+        self
+    }
+
+    /// Another service on the host the guest may reach: its connections
+    /// to `guest` (`10.0.2.101:2379`) go to `127.0.0.1:port` (a `socat`
+    /// per connection), as the channel's do. Needs [`GuestBuilder::channel`].
+    pub fn forward(mut self, guest: &str, port: u16) -> Self {
+        self.forwards.push((guest.to_string(), port));
         self
     }
 
@@ -244,12 +254,17 @@ impl GuestBuilder {
         // and multi-user.target (through the agent's
         // After=network-online.target) with it: measured here, a boot that
         // is up in 25 s reported multi-user after 143 s.
-        let netdev = match self.channel_port {
+        let mut netdev = match self.channel_port {
             Some(port) => format!(
                 "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{port}"
             ),
             None => "user,id=n0,restrict=on".to_string(),
         };
+        for (guest, port) in &self.forwards {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{guest}-cmd:socat - TCP:127.0.0.1:{port}"
+            ));
+        }
         cmd.arg("-netdev")
             .arg(netdev)
             .args(["-device", "virtio-net-pci,netdev=n0"]);
@@ -584,6 +599,23 @@ impl Guest {
     ) -> serde_json::Value {
         self.try_wait_status(timeout, what, done)
             .unwrap_or_else(|e| self.fail(&format!("{e:#}")))
+    }
+
+    /// Runs `script` with `/bin/sh -c` in the guest; its exit code and
+    /// output. Fails the test (with the console) when the guest agent
+    /// does not answer.
+    pub fn sh(&self, script: &str) -> (i64, String) {
+        self.exec(&["/bin/sh", "-c", script], true)
+            .unwrap_or_else(|e| self.fail(&format!("{script}: {e:#}")))
+    }
+
+    /// [`Guest::sh`], failing the test unless the script exits 0; its output.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let (code, out) = self.sh(script);
+        if code != 0 {
+            self.fail(&format!("`{script}` exited with {code}: {out}"));
+        }
+        out
     }
 
     /// Waits until the guest agent answers (it starts late in the boot).

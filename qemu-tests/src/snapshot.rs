@@ -168,6 +168,19 @@ impl Snapshot {
     /// `dir/disk.raw`, and of the TPM), with the channel at `port` on the
     /// host. Returns the guest and its disk.
     pub fn restore(&self, name: &str, dir: &Path, port: u16) -> (Guest, PathBuf) {
+        self.restore_with(name, dir, port, &[])
+    }
+
+    /// [`Snapshot::restore`] with more host services the guest may reach
+    /// ([`GuestBuilder::forward`]): the network backend is not part of the
+    /// saved state, so a restore may add them.
+    pub fn restore_with(
+        &self,
+        name: &str,
+        dir: &Path,
+        port: u16,
+        forwards: &[(&str, u16)],
+    ) -> (Guest, PathBuf) {
         let disk = dir.join("disk.raw");
         let copy = |from: &Path, to: &Path, recursive: bool| {
             let mut c = Command::new("cp");
@@ -189,7 +202,11 @@ impl Snapshot {
         copy(&self.dir.join("tpm"), &tpm, true);
         // swtpm's socket of the saved run is stale.
         let _ = std::fs::remove_file(tpm.join("swtpm.sock"));
-        let g = builder(name, &disk, dir, port)
+        let mut b = builder(name, &disk, dir, port);
+        for (guest, host) in forwards {
+            b = b.forward(guest, *host);
+        }
+        let g = b
             .incoming(&self.state(), self.console())
             .start()
             .unwrap_or_else(|e| panic!("{name}: restoring the saved node: {e:#}"));

@@ -70,32 +70,18 @@ fn machine(name: &str, dir: &Path, disk: &Path) -> GuestBuilder {
     .allow_reboot()
 }
 
-/// Runs a shell command in the guest; fails the test unless it exits 0.
-fn sh(g: &Guest, script: &str) -> String {
-    let (code, out) = g
-        .exec(&["/bin/sh", "-c", script], true)
-        .unwrap_or_else(|e| g.fail(&format!("{script}: {e:#}")));
-    if code != 0 {
-        g.fail(&format!("`{script}` exited with {code}: {out}"));
-    }
-    out
-}
-
 /// `droverctl attest` in the guest with `nonce`: the evidence and the AK's
 /// public part, copied to `dir`.
 fn attest(g: &Guest, nonce: &str, dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
-    sh(
-        g,
-        &format!(
-            "droverctl attest --nonce {nonce} --out /run/evidence.json --ak-public-out /run/ak.pub"
-        ),
-    );
+    g.sh_ok(&format!(
+        "droverctl attest --nonce {nonce} --out /run/evidence.json --ak-public-out /run/ak.pub"
+    ));
     let evidence = dir.join(format!("evidence-{tag}.json"));
-    std::fs::write(&evidence, sh(g, "cat /run/evidence.json")).unwrap();
+    std::fs::write(&evidence, g.sh_ok("cat /run/evidence.json")).unwrap();
     let ak = dir.join(format!("ak-{tag}.pub"));
     use base64::Engine as _;
     let b = base64::engine::general_purpose::STANDARD
-        .decode(sh(g, "base64 -w0 /run/ak.pub").trim())
+        .decode(g.sh_ok("base64 -w0 /run/ak.pub").trim())
         .unwrap();
     std::fs::write(&ak, b).unwrap();
     (evidence, ak)

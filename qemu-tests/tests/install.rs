@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drover_qemu_tests::guest::{Firmware, Guest, GuestBuilder};
+use drover_qemu_tests::guest::{Firmware, GuestBuilder};
 use drover_qemu_tests::image::{slot_bits, test_image};
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -23,11 +23,6 @@ hostname = "installed-node"
 path = "/etc/drover-test/installed"
 contents = "written by drover-install onto OEM\n"
 "#;
-
-fn sh(g: &Guest, script: &str) -> (i64, String) {
-    g.exec(&["/bin/sh", "-c", script], true)
-        .unwrap_or_else(|e| g.fail(&format!("{script}: {e:#}")))
-}
 
 fn sparse(path: &Path, bytes: u64) {
     std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
@@ -66,26 +61,25 @@ fn the_iso_boots_live_installs_onto_an_empty_disk_and_the_disk_boots_with_the_co
     g.expect("kexec into LIVE 1.0.0", BOOT);
     g.expect("live: a tmpfs in memory mounted on /", BOOT);
     g.wait_for_agent(BOOT).unwrap();
-    let (_, cmdline) = sh(&g, "cat /proc/cmdline");
+    let (_, cmdline) = g.sh("cat /proc/cmdline");
     assert!(
         cmdline.contains("drover.slot=LIVE") && cmdline.contains("drover.live"),
         "{cmdline}"
     );
-    let (_, root) = sh(&g, "findmnt -n -o FSTYPE /; findmnt -n -o OPTIONS /usr");
+    let (_, root) = g.sh("findmnt -n -o FSTYPE /; findmnt -n -o OPTIONS /usr");
     assert!(root.starts_with("tmpfs\nro,"), "live root and /usr: {root}");
     // The live system has no slots: the agent and its boot checks stay off.
-    let (_, agent) = sh(&g, "systemctl is-active drover-agent.service");
+    let (_, agent) = g.sh("systemctl is-active drover-agent.service");
     assert_eq!(agent.trim(), "inactive", "drover-agent in the live system");
 
     // 2. Refusals: nothing written.
-    let (code, out) = sh(&g, "drover-install --disk /dev/vdb 2>&1");
+    let (code, out) = g.sh("drover-install --disk /dev/vdb 2>&1");
     assert_eq!(code, 2, "too small: {out}");
     assert!(
         out.contains("refusing to install: /dev/vdb is 256 MiB; Drover needs at least 1418 MiB"),
         "{out}"
     );
-    let (code, out) = sh(
-        &g,
+    let (code, out) = g.sh(
         "mkfs.ext4 -q /dev/vdb && mkdir -p /mnt/busy && mount /dev/vdb /mnt/busy && drover-install --disk /dev/vdb 2>&1; echo rc=$?; umount /mnt/busy",
     );
     assert_eq!(code, 0, "{out}");
@@ -96,8 +90,7 @@ fn the_iso_boots_live_installs_onto_an_empty_disk_and_the_disk_boots_with_the_co
     );
 
     // 3. The install, with the config from fw_cfg.
-    let (code, out) = sh(
-        &g,
+    let (code, out) = g.sh(
         &format!(
             "drover-install --disk /dev/vda --config /sys/firmware/qemu_fw_cfg/by_name/{CONFIG_NAME}/raw --json --quiet"
         ),
@@ -144,8 +137,7 @@ fn the_iso_boots_live_installs_onto_an_empty_disk_and_the_disk_boots_with_the_co
     });
     assert_eq!(st["booted"]["slot"], "USR-A", "{st}");
     assert_eq!(st["booted"]["version"], "1.0.0", "{st}");
-    let (_, facts) = sh(
-        &g,
+    let (_, facts) = g.sh(
         "hostname; cat /etc/drover-test/installed; systemctl is-active multi-user.target; findmnt -n -o SOURCE /",
     );
     let lines: Vec<&str> = facts.lines().collect();

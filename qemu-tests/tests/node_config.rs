@@ -30,17 +30,11 @@ fn start(name: &str, disk: &Path, sock: &Path, config: &Path) -> Guest {
         .unwrap()
 }
 
-/// Runs a shell command in the guest; its exit code and output.
-fn sh(g: &Guest, script: &str) -> (i64, String) {
-    g.exec(&["/bin/sh", "-c", script], true)
-        .unwrap_or_else(|e| g.fail(&format!("{script}: {e:#}")))
-}
-
 /// Runs a shell command in the guest until its output contains `want`.
 fn expect_sh(g: &Guest, script: &str, want: &str) -> String {
     let mut out = String::new();
     for _ in 0..60 {
-        out = sh(g, script).1;
+        out = g.sh(script).1;
         if out.contains(want) {
             return out;
         }
@@ -130,7 +124,7 @@ node-labels = {{ "drover.test/role" = "worker" }}
         ("cat /etc/kubernetes/kubelet-config.yaml", "maxPods: 42"),
     ];
     for (script, want) in checks {
-        let (_, out) = sh(&g, script);
+        let (_, out) = g.sh(script);
         if !out.contains(want) {
             g.fail(&format!(
                 "`{script}` printed '{}', not '{want}'",
@@ -151,17 +145,14 @@ node-labels = {{ "drover.test/role" = "worker" }}
 
     // The second boot does not apply the config again: a change made by
     // hand stays. Without its binary, the kubelet is skipped and says why.
-    sh(
-        &g,
-        "echo changed-by-hand > /etc/hostname && rm /opt/bin/kubelet && sync",
-    );
+    g.sh("echo changed-by-hand > /etc/hostname && rm /opt/bin/kubelet && sync");
     g.exec(&["/usr/bin/systemctl", "reboot"], false)
         .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
     g.expect("node config: applied on first boot", BOOT);
     g.expect("DROVER-TEST-REPORT slot=USR-A", BOOT);
     g.wait_for_agent(Duration::from_secs(180))
         .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
-    let (_, host) = sh(&g, "hostname");
+    let (_, host) = g.sh("hostname");
     if host.trim() != "changed-by-hand" {
         g.fail(&format!("the config was applied again: hostname {host}"));
     }
@@ -170,7 +161,7 @@ node-labels = {{ "drover.test/role" = "worker" }}
         "systemctl status kubelet.service; true",
         "ConditionFileIsExecutable=/opt/bin/kubelet",
     );
-    let (_, active) = sh(&g, "systemctl is-active kubelet.service; true");
+    let (_, active) = g.sh("systemctl is-active kubelet.service; true");
     if active.trim() != "inactive" {
         g.fail(&format!("kubelet without a binary: {active}\n{status}"));
     }

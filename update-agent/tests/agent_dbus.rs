@@ -882,3 +882,80 @@ fn a_failing_pre_reboot_unit_calls_the_reboot_off_and_gives_the_lock_back() {
     assert_eq!(logind.lock().unwrap().reboots, 0);
     assert_eq!(systemd.lock().unwrap().started.len(), 1, "retried at once");
 }
+
+#[test]
+fn the_fleetlock_strategy_waits_for_the_server_and_tells_it_when_the_node_is_steady() {
+    let etcd = drover_qemu_tests::etcd::Etcd::start(1);
+    let server = FleetLockServer::start(etcd.endpoints());
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    let v2 = fx.payload("v2.img", "1.1.0", 1, 6, &fx.key);
+    let repo = fx.p("repo");
+    publish(&repo, "stable", &[&v2], &fx.key, |_| {});
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&v1);
+    let bus = Bus::start();
+    let (_c, logind) = fake_logind(&bus);
+    // A Fedora CoreOS node of the same group is rebooting.
+    let (ok, out) = lock_ctl(
+        &etcd,
+        &["acquire", "--id", "fcos-node", "--group", "workers"],
+    );
+    assert!(ok, "{out}");
+    let conf = format!(
+        "server = \"{}\"\n[reboot]\nstrategy = \"fleetlock\"\n[reboot.fleetlock]\nurl = \"{}\"\ngroup = \"workers\"\n",
+        web.url(),
+        server.url()
+    );
+    let agent = Agent::start(&fx, &bus, &disk, SlotId::A, "1.0.0", &conf);
+    let (ok, out) = agent.ctl(&["update"]);
+    assert!(ok, "{out}");
+    let s = agent.wait_until("waiting for the lock server", |s| {
+        s["reboot-blocked"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed_lock")
+    });
+    assert!(
+        s["reboot-blocked"].as_str().unwrap().contains("fcos-node"),
+        "{s:#}"
+    );
+    let (ok, out) = lock_ctl(
+        &etcd,
+        &["release", "--id", "fcos-node", "--group", "workers"],
+    );
+    assert!(ok, "{out}");
+    let t = Instant::now();
+    while logind.lock().unwrap().reboots != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "no reboot once the server granted the lock:\n{}\n{:#?}",
+            agent.log(),
+            server.requests.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+    // Up on 1.1.0 and confirmed: the agent tells the server.
+    set_bits(&disk, SlotId::B, 2, 0, true);
+    let agent = Agent::start(&fx, &bus, &disk, SlotId::B, "1.1.0", &conf);
+    wait_for("no steady-state call", || {
+        server
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("POST /v1/steady-state "))
+    });
+    let id = drover_update_agent::fleet::node_id(MACHINE_ID);
+    let requests = server.requests.lock().unwrap().clone();
+    let want = format!(r#"{{"client_params":{{"id":"{id}","group":"workers"}}}}"#);
+    assert!(requests.iter().all(|r| r.ends_with(&want)), "{requests:#?}");
+    let (ok, out) = lock_ctl(&etcd, &["status", "--group", "workers", "--json"]);
+    assert!(ok && out.contains("\"holders\":[]"), "{out}");
+    assert!(
+        agent.log().contains("gave back the reboot lock"),
+        "{}",
+        agent.log()
+    );
+}

@@ -6,10 +6,8 @@
 //! FleetLock server in test code that keeps its semaphore in the same
 //! etcd.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpListener;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,9 @@ use drover_qemu_tests::etcd::{Etcd, Tls};
 use drover_update_agent::fleet::etcd::EtcdLock;
 use drover_update_agent::fleet::fleetlock::FleetLockClient;
 use drover_update_agent::fleet::{Acquired, Lock};
+
+mod common;
+use common::FleetLockServer;
 
 fn etcd_lock(endpoints: Vec<String>, group: &str) -> EtcdLock {
     EtcdLock::new(&agent_config::EtcdLock {
@@ -264,118 +265,6 @@ fn droverctl_lock_shows_takes_frees_and_resizes() {
         dir.path().to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("takes no lock"), "{out}");
-}
-
-/// Stands in for a FleetLock server (airlock): the protocol as its text
-/// says (POST, the `fleet-lock-protocol: true` header, `client_params`,
-/// `{"kind","value"}` error bodies), its semaphore in etcd through
-/// Drover's own etcd lock, one group per request. `fail` makes it answer
-/// 500 with no body, as a broken server.
-struct FleetLockServer {
-    port: u16,
-    requests: Arc<std::sync::Mutex<Vec<String>>>,
-    fail: Arc<AtomicBool>,
-}
-
-impl FleetLockServer {
-    fn start(endpoints: Vec<String>) -> FleetLockServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let fail = Arc::new(AtomicBool::new(false));
-        let (log, broken) = (requests.clone(), fail.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let (mut len, mut header) = (0usize, false);
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
-                    let h = h.trim_end().to_ascii_lowercase();
-                    if h.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if h == "fleet-lock-protocol: true" {
-                        header = true;
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                let body = String::from_utf8(body).unwrap();
-                log.lock()
-                    .unwrap()
-                    .push(format!("{} {body}", line.trim_end()));
-                let reply = |status: &str, json: &str| {
-                    format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
-                        json.len()
-                    )
-                };
-                let answer = if broken.load(Ordering::SeqCst) {
-                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
-                } else if !line.starts_with("POST ") {
-                    reply(
-                        "405 Method Not Allowed",
-                        r#"{"kind":"method_not_allowed","value":"POST only"}"#,
-                    )
-                } else if !header {
-                    reply(
-                        "400 Bad Request",
-                        r#"{"kind":"missing_header","value":"fleet-lock-protocol"}"#,
-                    )
-                } else {
-                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                    let (id, group) = (
-                        v["client_params"]["id"].as_str().unwrap_or("").to_string(),
-                        v["client_params"]["group"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
-                    let lock = etcd_lock(endpoints.clone(), &group);
-                    if id.is_empty() || group.is_empty() {
-                        reply(
-                            "400 Bad Request",
-                            r#"{"kind":"bad_request","value":"client_params"}"#,
-                        )
-                    } else if line.starts_with("POST /v1/pre-reboot ") {
-                        match lock.acquire(&id).unwrap() {
-                            Acquired::Held => reply("200 OK", r#"{"kind":"ok","value":""}"#),
-                            Acquired::Refused(why) => reply(
-                                "409 Conflict",
-                                &serde_json::json!({"kind": "failed_lock", "value": why})
-                                    .to_string(),
-                            ),
-                        }
-                    } else if line.starts_with("POST /v1/steady-state ") {
-                        lock.release(&id).unwrap();
-                        reply("200 OK", r#"{"kind":"ok","value":""}"#)
-                    } else {
-                        reply(
-                            "404 Not Found",
-                            r#"{"kind":"not_found","value":"no such endpoint"}"#,
-                        )
-                    }
-                };
-                let _ = conn.write_all(answer.as_bytes());
-            }
-        });
-        FleetLockServer {
-            port,
-            requests,
-            fail,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
 }
 
 fn fleetlock(url: &str, group: &str) -> FleetLockClient {

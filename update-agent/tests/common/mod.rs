@@ -393,3 +393,133 @@ pub fn fake_systemd(
     }
     (b.build().unwrap(), state)
 }
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+
+use drover_update_agent::fleet::{Acquired, Lock as _};
+
+/// Stands in for a FleetLock server (airlock): the protocol as its text
+/// says (POST, the `fleet-lock-protocol: true` header, `client_params`,
+/// `{"kind","value"}` error bodies), its semaphore in etcd through
+/// Drover's own etcd lock, one group per request. `fail` makes it answer
+/// 500 with no body, as a broken server.
+pub struct FleetLockServer {
+    port: u16,
+    /// Every request: its line and body.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Answer 500 with no body.
+    pub fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FleetLockServer {
+    /// Serves on a loopback port, the semaphore in etcd at `endpoints`.
+    pub fn start(endpoints: Vec<String>) -> FleetLockServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, broken) = (requests.clone(), fail.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let (mut len, mut header) = (0usize, false);
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    let h = h.trim_end().to_ascii_lowercase();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if h == "fleet-lock-protocol: true" {
+                        header = true;
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let body = String::from_utf8(body).unwrap();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {body}", line.trim_end()));
+                let reply = |status: &str, json: &str| {
+                    format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    )
+                };
+                let answer = if broken.load(std::sync::atomic::Ordering::SeqCst) {
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+                } else if !line.starts_with("POST ") {
+                    reply(
+                        "405 Method Not Allowed",
+                        r#"{"kind":"method_not_allowed","value":"POST only"}"#,
+                    )
+                } else if !header {
+                    reply(
+                        "400 Bad Request",
+                        r#"{"kind":"missing_header","value":"fleet-lock-protocol"}"#,
+                    )
+                } else {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let (id, group) = (
+                        v["client_params"]["id"].as_str().unwrap_or("").to_string(),
+                        v["client_params"]["group"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
+                    let lock = drover_update_agent::fleet::etcd::EtcdLock::new(
+                        &drover_core::agent_config::EtcdLock {
+                            endpoints: endpoints.clone(),
+                            ca: None,
+                            cert: None,
+                            key: None,
+                            group: group.clone(),
+                        },
+                    )
+                    .unwrap();
+                    if id.is_empty() || group.is_empty() {
+                        reply(
+                            "400 Bad Request",
+                            r#"{"kind":"bad_request","value":"client_params"}"#,
+                        )
+                    } else if line.starts_with("POST /v1/pre-reboot ") {
+                        match lock.acquire(&id).unwrap() {
+                            Acquired::Held => reply("200 OK", r#"{"kind":"ok","value":""}"#),
+                            Acquired::Refused(why) => reply(
+                                "409 Conflict",
+                                &serde_json::json!({"kind": "failed_lock", "value": why})
+                                    .to_string(),
+                            ),
+                        }
+                    } else if line.starts_with("POST /v1/steady-state ") {
+                        lock.release(&id).unwrap();
+                        reply("200 OK", r#"{"kind":"ok","value":""}"#)
+                    } else {
+                        reply(
+                            "404 Not Found",
+                            r#"{"kind":"not_found","value":"no such endpoint"}"#,
+                        )
+                    }
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        FleetLockServer {
+            port,
+            requests,
+            fail,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
