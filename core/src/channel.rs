@@ -75,12 +75,30 @@ pub struct Release {
 
 /// A rollout in waves: a node takes part once `start + wave × hours` has
 /// passed, its wave in [0, 1) a hash of its machine-id and the version.
+/// With a canary, the first `percent` of the waves spread over the canary's
+/// hours first, and the rest over `hours` after them: a release that fails
+/// its first boots halts (`halt-after-failures`) while few nodes have it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Rollout {
     /// Seconds since the Unix epoch.
     pub start: u64,
     /// Hours from the first node to the last; 0 for everyone at once.
+    pub hours: u32,
+    /// The canary stage, when there is one. (Agents before it refuse a
+    /// channel that has one: publish with it once the fleet runs an agent
+    /// that knows it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// The first stage of a rollout: a few nodes, with time to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Canary {
+    /// The share of the fleet, in percent (1 to 50).
+    pub percent: u8,
+    /// Hours the canary stage lasts before the rest begins.
     pub hours: u32,
 }
 
@@ -96,7 +114,20 @@ impl Rollout {
 
     /// When a node in `wave` may start (seconds since the Unix epoch).
     pub fn node_start(&self, wave: f64) -> u64 {
-        self.start + (wave * f64::from(self.hours) * 3600.0) as u64
+        let spread = |w: f64, hours: u32| (w * f64::from(hours) * 3600.0) as u64;
+        match self.canary {
+            None => self.start + spread(wave, self.hours),
+            Some(c) => {
+                let f = f64::from(c.percent.clamp(1, 50)) / 100.0;
+                if wave < f {
+                    self.start + spread(wave / f, c.hours)
+                } else {
+                    self.start
+                        + u64::from(c.hours) * 3600
+                        + spread((wave - f) / (1.0 - f), self.hours)
+                }
+            }
+        }
     }
 }
 
@@ -298,6 +329,7 @@ mod tests {
                 manifest: "releases/1.1.0/manifest.json".into(),
                 manifest_sha256: "22".repeat(32),
                 rollout: Rollout {
+                    canary: None,
                     start: 1000,
                     hours: 0,
                 },
@@ -385,9 +417,43 @@ mod tests {
         let r = Rollout {
             start: 100,
             hours: 10,
+            canary: None,
         };
         assert_eq!(r.node_start(0.0), 100);
         assert_eq!(r.node_start(0.5), 100 + 5 * 3600);
+    }
+
+    #[test]
+    fn a_canary_goes_first_and_the_rest_after_it() {
+        let r = Rollout {
+            start: 0,
+            hours: 10,
+            canary: Some(Canary {
+                percent: 5,
+                hours: 6,
+            }),
+        };
+        // The first 5 % of waves over the canary's 6 h.
+        assert_eq!(r.node_start(0.0), 0);
+        assert_eq!(r.node_start(0.025), 3 * 3600);
+        assert!(r.node_start(0.0499) < 6 * 3600);
+        // The rest over 10 h after it.
+        assert_eq!(r.node_start(0.05), 6 * 3600);
+        assert_eq!(r.node_start(0.525), 11 * 3600);
+        assert!(r.node_start(0.9999) <= 16 * 3600);
+        // Later waves never start earlier.
+        let mut last = 0;
+        for i in 0..1000 {
+            let t = r.node_start(f64::from(i) / 1000.0);
+            assert!(t >= last);
+            last = t;
+        }
+        // Old channels read as before; a canary round-trips.
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains("\"canary\":{\"percent\":5,\"hours\":6}"), "{j}");
+        assert_eq!(serde_json::from_str::<Rollout>(&j).unwrap(), r);
+        let old: Rollout = serde_json::from_str(r#"{"start":1,"hours":2}"#).unwrap();
+        assert_eq!(old.canary, None);
     }
 
     #[test]

@@ -75,7 +75,34 @@ fn publish_signs_a_channel_and_counts_up() {
     );
     assert!(m.expires_at >= channel::now() + 29 * 86_400);
 
-    let (ok, out) = publish(&b2, &["--json", "--expires-days", "2"]);
+    assert_eq!(m.releases[0].rollout.canary, None);
+
+    let (ok, out) = publish(&b2, &["--canary-percent", "60", "--canary-hours", "2"]);
+    assert!(
+        !ok && out.contains("60"),
+        "a canary is at most half the fleet: {out}"
+    );
+    let (ok, out) = publish(&b2, &["--canary-percent", "5"]);
+    assert!(!ok && out.contains("--canary-hours"), "{out}");
+    let (ok, out) = publish(
+        &b2,
+        &[
+            "--json",
+            "--expires-days",
+            "2",
+            "--rollout-hours",
+            "24",
+            "--canary-percent",
+            "5",
+            "--canary-hours",
+            "6",
+        ],
+    );
+    let canary = read_channel(&repo, &key).releases[1]
+        .rollout
+        .canary
+        .unwrap();
+    assert_eq!((canary.percent, canary.hours), (5, 6));
     assert!(ok, "{out}");
     let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(j["sequence"], 2);

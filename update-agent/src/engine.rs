@@ -414,6 +414,7 @@ mod tests {
 
     fn now_for_all() -> Rollout {
         Rollout {
+            canary: None,
             start: NOW - 60,
             hours: 0,
         }
@@ -572,6 +573,7 @@ mod tests {
         // A rollout that began now, over 1000 hours: this node's turn is
         // its wave's share of them.
         let rollout = Rollout {
+            canary: None,
             start: NOW,
             hours: 1000,
         };

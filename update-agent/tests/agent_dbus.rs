@@ -692,6 +692,7 @@ fn waves_hold_the_nodes_after_the_rollouts_progress_and_let_those_before_it_upda
     // A rollout that began 5 h ago over 10 h: half the fleet's turn has come.
     let now = drover_core::channel::now();
     let rollout = Rollout {
+        canary: None,
         start: now - 5 * 3600,
         hours: 10,
     };

@@ -42,6 +42,15 @@ pub struct Args {
     /// Spread the release over this many hours (0: every node at once).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub rollout_hours: u32,
+    /// Start with a canary: this share of the fleet (1 to 50 %) first, over
+    /// --canary-hours, before the rest; a release that fails their boots
+    /// halts early (the agents' halt-after-failures). Agents older than
+    /// the canary refuse a channel that has one.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=50), requires = "canary_hours")]
+    pub canary_percent: Option<u8>,
+    /// How long the canary stage lasts, in hours.
+    #[arg(long, value_name = "N", requires = "canary_percent")]
+    pub canary_hours: Option<u32>,
     /// The metadata expires this many days from now.
     #[arg(long, default_value_t = 30, value_name = "N")]
     pub expires_days: u32,
@@ -146,6 +155,9 @@ impl Args {
                     rollout: Rollout {
                         start: now,
                         hours: self.rollout_hours,
+                        canary: self.canary_percent.zip(self.canary_hours).map(
+                            |(percent, hours)| channel::Canary { percent, hours },
+                        ),
                     },
                 });
             }

@@ -131,6 +131,7 @@ pub fn publish(
             manifest: format!("{rel}/manifest.json"),
             manifest_sha256: hex::encode(Sha256::digest(&h.signed.bytes)),
             rollout: Rollout {
+                canary: None,
                 start: channel::now(),
                 hours: 0,
             },
