@@ -247,7 +247,11 @@ pub fn check(
     pick(&meta, &st, node, trust.policy, ignore_rollout, now)
 }
 
-fn pick(
+/// Picks from checked channel metadata the release this node should run
+/// (the newest above its version that has not failed here), and whether
+/// its wave has come at `now`: the decision of a check, without the
+/// fetching (the simulation runs it as is).
+pub fn pick(
     meta: &Metadata,
     st: &State,
     node: &Node,

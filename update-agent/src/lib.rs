@@ -8,6 +8,10 @@
 //!   the daemon: post-boot confirmation and rollback detection, polling,
 //!   reboot strategies through logind, the `org.drover.Update1` D-Bus API
 //!   and Prometheus metrics.
+//! * [`fleet`], [`strategy`], [`schedule`]: fleet coordination (reboot
+//!   locks in etcd or a FleetLock server, the fleet-wide halt), the one
+//!   place the reboot is decided, and when the agent polls; time comes in
+//!   as an argument, so the fleet simulation runs this same code.
 //! * [`ctl`]: `droverctl`'s commands, online (through the agent) and
 //!   offline (`--disk`).
 
@@ -23,6 +27,7 @@ pub mod measured;
 pub mod metrics;
 pub mod node;
 pub mod reboot;
+pub mod schedule;
 pub mod source;
 pub mod state;
 pub mod strategy;

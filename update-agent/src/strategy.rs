@@ -81,6 +81,13 @@ impl Gate {
         &self.id
     }
 
+    /// The first moment the lock will be asked again after a refusal (0
+    /// when it may be asked now): the agent's loop asks every few seconds
+    /// and is turned away before then, the simulation skips to it.
+    pub fn next_attempt_at(&self) -> u64 {
+        self.retry.lock().expect("retry lock").next_at
+    }
+
     /// Whether a reboot may happen at `now` (seconds since the epoch).
     /// `held`: this node holds the lock already (taken before a reboot that
     /// did not happen). `inhibited`: logind's blocking inhibitors.

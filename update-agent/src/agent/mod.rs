@@ -266,7 +266,7 @@ impl Agent {
             })?
             .map(|f| f.count())
             .unwrap_or(0);
-        if failures >= limit {
+        if crate::fleet::halted(failures, Some(limit)) {
             tracing::warn!(
                 %version,
                 failures,

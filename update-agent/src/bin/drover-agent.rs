@@ -12,7 +12,7 @@ use drover_update_agent::agent::Agent;
 use drover_update_agent::assess;
 use drover_update_agent::config::{self, Config};
 use drover_update_agent::reboot::Logind;
-use drover_update_agent::{dbus, metrics, node};
+use drover_update_agent::{dbus, metrics, node, schedule};
 
 /// Drover's update agent: checks the signed channel, writes new releases to
 /// the inactive /usr slot, reboots by the configured strategy, confirms the
@@ -60,13 +60,11 @@ fn sd_notify(msg: &str) {
     }
 }
 
-fn random_below(n: u64) -> u64 {
-    if n == 0 {
-        return 0;
-    }
+/// A random number from the OS (for the poll jitter).
+fn random() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(n);
-    h.finish() % n
+    h.write_u64(0);
+    h.finish()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -113,8 +111,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // back): every 10 s, backing off to 5 min while the store is down.
     let mut next_settle = Instant::now();
     let mut settle_pause = Duration::from_secs(10);
-    let mut next_poll =
-        Instant::now() + Duration::from_secs(random_below(60).min(cfg.poll_jitter_secs));
+    let mut next_poll = Instant::now()
+        + Duration::from_secs(schedule::first_poll_delay(cfg.poll_jitter_secs, random()));
     loop {
         std::thread::sleep(Duration::from_secs(2));
         let failed_checks = || {
@@ -145,7 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             continue;
         }
         next_poll = Instant::now()
-            + Duration::from_secs(cfg.poll_interval_secs + random_below(cfg.poll_jitter_secs));
+            + Duration::from_secs(schedule::next_poll_delay(
+                cfg.poll_interval_secs,
+                cfg.poll_jitter_secs,
+                random(),
+            ));
         if cfg.server.is_none() {
             continue;
         }

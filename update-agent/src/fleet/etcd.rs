@@ -77,6 +77,18 @@ pub struct Etcd {
     http: reqwest::blocking::Client,
     /// The member that answered last (tried first).
     preferred: std::sync::atomic::AtomicUsize,
+    /// Requests answered, and compare-and-swaps that lost to another
+    /// writer, since the client was made.
+    counts: Counts,
+}
+
+/// What a client did: requests and lost compare-and-swaps.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests etcd answered (ranges and transactions).
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Transactions whose comparison failed (another writer first).
+    pub conflicts: std::sync::atomic::AtomicU64,
 }
 
 impl Etcd {
@@ -126,12 +138,18 @@ impl Etcd {
                 .collect(),
             http: b.build()?,
             preferred: std::sync::atomic::AtomicUsize::new(0),
+            counts: Counts::default(),
         })
     }
 
     /// The endpoints, as given.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// What this client did so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// POSTs `body` to `path` on the first member that answers, starting
@@ -154,6 +172,7 @@ impl Etcd {
             match r {
                 Ok(v) => {
                     self.preferred.store(k, Ordering::Relaxed);
+                    self.counts.requests.fetch_add(1, Ordering::Relaxed);
                     if let Some(e) = v.get("error").or_else(|| v.get("message")) {
                         bail!("etcd {url}: {e}");
                     }
@@ -258,6 +277,9 @@ impl Etcd {
             if self.swap(key, cur.revision, Some(&bytes))? {
                 return Ok(r);
             }
+            self.counts
+                .conflicts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(pause + super::jitter_below(pause)));
             pause = (pause * 2).min(1000);
         }

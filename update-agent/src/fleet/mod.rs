@@ -138,6 +138,12 @@ pub trait Lock: Send + Sync {
     fn clear_failures(&self, version: &str) -> anyhow::Result<bool>;
 }
 
+/// The halt rule: a release with `failures` failed boots across the fleet
+/// is not started once they reach `limit` (`halt-after-failures`).
+pub fn halted(failures: u32, limit: Option<u32>) -> bool {
+    limit.is_some_and(|l| failures >= l)
+}
+
 /// The lock the reboot settings name, if the strategy takes one.
 pub fn open(reboot: &Reboot) -> anyhow::Result<Option<Box<dyn Lock>>> {
     Ok(match reboot.strategy {
