@@ -6,12 +6,16 @@
 //! * `cargo xtask bench verity [--size-mib N]`: Drover vs `veritysetup format`.
 //! * `cargo xtask bench apply`: the agent's apply vs `curl | dd`, and its memory.
 //! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
+//! * `cargo xtask sim [...]`: the fleet in simulation, with real etcd.
+//! * `cargo xtask campaign NAME`: a long campaign whose results go to
+//!   `docs/campaigns/` (`sim`: the fleet simulation's recorded scenarios).
 
 mod bench;
 mod bench_apply;
 mod demo;
 mod deps;
 mod junit;
+mod sim;
 
 use std::process::{Command, ExitCode};
 
@@ -30,7 +34,14 @@ commands:
   bench apply [--size-mib N]
                             drover-agent applying a payload from nginx vs curl | dd oflag=direct;
                             the agent's idle and peak memory
-  fuzz [--seconds N]        run each cargo-fuzz target for N seconds (default 30; needs nightly)"
+  fuzz [--seconds N]        run each cargo-fuzz target for N seconds (default 30; needs nightly)
+  sim [--nodes N] [--groups G] [--max-rebooting M] [--rollout-hours H]
+      [--canary-percent P --canary-hours H] [--poll-minutes M] [--jitter MINUTES]
+      [--download-minutes MIN-MAX] [--reboot-minutes MIN-MAX] [--fail-fraction F]
+      [--halt-after-failures N] [--seed S] [--members 1|3] [--threads T] [--out DIR]
+                            a fleet through a rollout in simulated time, with the agent's
+                            decision code and a real etcd; report.json, report.md, plots
+  campaign sim [--nodes N]  the recorded scenarios (docs/fleet.md) into target/campaign-sim/"
 }
 
 fn main() -> ExitCode {
@@ -41,6 +52,17 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("sim") => sim::Args::parse(&args[1..]).and_then(|a| {
+            let r = sim::run(a)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }),
+        Some("campaign") => match args.get(1).map(String::as_str) {
+            Some("sim") => sim::campaign(&args[2..]),
+            _ => Err(anyhow::anyhow!(
+                "usage: cargo xtask campaign sim [--nodes N]"
+            )),
+        },
         Some("-h" | "--help" | "help") | None => {
             println!("{}", usage());
             Ok(())

@@ -289,7 +289,7 @@ impl Etcd {
 
 /// The `etcd-lock` strategy's lock: [`Etcd`] and a group.
 pub struct EtcdLock {
-    etcd: Etcd,
+    etcd: std::sync::Arc<Etcd>,
     group: String,
 }
 
@@ -301,9 +301,18 @@ impl EtcdLock {
             _ => None,
         };
         Ok(EtcdLock {
-            etcd: Etcd::connect(&cfg.endpoints, cfg.ca.as_deref(), cert_key)?,
+            etcd: std::sync::Arc::new(Etcd::connect(&cfg.endpoints, cfg.ca.as_deref(), cert_key)?),
             group: cfg.group.clone(),
         })
+    }
+
+    /// The lock of `group` through an existing client (many groups, or
+    /// many simulated nodes, over one connection pool).
+    pub fn with_client(etcd: std::sync::Arc<Etcd>, group: &str) -> EtcdLock {
+        EtcdLock {
+            etcd,
+            group: group.to_string(),
+        }
     }
 
     /// The client.
