@@ -33,6 +33,11 @@ const NEEDED: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
     ("openssl", "openssl"),
+    // The fleet simulation's plots.
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
     ("dbus-daemon", "dbus-daemon"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (

@@ -124,7 +124,44 @@ fn test() -> anyhow::Result<()> {
         Ok(xml) => print!("{}", junit::slowest_report(&xml, 10)),
         Err(e) => eprintln!("xtask: no test times ({}: {e})", junit.display()),
     }
-    res
+    // The fleet simulation's smoke version (its campaign is 100 000 nodes,
+    // outside CI): 1 000 nodes in 2 groups of at most 5 rebooting, and a
+    // bad release behind a canary, each held to the bar.
+    let sim = sim_smoke(root);
+    res.and(sim)
+}
+
+/// `cargo xtask sim` at 1 000 nodes, twice, checked.
+fn sim_smoke(root: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let out = root.join("target/sim-smoke");
+    for (name, extra) in [
+        ("steady", vec!["--groups", "2", "--max-rebooting", "5"]),
+        (
+            "bad-canary",
+            vec![
+                "--fail-fraction",
+                "0.05",
+                "--halt-after-failures",
+                "3",
+                "--canary-percent",
+                "5",
+                "--canary-hours",
+                "6",
+            ],
+        ),
+    ] {
+        run(Command::new(&exe)
+            .args(["sim", "--nodes", "1000", "--check", "--out"])
+            .arg(out.join(name))
+            .args(extra)
+            .stdout(std::process::Stdio::null()))?;
+    }
+    eprintln!(
+        "xtask: the fleet simulation's smoke runs passed ({})",
+        out.display()
+    );
+    Ok(())
 }
 
 fn fuzz(args: &[String]) -> anyhow::Result<()> {

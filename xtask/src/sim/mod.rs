@@ -56,6 +56,8 @@ pub struct Args {
     pub members: usize,
     pub threads: usize,
     pub out: PathBuf,
+    /// Fail unless the report meets the bar ([`Report::violations`]).
+    pub check: bool,
 }
 
 impl Default for Args {
@@ -77,6 +79,7 @@ impl Default for Args {
             members: 1,
             threads: 32,
             out: PathBuf::from("target/sim"),
+            check: false,
         }
     }
 }
@@ -85,7 +88,7 @@ const USAGE: &str = "usage: cargo xtask sim [--nodes N] [--groups G] [--max-rebo
     [--rollout-hours H] [--canary-percent P --canary-hours H] [--poll-minutes M]
     [--jitter MINUTES] [--download-minutes MIN-MAX] [--reboot-minutes MIN-MAX]
     [--fail-fraction F] [--halt-after-failures N] [--seed S] [--members 1|3]
-    [--threads T] [--out DIR]";
+    [--threads T] [--out DIR] [--check]";
 
 fn range(s: &str) -> anyhow::Result<(f64, f64)> {
     let (a, b) = s.split_once('-').context("a range is MIN-MAX")?;
@@ -105,6 +108,10 @@ impl Args {
             if flag == "--help" || flag == "-h" {
                 println!("{USAGE}");
                 std::process::exit(0);
+            }
+            if flag == "--check" {
+                a.check = true;
+                continue;
             }
             let v = it
                 .next()
@@ -167,7 +174,11 @@ pub struct Report {
     /// Hours from publication to 50, 90, 99 and 100 % of the nodes that
     /// can take it updated (`null`: never reached).
     pub hours_to_updated: [Option<f64>; 4],
-    /// The rollout's end (canary and waves) plus one poll interval, hours.
+    /// Hours from publication until every node that can take the release
+    /// had started it (its check found it and it began the download).
+    pub hours_to_all_started: Option<f64>,
+    /// The rollout's end (canary and waves) plus one poll interval and its
+    /// jitter, hours: by then every node has checked since its wave came.
     pub deadline_hours: f64,
     pub lock_ops_per_node_mean: f64,
     pub lock_ops_per_node_max: u32,
@@ -207,6 +218,7 @@ struct Node {
     ops: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
     installed: bool,
+    installed_at: Option<u64>,
     updated_at: Option<u64>,
 }
 
@@ -313,6 +325,23 @@ impl Lock for SimLock {
 
 const VERSION: &str = "2.0.0";
 
+/// When a running agent polls next, seen from a random moment: polls come
+/// every `interval + U(0, jitter)`, so the wait from a random moment has
+/// the density P(gap > t) / mean gap: flat up to the interval, falling
+/// linearly to 0 over the jitter. (Drawing it uniform over the whole gap
+/// instead makes every agent's first two polls crowd the first hour: a
+/// spike that is the simulation's, not the fleet's.)
+fn first_poll(rng: &mut fastrand::Rng, interval: u64, jitter: u64) -> u64 {
+    let (i, j) = (interval as f64, jitter as f64);
+    let u = rng.f64() * (i + j / 2.0);
+    if u < i || j == 0.0 {
+        u as u64
+    } else {
+        let p = (u - i) / (j / 2.0);
+        (i + j * (1.0 - (1.0 - p).sqrt())) as u64
+    }
+}
+
 fn minutes(rng: &mut fastrand::Rng, (a, b): (f64, f64)) -> u64 {
     ((a + rng.f64() * (b - a)) * 60.0) as u64
 }
@@ -352,6 +381,7 @@ impl Node {
                     let failures = lock.failures(version)?.map(|f| f.count()).unwrap_or(0);
                     if !fleet::halted(failures, args.halt_after_failures) {
                         self.installed = true;
+                        self.installed_at = Some(now);
                         seen.push(Seen::Installed);
                         self.next = Next::Downloaded;
                         return Ok(Some(now + minutes(&mut self.rng, args.download_minutes)));
@@ -491,9 +521,9 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
             conflicts: Arc::clone(&conflicts),
         };
         let mut rng = fastrand::Rng::with_seed(seed_rng.u64(..));
-        // The agents started at random moments before the publication:
-        // their next poll is anywhere in one interval.
-        let first = rng.u64(..args.poll_minutes * 60 + args.jitter_minutes * 60);
+        // The agents have been running: their next poll comes as a
+        // renewal process's in equilibrium would (see first_poll).
+        let first = first_poll(&mut rng, args.poll_minutes * 60, args.jitter_minutes * 60);
         queue.push(Reverse((first, i)));
         nodes.push(Mutex::new(Node {
             wave: Rollout::wave(&machine_id, VERSION),
@@ -507,6 +537,7 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
             ops,
             conflicts,
             installed: false,
+            installed_at: None,
             updated_at: None,
         }));
     }
@@ -586,6 +617,12 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
     )?;
     plot::all(&args.out, &args, &nodes, &all_seen, &report)?;
     std::fs::write(args.out.join("report.md"), markdown(&report))?;
+    if args.check {
+        let v = report.violations();
+        if !v.is_empty() {
+            bail!("the simulation misses the bar: {}", v.join("; "));
+        }
+    }
     Ok(report)
 }
 
@@ -681,6 +718,14 @@ fn figures(
         poll_peak_per_minute: peak,
         updated_fraction: times.len() as f64 / able.max(1) as f64,
         hours_to_updated: [at(0.5), at(0.9), at(0.99), at(1.0)],
+        hours_to_all_started: {
+            let s: Vec<u64> = nodes
+                .iter()
+                .filter(|n| !n.fails)
+                .filter_map(|n| n.installed_at)
+                .collect();
+            (s.len() == able).then(|| s.iter().copied().max().unwrap_or(0) as f64 / 3600.0)
+        },
         deadline_hours: deadline as f64 / 3600.0,
         lock_ops_per_node_mean: ops.iter().sum::<u64>() as f64 / ops.len() as f64,
         lock_ops_per_node_max: ops.iter().copied().max().unwrap_or(0) as u32,
@@ -698,6 +743,42 @@ fn figures(
     }
 }
 
+impl Report {
+    /// Where the run misses the bar: more in flight than the limit, nodes
+    /// not updated by the deadline (with no failing boots), a bad release
+    /// that did not halt, lock operations per node not bounded.
+    pub fn violations(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.max_in_flight > self.limit {
+            v.push(format!(
+                "{} rebooting at once in a group, limit {}",
+                self.max_in_flight, self.limit
+            ));
+        }
+        if self.inputs.fail_fraction == 0.0 {
+            match self.hours_to_updated[3] {
+                Some(h) if h <= self.deadline_hours => {}
+                h => v.push(format!(
+                    "100 % updated at {h:?} h, deadline {:.1} h",
+                    self.deadline_hours
+                )),
+            }
+        }
+        if let Some(limit) = self.inputs.halt_after_failures {
+            if self.failed_boots >= limit as usize && !self.halted {
+                v.push(format!("{} failed boots and no halt", self.failed_boots));
+            }
+        }
+        if self.lock_ops_per_node_max > 20 {
+            v.push(format!(
+                "a node made {} lock operations",
+                self.lock_ops_per_node_max
+            ));
+        }
+        v
+    }
+}
+
 fn markdown(r: &Report) -> String {
     let h = |x: Option<f64>| x.map(|v| format!("{v:.1} h")).unwrap_or("never".into());
     let a = &r.inputs;
@@ -710,7 +791,8 @@ fn markdown(r: &Report) -> String {
          | most rebooting at once, fleet | {} |\n\
          | channel requests per minute: mean, peak, peak/mean | {:.0}, {}, {:.2} |\n\
          | updated (of the nodes that can boot it) | {:.2} % |\n\
-         | 50 / 90 / 99 / 100 % updated | {} / {} / {} / {} (deadline {:.1} h) |\n\
+         | 50 / 90 / 99 / 100 % updated | {} / {} / {} / {} |\n\
+         | every node started the update | {} (rollout + one poll interval and its jitter: {:.2} h) |\n\
          | lock operations per node: mean, worst | {:.2}, {} |\n\
          | compare-and-swap conflicts: total, worst node | {}, {} |\n\
          | nodes that installed the release / failed its boot | {} ({:.2} %) / {} |\n\
@@ -728,7 +810,8 @@ fn markdown(r: &Report) -> String {
         r.max_in_flight, r.limit, r.max_in_flight_fleet,
         r.poll_mean_per_minute, r.poll_peak_per_minute, r.poll_peak_over_mean,
         r.updated_fraction * 100.0,
-        h(r.hours_to_updated[0]), h(r.hours_to_updated[1]), h(r.hours_to_updated[2]), h(r.hours_to_updated[3]), r.deadline_hours,
+        h(r.hours_to_updated[0]), h(r.hours_to_updated[1]), h(r.hours_to_updated[2]), h(r.hours_to_updated[3]),
+        h(r.hours_to_all_started), r.deadline_hours,
         r.lock_ops_per_node_mean, r.lock_ops_per_node_max,
         r.cas_conflicts_total, r.cas_conflicts_per_node_max,
         r.installed_failing_release, r.installed_failing_release_fraction * 100.0, r.failed_boots,
