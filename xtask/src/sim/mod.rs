@@ -822,8 +822,9 @@ fn markdown(r: &Report) -> String {
 }
 
 /// `cargo xtask campaign sim`: the scenarios docs/fleet.md records, each
-/// into `target/campaign-sim/NAME/`: the steady rollout, a bad release
-/// with uniform waves, and a bad release behind a canary.
+/// into `target/campaign-sim/NAME/`: the steady rollout, the same with a
+/// lock of 5 per group (contention), a bad release with uniform waves, and
+/// a bad release behind a canary.
 pub fn campaign(rest: &[String]) -> anyhow::Result<()> {
     let mut nodes = 100_000usize;
     if let [flag, n] = rest {
@@ -837,6 +838,13 @@ pub fn campaign(rest: &[String]) -> anyhow::Result<()> {
     };
     let scenarios = [
         ("steady", base.clone()),
+        (
+            "tight-lock",
+            Args {
+                max_rebooting: 5,
+                ..base.clone()
+            },
+        ),
         (
             "bad-uniform",
             Args {
@@ -865,7 +873,8 @@ pub fn campaign(rest: &[String]) -> anyhow::Result<()> {
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("sim")
             .args(["--nodes", &a.nodes.to_string(), "--out"])
-            .arg(&a.out);
+            .arg(&a.out)
+            .args(["--max-rebooting", &a.max_rebooting.to_string()]);
         if a.fail_fraction > 0.0 {
             cmd.args(["--fail-fraction", &a.fail_fraction.to_string()]);
         }
