@@ -89,6 +89,9 @@ pub struct Counts {
     pub requests: std::sync::atomic::AtomicU64,
     /// Transactions whose comparison failed (another writer first).
     pub conflicts: std::sync::atomic::AtomicU64,
+    /// The cluster's revision at this client's last successful swap: the
+    /// place of that write in the cluster's one order of writes.
+    pub last_commit: std::sync::atomic::AtomicI64,
 }
 
 impl Etcd {
@@ -245,7 +248,18 @@ impl Etcd {
             "/v3/kv/txn",
             &json!({ "compare": [compare], "success": [op], "failure": [] }),
         )?;
-        Ok(v["succeeded"].as_bool().unwrap_or(false))
+        let swapped = v["succeeded"].as_bool().unwrap_or(false);
+        if swapped {
+            if let Some(r) = v["header"]["revision"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+            {
+                self.counts
+                    .last_commit
+                    .store(r, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(swapped)
     }
 
     /// Reads `key` as JSON (`None`: absent), lets `change` decide the new

@@ -217,6 +217,7 @@ struct Node {
     state: State,
     ops: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
+    committed: Arc<AtomicU64>,
     installed: bool,
     installed_at: Option<u64>,
     updated_at: Option<u64>,
@@ -234,9 +235,6 @@ enum Seen {
 
 /// A node's event done: the node, its next event, what it saw.
 type Stepped = (usize, Option<u64>, Vec<Seen>);
-
-/// The real sequence of lock grants and releases, as etcd ordered them.
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static CLIENT: std::cell::OnceCell<Arc<Etcd>> = const { std::cell::OnceCell::new() };
@@ -273,14 +271,21 @@ struct SimLock {
     group: String,
     ops: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
+    /// etcd's revision at this node's last write (grant or release).
+    committed: Arc<AtomicU64>,
 }
 
 impl SimLock {
     fn with<T>(&self, f: impl FnOnce(&EtcdLock) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let c = client();
         let before = c.counts().conflicts.load(Ordering::Relaxed);
+        let rev = c.counts().last_commit.load(Ordering::Relaxed);
         let l = EtcdLock::with_client(Arc::clone(&c), &self.group);
         let r = f(&l);
+        let after = c.counts().last_commit.load(Ordering::Relaxed);
+        if after != rev {
+            self.committed.store(after as u64, Ordering::Relaxed);
+        }
         self.ops.fetch_add(1, Ordering::Relaxed);
         self.conflicts.fetch_add(
             c.counts().conflicts.load(Ordering::Relaxed) - before,
@@ -393,7 +398,7 @@ impl Node {
                 match self.gate.decide(now, false, &|| Ok(None))? {
                     Decision::Reboot { .. } => {
                         seen.push(Seen::Acquired {
-                            seq: SEQ.fetch_add(1, Ordering::SeqCst),
+                            seq: self.committed.load(Ordering::Relaxed),
                             group: self.group,
                             at: now,
                         });
@@ -445,7 +450,7 @@ impl Node {
             bail!("node {} gave back a lock it did not hold", self.gate.id());
         }
         seen.push(Seen::Released {
-            seq: SEQ.fetch_add(1, Ordering::SeqCst),
+            seq: self.committed.load(Ordering::Relaxed),
             group: self.group,
             at,
         });
@@ -515,10 +520,12 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
         let group = (i as u32) % args.groups;
         let ops = Arc::new(AtomicU64::new(0));
         let conflicts = Arc::new(AtomicU64::new(0));
+        let committed = Arc::new(AtomicU64::new(0));
         let lock = SimLock {
             group: groups[group as usize].clone(),
             ops: Arc::clone(&ops),
             conflicts: Arc::clone(&conflicts),
+            committed: Arc::clone(&committed),
         };
         let mut rng = fastrand::Rng::with_seed(seed_rng.u64(..));
         // The agents have been running: their next poll comes as a
@@ -536,6 +543,7 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
             state: State::default(),
             ops,
             conflicts,
+            committed,
             installed: false,
             installed_at: None,
             updated_at: None,
@@ -637,7 +645,8 @@ fn figures(
     wall: Instant,
     admin: &Etcd,
 ) -> Report {
-    // Reboots in flight, in the order etcd granted and took back the lock.
+    // Reboots in flight, in the order etcd committed the grants and the
+    // releases (the revision of each write: one order for the cluster).
     let mut ev: Vec<(u64, u32, i32)> = seen
         .iter()
         .filter_map(|s| match s {
