@@ -180,8 +180,13 @@ pub struct Report {
     /// The rollout's end (canary and waves) plus one poll interval and its
     /// jitter, hours: by then every node has checked since its wave came.
     pub deadline_hours: f64,
+    /// Writes to the lock store per node: acquire, release, failure
+    /// counts (each a read and a compare-and-swap, or more on conflict).
     pub lock_ops_per_node_mean: f64,
     pub lock_ops_per_node_max: u32,
+    /// Reads of a release's failure count per node (the halt check, once a
+    /// poll while the release is available to the node).
+    pub halt_reads_per_node_mean: f64,
     pub cas_conflicts_total: u64,
     pub cas_conflicts_per_node_max: u32,
     pub etcd_requests: u64,
@@ -216,6 +221,7 @@ struct Node {
     gate: Gate,
     state: State,
     ops: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
     committed: Arc<AtomicU64>,
     installed: bool,
@@ -269,13 +275,21 @@ const QUANTUM: u64 = 10;
 /// compare-and-swaps.
 struct SimLock {
     group: String,
+    /// Writes: acquire, release, failure counts.
     ops: Arc<AtomicU64>,
+    /// Reads of the failure count (the halt check at each poll).
+    reads: Arc<AtomicU64>,
     conflicts: Arc<AtomicU64>,
     /// etcd's revision at this node's last write (grant or release).
     committed: Arc<AtomicU64>,
 }
 
 impl SimLock {
+    fn read<T>(&self, f: impl FnOnce(&EtcdLock) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        f(&EtcdLock::with_client(client(), &self.group))
+    }
+
     fn with<T>(&self, f: impl FnOnce(&EtcdLock) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let c = client();
         let before = c.counts().conflicts.load(Ordering::Relaxed);
@@ -309,7 +323,7 @@ impl Lock for SimLock {
         self.with(|l| l.release(id))
     }
     fn status(&self) -> anyhow::Result<LockStatus> {
-        self.with(|l| l.status())
+        self.read(|l| l.status())
     }
     fn set_max(&self, max: u32) -> anyhow::Result<LockStatus> {
         self.with(|l| l.set_max(max))
@@ -318,10 +332,10 @@ impl Lock for SimLock {
         self.with(|l| l.record_failure(v, id))
     }
     fn failures(&self, v: &str) -> anyhow::Result<Option<Failures>> {
-        self.with(|l| l.failures(v))
+        self.read(|l| l.failures(v))
     }
     fn all_failures(&self) -> anyhow::Result<Vec<Failures>> {
-        self.with(|l| l.all_failures())
+        self.read(|l| l.all_failures())
     }
     fn clear_failures(&self, v: &str) -> anyhow::Result<bool> {
         self.with(|l| l.clear_failures(v))
@@ -519,11 +533,13 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
         let id = fleet::node_id(&machine_id);
         let group = (i as u32) % args.groups;
         let ops = Arc::new(AtomicU64::new(0));
+        let reads = Arc::new(AtomicU64::new(0));
         let conflicts = Arc::new(AtomicU64::new(0));
         let committed = Arc::new(AtomicU64::new(0));
         let lock = SimLock {
             group: groups[group as usize].clone(),
             ops: Arc::clone(&ops),
+            reads: Arc::clone(&reads),
             conflicts: Arc::clone(&conflicts),
             committed: Arc::clone(&committed),
         };
@@ -542,6 +558,7 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
             gate: Gate::with_lock(&reboot, Some(Box::new(lock)), id),
             state: State::default(),
             ops,
+            reads,
             conflicts,
             committed,
             installed: false,
@@ -738,6 +755,11 @@ fn figures(
         deadline_hours: deadline as f64 / 3600.0,
         lock_ops_per_node_mean: ops.iter().sum::<u64>() as f64 / ops.len() as f64,
         lock_ops_per_node_max: ops.iter().copied().max().unwrap_or(0) as u32,
+        halt_reads_per_node_mean: nodes
+            .iter()
+            .map(|n| n.reads.load(Ordering::Relaxed))
+            .sum::<u64>() as f64
+            / nodes.len() as f64,
         cas_conflicts_total: conflicts.iter().sum(),
         cas_conflicts_per_node_max: conflicts.iter().copied().max().unwrap_or(0) as u32,
         etcd_requests: requests,
@@ -802,7 +824,7 @@ fn markdown(r: &Report) -> String {
          | updated (of the nodes that can boot it) | {:.2} % |\n\
          | 50 / 90 / 99 / 100 % updated | {} / {} / {} / {} |\n\
          | every node started the update | {} (rollout + one poll interval and its jitter: {:.2} h) |\n\
-         | lock operations per node: mean, worst | {:.2}, {} |\n\
+         | lock operations per node: mean, worst; halt-check reads per node | {:.2}, {}; {:.1} |\n\
          | compare-and-swap conflicts: total, worst node | {}, {} |\n\
          | nodes that installed the release / failed its boot | {} ({:.2} %) / {} |\n\
          | halted | {} |\n\
@@ -821,7 +843,7 @@ fn markdown(r: &Report) -> String {
         r.updated_fraction * 100.0,
         h(r.hours_to_updated[0]), h(r.hours_to_updated[1]), h(r.hours_to_updated[2]), h(r.hours_to_updated[3]),
         h(r.hours_to_all_started), r.deadline_hours,
-        r.lock_ops_per_node_mean, r.lock_ops_per_node_max,
+        r.lock_ops_per_node_mean, r.lock_ops_per_node_max, r.halt_reads_per_node_mean,
         r.cas_conflicts_total, r.cas_conflicts_per_node_max,
         r.installed_failing_release, r.installed_failing_release_fraction * 100.0, r.failed_boots,
         r.halted_at_hours.map(|t| format!("yes, at {t:.1} h")).unwrap_or("no".into()),
