@@ -161,8 +161,19 @@ fn mmdebstrap(
     let archives = cache.join("apt-archives");
     std::fs::create_dir_all(&archives)
         .with_context(|| format!("creating the package cache {}", archives.display()))?;
+    // Builds that run at once share the cache: each works on a private
+    // copy (taken under a shared lock) and adds what it downloaded back
+    // under an exclusive one, each file renamed into place. mmdebstrap's
+    // sync-in on the shared directory itself read files another build's
+    // sync-out was writing ("file changed as we read it", seen in CI).
+    let private = log.parent().unwrap_or(Path::new(".")).join("apt-archives");
+    std::fs::create_dir_all(&private)?;
+    let lock = std::fs::File::create(cache.join("apt-archives.lock"))?;
+    lock.lock_shared().context("locking the package cache")?;
+    copy_debs(&archives, &private)?;
+    lock.unlock()?;
     let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let arch = archives.display();
+    let arch = private.display();
     let status = Command::new("mmdebstrap")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         // The kernel package would build an initramfs with initramfs-tools;
@@ -200,6 +211,27 @@ fn mmdebstrap(
             log.display(),
             tail(log, 15)
         );
+    }
+    lock.lock().context("locking the package cache")?;
+    copy_debs(&private, &archives)?;
+    lock.unlock()?;
+    let _ = std::fs::remove_dir_all(&private);
+    Ok(())
+}
+
+/// Copies the `.deb` files of `from` that `to` lacks, each to a temporary
+/// name and renamed into place (a reader never sees half a file).
+fn copy_debs(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if !name.to_string_lossy().ends_with(".deb") || to.join(&name).exists() {
+            continue;
+        }
+        let part = to.join(format!(".{}.part", name.to_string_lossy()));
+        std::fs::copy(e.path(), &part)
+            .with_context(|| format!("copying {} to {}", e.path().display(), part.display()))?;
+        std::fs::rename(&part, to.join(&name))?;
     }
     Ok(())
 }
