@@ -9,15 +9,6 @@ use anyhow::Context as _;
 use crate::agent::{Agent, Operation, Status};
 use crate::engine::Verdict;
 
-const OPERATIONS: [Operation; 6] = [
-    Operation::Idle,
-    Operation::Checking,
-    Operation::Applying,
-    Operation::RebootPending,
-    Operation::Rebooting,
-    Operation::Confirming,
-];
-
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -68,14 +59,14 @@ pub fn render(s: &Status) -> String {
         "drover_update_operation",
         "What the agent is doing (1 for the current operation).",
         "gauge",
-        OPERATIONS
+        Operation::ALL
             .iter()
             .map(|op| {
-                let name = serde_json::to_value(op)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                format!("{{operation=\"{name}\"}} {}", u8::from(*op == s.operation))
+                format!(
+                    "{{operation=\"{}\"}} {}",
+                    op.name(),
+                    u8::from(*op == s.operation)
+                )
             })
             .collect(),
     );

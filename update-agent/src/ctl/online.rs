@@ -46,10 +46,7 @@ pub fn status_text(s: &Status) -> String {
         s.other.version.as_deref().unwrap_or("no image"),
         s.other.state
     );
-    let operation = serde_json::to_value(s.operation)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let operation = s.operation.name();
     let _ = writeln!(
         t,
         "operation:  {operation}{}",
