@@ -601,15 +601,7 @@ fn a_rollback_is_counted_in_etcd_and_a_release_that_failed_often_enough_is_halte
     let web = Nginx::serve(&repo, None);
     let disk = fx.disk(&v1);
     // Two other nodes failed to boot 1.2.0.
-    let store =
-        drover_update_agent::fleet::etcd::EtcdLock::new(&drover_core::agent_config::EtcdLock {
-            endpoints: etcd.endpoints(),
-            ca: None,
-            cert: None,
-            key: None,
-            group: "default".into(),
-        })
-        .unwrap();
+    let store = etcd_lock(etcd.endpoints(), "default");
     use drover_update_agent::fleet::Lock as _;
     store.record_failure("1.2.0", "n1").unwrap();
     store.record_failure("1.2.0", "n2").unwrap();

@@ -18,18 +18,7 @@ use drover_update_agent::fleet::fleetlock::FleetLockClient;
 use drover_update_agent::fleet::{Acquired, Lock};
 
 mod common;
-use common::FleetLockServer;
-
-fn etcd_lock(endpoints: Vec<String>, group: &str) -> EtcdLock {
-    EtcdLock::new(&agent_config::EtcdLock {
-        endpoints,
-        ca: None,
-        cert: None,
-        key: None,
-        group: group.into(),
-    })
-    .unwrap()
-}
+use common::{etcd_lock, FleetLockServer};
 
 #[test]
 fn concurrent_nodes_never_exceed_the_limit_even_when_a_member_dies() {

@@ -475,16 +475,7 @@ impl FleetLockServer {
                             .unwrap_or("")
                             .to_string(),
                     );
-                    let lock = drover_update_agent::fleet::etcd::EtcdLock::new(
-                        &drover_core::agent_config::EtcdLock {
-                            endpoints: endpoints.clone(),
-                            ca: None,
-                            cert: None,
-                            key: None,
-                            group: group.clone(),
-                        },
-                    )
-                    .unwrap();
+                    let lock = etcd_lock(endpoints.clone(), &group);
                     if id.is_empty() || group.is_empty() {
                         reply(
                             "400 Bad Request",
@@ -523,4 +514,19 @@ impl FleetLockServer {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// The agent's etcd lock of `group` on plain-HTTP `endpoints` (no TLS).
+pub fn etcd_lock(
+    endpoints: Vec<String>,
+    group: &str,
+) -> drover_update_agent::fleet::etcd::EtcdLock {
+    drover_update_agent::fleet::etcd::EtcdLock::new(&drover_core::agent_config::EtcdLock {
+        endpoints,
+        ca: None,
+        cert: None,
+        key: None,
+        group: group.into(),
+    })
+    .unwrap()
 }
