@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use drover_core::agent_config::{Reboot, Strategy, Written};
+use drover_core::keys::PublicKey;
 use serde::Deserialize;
 
 /// Debian packages the agent's binaries link (tpm2-tss), required in
@@ -189,12 +190,55 @@ pub fn default_modules() -> Vec<String> {
 }
 
 /// `[trust]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct TrustSection {
     /// PEM public key files.
     #[serde(default)]
     pub keys: Vec<PathBuf>,
+    /// Whether the public half of the key the build signs with is trusted
+    /// too (default: yes). With `false`, only `keys` are trusted, and the
+    /// build is refused unless one of them is the signing key's: the boot
+    /// stage checks the slot's manifest against the trusted keys, so an
+    /// image that does not trust its own signer cannot boot.
+    #[serde(default = "yes")]
+    pub signing_key: bool,
+}
+
+impl Default for TrustSection {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            signing_key: true,
+        }
+    }
+}
+
+impl ImageSpec {
+    /// The keys an image built from this spec and signed by `signer`
+    /// trusts, in the order they are installed: `[trust] keys`, then the
+    /// signer's public key unless `signing-key = false` (once: a key
+    /// listed twice is installed once). Refuses a set that would leave the
+    /// image unable to boot from its own disk: one without the signer.
+    pub fn trusted_keys(&self, signer: &PublicKey) -> anyhow::Result<Vec<PublicKey>> {
+        let mut keys: Vec<PublicKey> = Vec::new();
+        for path in &self.trust.keys {
+            let key = PublicKey::load(path)?;
+            if !keys.iter().any(|k| k.key_id() == key.key_id()) {
+                keys.push(key);
+            }
+        }
+        let listed = keys.iter().any(|k| k.key_id() == signer.key_id());
+        if self.trust.signing_key && !listed {
+            keys.push(signer.clone());
+        } else if !listed {
+            anyhow::bail!(
+                "the spec does not trust the key the image is signed with ({}): [trust] signing-key = false and none of [trust] keys is it. The boot stage checks the slot's manifest against the trusted keys, so such a disk would stop in RESCUE; list the signing key's public key (`drover keygen` wrote it beside the secret) or drop `signing-key = false`",
+                signer.short_id()
+            );
+        }
+        Ok(keys)
+    }
 }
 
 /// `[[files]]`: one extra file.
@@ -482,5 +526,43 @@ packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linu
         assert!(e.contains("files[0].mode"), "{e}");
         let e = ImageSpec::parse(&GOOD.replace("drover\"", "Drover OS\"")).unwrap_err();
         assert!(e.contains("os.name"), "{e}");
+    }
+
+    #[test]
+    fn the_signing_key_is_trusted_unless_the_spec_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, _) = drover_core::keys::SigningKey::generate().unwrap();
+        let (other, _) = drover_core::keys::SigningKey::generate().unwrap();
+        let signer = signer.public_key();
+        let other_pem = dir.path().join("other.pub.pem");
+        std::fs::write(&other_pem, other.public_key().to_pem()).unwrap();
+        let signer_pem = dir.path().join("signer.pub.pem");
+        std::fs::write(&signer_pem, signer.to_pem()).unwrap();
+
+        // No [trust] at all (the example spec): the signer alone.
+        let s = ImageSpec::parse(GOOD).unwrap();
+        let ids = |keys: Vec<PublicKey>| keys.iter().map(|k| k.short_id()).collect::<Vec<_>>();
+        assert_eq!(ids(s.trusted_keys(&signer).unwrap()), [signer.short_id()]);
+
+        // Listed keys first, the signer after them, once.
+        let mut s = s;
+        s.trust.keys = vec![other_pem.clone(), signer_pem.clone(), other_pem.clone()];
+        assert_eq!(
+            ids(s.trusted_keys(&signer).unwrap()),
+            [other.public_key().short_id(), signer.short_id()]
+        );
+
+        // signing-key = false: allowed while a listed key is the signer...
+        let mut s = ImageSpec::parse(&format!("{GOOD}\n[trust]\nsigning-key = false\n")).unwrap();
+        s.trust.keys = vec![signer_pem];
+        assert_eq!(ids(s.trusted_keys(&signer).unwrap()), [signer.short_id()]);
+        // ...and refused, naming the way out, when none is: that disk
+        // would stop in RESCUE at its first boot.
+        s.trust.keys = vec![other_pem];
+        let e = format!("{:#}", s.trusted_keys(&signer).unwrap_err());
+        assert!(
+            e.contains(&signer.short_id()) && e.contains("RESCUE") && e.contains("signing-key"),
+            "{e}"
+        );
     }
 }

@@ -134,8 +134,6 @@ pub fn run() -> anyhow::Result<()> {
     );
 
     let spec = std::fs::read_to_string(root.join("examples/container-host.toml"))?;
-    let trust = format!("keys = [\"{}\"]", public.display());
-    let spec = spec.replace("# keys = [\"keys/release.pub.pem\"]", &trust);
     // The demo's node: the agent follows the channel at 10.0.2.100 (QEMU
     // forwards it to nginx on the host's loopback), networkd brings up the
     // NIC, and the QEMU guest agent lets the demo run droverctl inside.

@@ -233,6 +233,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         times: Vec::new(),
     };
     let epoch = opts.epoch;
+    let trusted = spec.trusted_keys(&opts.key.public_key())?;
 
     let root = w.join("root");
     std::fs::create_dir_all(&root)?;
@@ -262,26 +263,23 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
 
     let packages = rootfs::installed_packages(&root)?;
     let tree = st.run("usr", "making a /usr-only tree", || {
-        usr::prepare(&root, spec, Some(&opts.agent_binaries))
+        usr::prepare(&root, spec, &trusted, Some(&opts.agent_binaries))
     })?;
 
-    let trusted_pem: Vec<(String, Vec<u8>)> = spec
-        .trust
-        .keys
+    let trusted_pem: Vec<(String, Vec<u8>)> = trusted
         .iter()
         .enumerate()
-        .map(|(i, k)| {
-            let key = drover_core::keys::PublicKey::load(k)?;
-            Ok((
+        .map(|(i, key)| {
+            (
                 format!(
                     "{}/{i:02}-{}.pem",
                     drover_core::paths::initramfs::KEYS,
                     key.short_id()
                 ),
                 key.to_pem().into_bytes(),
-            ))
+            )
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     let stage_initrd = w.join("stage-initrd.img");
     st.run(
         "initramfs",

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use drover_core::keys::PublicKey;
+
 use crate::spec::ImageSpec;
 
 /// Facts about the prepared tree.
@@ -88,6 +90,7 @@ const DBUS_POLICY: &str = include_str!("../../../update-agent/units/org.drover.U
 pub fn prepare(
     root: &Path,
     spec: &ImageSpec,
+    trusted: &[PublicKey],
     agent_binaries: Option<&Path>,
 ) -> anyhow::Result<UsrTree> {
     let usr = root.join("usr");
@@ -189,8 +192,7 @@ pub fn prepare(
     // Trusted keys.
     let keys_dir = usr.join("lib/drover/keys");
     std::fs::create_dir_all(&keys_dir)?;
-    for (i, k) in spec.trust.keys.iter().enumerate() {
-        let key = drover_core::keys::PublicKey::load(k)?;
+    for (i, key) in trusted.iter().enumerate() {
         write_file(
             &keys_dir.join(format!("{i:02}-{}.pem", key.short_id())),
             key.to_pem().as_bytes(),

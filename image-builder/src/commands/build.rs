@@ -13,7 +13,10 @@ use crate::spec::ImageSpec;
 /// Writes into DIR: usr.img (the slot image and update payload), manifest.json
 /// (its signed manifest), disk.raw and disk.qcow2 (a bootable GPT disk), and
 /// build.json (sizes, digests, root hash, reference values, time per stage),
-/// which is written last. Needs root (mmdebstrap in root mode), and the Debian
+/// which is written last. The image trusts the public half of --key (its
+/// boot stage checks the slot against it, its agent takes updates signed by
+/// it) and the spec's `[trust] keys`; a spec that would not trust the
+/// signing key is refused, since that disk could not boot. Needs root (mmdebstrap in root mode), and the Debian
 /// packages mmdebstrap, erofs-utils, dosfstools, mtools, e2fsprogs, qemu-utils.
 /// Set SOURCE_DATE_EPOCH for reproducible output.
 #[derive(Debug, clap::Args)]
@@ -65,9 +68,7 @@ impl Args {
         // Everything that can be checked without building, before building.
         let spec = ImageSpec::load(&self.spec)?;
         let key = SigningKey::load(&self.key)?;
-        for k in &spec.trust.keys {
-            drover_core::keys::PublicKey::load(k)?;
-        }
+        spec.trusted_keys(&key.public_key())?;
         let boot_binary = match self.boot_binary {
             Some(p) => p,
             None => std::env::current_exe()
