@@ -26,6 +26,25 @@ pub const LABEL: &str = "LIVE";
 /// The command-line flag of a live boot.
 pub const FLAG: &str = drover_core::paths::LIVE_FLAG;
 
+/// What the stage appends to the live system's command line: [`FLAG`],
+/// and the unattended-install words of its own command line
+/// (`drover.install=…`, `drover.install.…=…`), which `drover build
+/// --install-to` puts on the ISO's boot entry.
+pub fn live_cmdline(stage_cmdline: &str) -> String {
+    let install = drover_core::paths::INSTALL_ARG;
+    let mut words = vec![FLAG.to_string()];
+    words.extend(
+        stage_cmdline
+            .split_whitespace()
+            .filter(|w| {
+                w.strip_prefix(install)
+                    .is_some_and(|rest| rest.starts_with('=') || rest.starts_with('.'))
+            })
+            .map(String::from),
+    );
+    words.join(" ")
+}
+
 mod ioctl {
     // SAFETY: LOOP_CTL_GET_FREE takes no argument; LOOP_SET_FD takes a file
     // descriptor by value (`<linux/loop.h>`).
@@ -143,4 +162,21 @@ pub fn mount_root(sysroot: &Path) -> anyhow::Result<()> {
         Some("mode=0755,size=50%"),
     )
     .context("mounting a tmpfs as the live system's root")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_install_words_reach_the_live_system() {
+        assert_eq!(
+            super::live_cmdline("console=ttyS0 drover.stage drover.live"),
+            "drover.live"
+        );
+        assert_eq!(
+            super::live_cmdline(
+                "console=ttyS0 drover.stage drover.live drover.install=/dev/vda drover.install.then=poweroff drover.installer=x"
+            ),
+            "drover.live drover.install=/dev/vda drover.install.then=poweroff"
+        );
+    }
 }

@@ -25,6 +25,7 @@ fn run(start: Instant) -> anyhow::Result<()> {
                 live::mount_media(start)?;
                 let (path, file, node) = live::open_slot_image()?;
                 let size = file.metadata()?.len();
+                let extra = live::live_cmdline(&cmdline);
                 let mut p = stage::check_and_prepare(
                     &stage::SlotSource {
                         label: live::LABEL,
@@ -34,7 +35,7 @@ fn run(start: Instant) -> anyhow::Result<()> {
                         size,
                         node,
                         full_check: false,
-                        extra_cmdline: live::FLAG,
+                        extra_cmdline: &extra,
                     },
                     &keys,
                     start,

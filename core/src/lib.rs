@@ -52,6 +52,7 @@ pub mod slot;
 pub mod slot_image;
 pub mod slots;
 pub mod table;
+pub mod time;
 pub mod verity;
 
 pub use gptprio::GptPrio;

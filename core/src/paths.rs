@@ -9,6 +9,12 @@
 /// `/usr`): the agent's default, the installer's default.
 pub const SYSTEM_KEYS: &str = "/usr/lib/drover/keys";
 
+/// The image's SBOM files (SPDX and CycloneDX), in the verified `/usr`.
+pub const SBOM_DIR: &str = "/usr/share/drover";
+
+/// [`SBOM_DIR`] relative to `/usr` (where the builder writes it).
+pub const SBOM_DIR_IN_USR: &str = "share/drover";
+
 /// Drover's runtime directory (tmpfs): the stage's scratch space, the boot
 /// record ([`crate::boot_record::ON_SYSTEM`]), the verify-boot verdict.
 pub const RUN_DIR: &str = "/run/drover";
@@ -22,6 +28,12 @@ pub const AGENT_DROP_INS: &str = "/etc/drover/agent.toml.d";
 /// On the stage's and the slot kernel's command line: boot the slot image
 /// of an installation ISO (a live system).
 pub const LIVE_FLAG: &str = "drover.live";
+
+/// On the live system's command line: install unattended onto this disk
+/// (`drover.install=/dev/vda`); its options are the words that start with
+/// `drover.install.` (see `drover-install --help`). The stage passes them
+/// on to the live system's kernel.
+pub const INSTALL_ARG: &str = "drover.install";
 
 /// Where the installation ISO is mounted, in the stage and in the live
 /// system.
@@ -52,6 +64,7 @@ mod tests {
     #[test]
     fn composed_names_agree() {
         assert_eq!(LIVE_MEDIA_DIR, format!("{LIVE_MEDIA}/{ISO_DIR}"));
+        assert_eq!(SBOM_DIR, format!("/usr/{SBOM_DIR_IN_USR}"));
         assert!(VERIFY_BOOT_VERDICT.starts_with(RUN_DIR));
         assert!(crate::boot_record::ON_SYSTEM.starts_with(RUN_DIR));
         assert!(LIVE_MEDIA.starts_with(RUN_DIR));

@@ -230,7 +230,7 @@ impl ImageSpec {
         }
         let listed = keys.iter().any(|k| k.key_id() == signer.key_id());
         if self.trust.signing_key && !listed {
-            keys.push(signer.clone());
+            keys.push(*signer);
         } else if !listed {
             anyhow::bail!(
                 "the spec does not trust the key the image is signed with ({}): [trust] signing-key = false and none of [trust] keys is it. The boot stage checks the slot's manifest against the trusted keys, so such a disk would stop in RESCUE; list the signing key's public key (`drover keygen` wrote it beside the secret) or drop `signing-key = false`",

@@ -143,6 +143,8 @@ fn builds_a_disk_that_outside_tools_accept() {
         "esp.img",
         "install.json",
         "drover.iso",
+        "sbom.spdx.json",
+        "sbom.cdx.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
         assert!(
@@ -166,6 +168,7 @@ fn builds_a_disk_that_outside_tools_accept() {
             "rootfs",
             "usr",
             "initramfs",
+            "sbom",
             "erofs",
             "seal",
             "esp",
@@ -261,6 +264,8 @@ fn builds_a_disk_that_outside_tools_accept() {
         &[s(&tree.join(format!("lib/modules/{kver}/vmlinuz")))],
     );
     assert!(kernel_sha.starts_with(manifest["boot"]["kernel"]["sha256"].as_str().unwrap()));
+    sbom_is_complete_signed_and_valid(&out, &tree, &report, &manifest);
+
     // The slot initramfs is a cpio that GNU cpio lists, with drover-boot as /init.
     let listing = Command::new("sh")
         .arg("-c")
@@ -398,6 +403,134 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// The SBOM: in the output and in the slot's /usr, the same bytes, signed
+/// by digest in the manifest; every package of build.json in both formats,
+/// the kernel's among them; valid by the reference tools of each format.
+fn sbom_is_complete_signed_and_valid(
+    out: &Path,
+    usr_tree: &Path,
+    report: &serde_json::Value,
+    manifest: &serde_json::Value,
+) {
+    let packages: Vec<&str> = report["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        packages.iter().any(|p| p.starts_with("linux-image-6")),
+        "{packages:?}"
+    );
+    for (file, component) in [
+        ("sbom.spdx.json", "sbom-spdx"),
+        ("sbom.cdx.json", "sbom-cyclonedx"),
+    ] {
+        let bytes = std::fs::read(out.join(file)).unwrap();
+        assert_eq!(
+            std::fs::read(usr_tree.join("share/drover").join(file)).unwrap(),
+            bytes,
+            "{file}: the image's copy differs from the output's"
+        );
+        let signed = manifest["reference"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["component"] == component)
+            .unwrap_or_else(|| panic!("no {component} in the manifest: {manifest}"));
+        assert_eq!(signed["sha256"].as_str().unwrap(), sha256(&out.join(file)));
+    }
+    let spdx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sbom.spdx.json")).unwrap()).unwrap();
+    let cdx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("sbom.cdx.json")).unwrap()).unwrap();
+    for line in &packages {
+        let (name_arch, version) = line.split_once(' ').unwrap();
+        let name = name_arch.split(':').next().unwrap();
+        assert!(
+            spdx["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == name
+                    && p["versionInfo"] == version
+                    && p["externalRefs"][0]["referenceLocator"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("pkg:deb/debian/{}@", name.replace('+', "%2B")))),
+            "{line} not in the SPDX document"
+        );
+        assert!(
+            cdx["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == name && c["version"] == version),
+            "{line} not in the CycloneDX document"
+        );
+    }
+    // The reference tools, installed from PyPI by this test.
+    let python = drover_test_support::python_venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[
+            "spdx-tools==0.8.5",
+            "cyclonedx-python-lib[validation]==11.12.0",
+        ],
+    );
+    let spdx_file = out.join("sbom.spdx.json");
+    let (ok, text) = run(
+        s(&python),
+        &[
+            "-m",
+            "spdx_tools.spdx.clitools.pyspdxtools",
+            "-i",
+            s(&spdx_file),
+        ],
+    );
+    assert!(ok, "pyspdxtools refuses the SPDX document:\n{text}");
+    let (ok, text) = run(
+        s(&python),
+        &["-c", CYCLONEDX_VALIDATE, s(&out.join("sbom.cdx.json"))],
+    );
+    assert!(
+        ok && text.contains("valid"),
+        "CycloneDX 1.5 schema:\n{text}"
+    );
+    // And each refuses a broken document, so the checks above can fail.
+    let broken = out.join("broken.spdx.json");
+    let mut bad = spdx.clone();
+    bad["packages"][1]["SPDXID"] = serde_json::json!("not an SPDX id");
+    std::fs::write(&broken, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let (ok, _) = run(
+        s(&python),
+        &[
+            "-m",
+            "spdx_tools.spdx.clitools.pyspdxtools",
+            "-i",
+            s(&broken),
+        ],
+    );
+    assert!(!ok, "pyspdxtools accepted a broken SPDX document");
+    let mut bad = cdx;
+    bad["components"][0]["type"] = serde_json::json!("spaceship");
+    std::fs::write(&broken, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let (ok, _) = run(s(&python), &["-c", CYCLONEDX_VALIDATE, s(&broken)]);
+    assert!(!ok, "the CycloneDX validator accepted a broken document");
+    std::fs::remove_file(&broken).unwrap();
+}
+
+/// cyclonedx-python-lib's strict JSON schema validation, CycloneDX 1.5.
+const CYCLONEDX_VALIDATE: &str = "
+import sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())
+if error is not None:
+    print(error)
+    sys.exit(1)
+print('valid')
+";
 
 fn sha256(p: &Path) -> String {
     must("sha256sum", &[s(p)])

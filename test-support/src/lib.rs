@@ -134,3 +134,48 @@ pub fn set_bits(disk: &Path, slot: SlotId, priority: u8, tries: u8, successful: 
     t.set_attributes(part, bits.raw()).unwrap();
     t.write(&mut f, false).unwrap();
 }
+
+/// A Python virtual environment under `dir` (e.g. the test's
+/// `CARGO_TARGET_TMPDIR`) with `packages` installed from PyPI, made once
+/// and reused while the package list stays the same: the reference tools
+/// some tests check Drover's output with (`pyspdxtools`, CycloneDX's
+/// validator). Returns the environment's `python`: run tools with
+/// `python -m MODULE`, since the environment is made beside its place and
+/// moved there, which leaves the shebangs of its scripts pointing nowhere.
+/// Needs `python3` with its `venv` module (Debian: `python3-venv`).
+pub fn python_venv(dir: &Path, packages: &[&str]) -> std::path::PathBuf {
+    let mut tag = 0u64;
+    for b in packages.join(" ").bytes() {
+        tag = tag.wrapping_mul(1_099_511_628_211) ^ u64::from(b);
+    }
+    let venv = dir.join(format!("venv-{tag:016x}"));
+    let ready = venv.join(".drover-ready");
+    if ready.exists() {
+        return venv.join("bin/python");
+    }
+    // Made beside and renamed into place, so tests that run at once never
+    // see half an environment (the loser of a race uses the winner's).
+    let tmp = dir.join(format!(".venv-{tag:016x}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("running python3");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp));
+    run(std::process::Command::new(tmp.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages));
+    std::fs::write(tmp.join(".drover-ready"), packages.join("\n")).unwrap();
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(ready.exists(), "could not put {} in place", venv.display());
+    }
+    venv.join("bin/python")
+}

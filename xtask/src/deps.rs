@@ -39,6 +39,9 @@ const NEEDED: &[(&str, &str)] = &[
         "fonts-dejavu-core",
     ),
     ("dbus-daemon", "dbus-daemon"),
+    // Virtual environments for the reference tools the tests install
+    // from PyPI (SPDX and CycloneDX validators).
+    ("/usr/share/doc/python3-venv", "python3-venv"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",

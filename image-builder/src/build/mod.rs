@@ -10,6 +10,7 @@ pub mod esp;
 pub mod initramfs;
 pub mod iso;
 pub mod rootfs;
+pub mod sbom;
 pub mod usr;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,10 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// Skip the disk images (slot image and manifest only).
     pub slot_only: bool,
+    /// Words for the ISO's boot entry that make its live system install
+    /// unattended (`drover.install=/dev/vda`, …); empty for an ISO that
+    /// waits for someone to run `drover-install`.
+    pub live_install: Vec<String>,
     /// Progress output.
     pub progress: Progress,
 }
@@ -107,7 +112,8 @@ pub struct BuildReport {
     /// Reference values of the boot stage on the ESP (what the firmware
     /// measures): systemd-boot, stage kernel, stage initramfs.
     pub boot_stage: Vec<ReferenceValue>,
-    /// The Debian packages in the image, `name:arch version`, sorted.
+    /// The Debian packages in the image, `name:arch version`, sorted (the
+    /// SBOM files among the artifacts say more of each).
     pub packages: Vec<String>,
     /// Time per stage.
     pub stages: Vec<StageTime>,
@@ -307,6 +313,53 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         },
     )?;
 
+    let sbom_files = st.run(
+        "sbom",
+        "SBOM (SPDX 2.3 and CycloneDX 1.5) from the dpkg database",
+        || {
+            let mut drover_files = Vec::new();
+            for b in ["drover-agent", "droverctl", "drover-install"] {
+                let p = tree.usr.join("bin").join(b);
+                if p.is_file() {
+                    drover_files.push((b.to_string(), sha256_file(&p)?.1));
+                }
+            }
+            let boot = initramfs::read_stripped(&opts.boot_binary)?;
+            drover_files.push(("drover-boot".into(), hex::encode(Sha256::digest(&boot))));
+            let debian_version = sbom::debian_version(&root);
+            let input = sbom::SbomInput {
+                os_name: &spec.os.name,
+                os_version: &spec.os.version,
+                debian_version: debian_version.as_deref(),
+                packages: &packages,
+                drover_files: &drover_files,
+                created: epoch,
+                unique: derive("sbom", spec, epoch)[..16]
+                    .try_into()
+                    .expect("16 bytes"),
+            };
+            let dir = tree.usr.join(drover_core::paths::SBOM_DIR_IN_USR);
+            std::fs::create_dir_all(&dir)?;
+            let mut files = Vec::new();
+            for (name, doc, component) in [
+                (sbom::SPDX_FILE, sbom::spdx(&input), "sbom-spdx"),
+                (
+                    sbom::CYCLONEDX_FILE,
+                    sbom::cyclonedx(&input),
+                    "sbom-cyclonedx",
+                ),
+            ] {
+                let mut bytes = serde_json::to_vec_pretty(&doc)?;
+                bytes.push(b'\n');
+                std::fs::write(dir.join(name), &bytes)?;
+                let out = w.join(name);
+                std::fs::write(&out, &bytes)?;
+                files.push((name, out, component, hex::encode(Sha256::digest(&bytes))));
+            }
+            Ok(files)
+        },
+    )?;
+
     let boot = BootFiles {
         kernel: file_ref(&tree.usr, &tree.kernel_rel())?,
         initramfs: file_ref(&tree.usr, &tree.initramfs_rel())?,
@@ -361,6 +414,16 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         },
     ];
     reference.extend(boot_stage.iter().cloned());
+    // Not measurements: the SBOM files in the slot, signed by digest so a
+    // scanner can tell the SBOM it was handed is this release's.
+    reference.extend(
+        sbom_files
+            .iter()
+            .map(|(_, _, component, sha256)| ReferenceValue {
+                component: component.to_string(),
+                sha256: sha256.clone(),
+            }),
+    );
 
     let usr_img = w.join("usr.img");
     st.run(
@@ -406,6 +469,11 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         ("usr.img", usr_img.clone()),
         ("manifest.json", manifest_path.clone()),
     ];
+    outputs.extend(
+        sbom_files
+            .into_iter()
+            .map(|(name, path, _, _)| (name, path)),
+    );
     if !opts.slot_only {
         let esp_img = w.join("esp.img");
         let envelope = w.join("manifest.sig");
@@ -490,7 +558,11 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
                         systemd_boot: &systemd_boot,
                         kernel: &kernel,
                         initramfs: &stage_initrd,
-                        cmdline: &format!("{stage_cmdline} {}", LIVE_FLAG),
+                        cmdline: &[stage_cmdline.as_str(), LIVE_FLAG]
+                            .into_iter()
+                            .chain(opts.live_install.iter().map(String::as_str))
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         manifest: &envelope,
                         volume_id: u32::from_le_bytes(id[..4].try_into().expect("4 bytes")),
                         epoch,
@@ -541,7 +613,7 @@ pub fn build(spec: &ImageSpec, opts: &BuildOptions) -> anyhow::Result<BuildRepor
         manifest_sha256: hex::encode(Sha256::digest(&signed.bytes)),
         artifacts,
         boot_stage,
-        packages,
+        packages: packages.iter().map(rootfs::DebPackage::line).collect(),
         stages: st.times,
     };
     // Publish: old build.json first out, new build.json last in.

@@ -114,11 +114,10 @@ pub fn keep(root: &Path, dest: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
 }
 
-/// The Debian packages installed in the tree at `root`, as sorted
-/// `name version` lines from dpkg's status database (empty for a tree
-/// without one). Recorded in `build.json`: the inputs of a build that
-/// fetched from a live mirror are only the same when these are.
-pub fn installed_packages(root: &Path) -> anyhow::Result<Vec<String>> {
+/// The packages dpkg lists as installed in `root` (none when it has no
+/// dpkg database, as a `--rootfs` tree may not), sorted by name and
+/// architecture.
+pub fn installed_packages(root: &Path) -> anyhow::Result<Vec<DebPackage>> {
     let status = root.join("var/lib/dpkg/status");
     let text = match std::fs::read_to_string(&status) {
         Ok(t) => t,
@@ -128,7 +127,35 @@ pub fn installed_packages(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(parse_dpkg_status(&text))
 }
 
-fn parse_dpkg_status(text: &str) -> Vec<String> {
+/// One installed Debian package, as dpkg's status file describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebPackage {
+    /// Binary package name.
+    pub name: String,
+    /// Architecture (`amd64`, `all`).
+    pub arch: String,
+    /// Full Debian version, epoch included (`1:1.2.13.dfsg-1`).
+    pub version: String,
+    /// Source package name (the binary's own when dpkg names none).
+    pub source: String,
+    /// Source package version (the binary's own when dpkg names none).
+    pub source_version: String,
+    /// `Maintainer:`, when present.
+    pub maintainer: Option<String>,
+    /// `Homepage:`, when present.
+    pub homepage: Option<String>,
+    /// The description's first line, when present.
+    pub summary: Option<String>,
+}
+
+impl DebPackage {
+    /// `name:arch version`, as `build.json` lists packages.
+    pub fn line(&self) -> String {
+        format!("{}:{} {}", self.name, self.arch, self.version)
+    }
+}
+
+fn parse_dpkg_status(text: &str) -> Vec<DebPackage> {
     let mut out = Vec::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
@@ -136,18 +163,40 @@ fn parse_dpkg_status(text: &str) -> Vec<String> {
                 .lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .map(str::trim)
+                .filter(|v| !v.is_empty())
         };
         let (Some(pkg), Some(version), Some(state)) =
             (field("Package"), field("Version"), field("Status"))
         else {
             continue;
         };
-        if state.ends_with(" installed") {
-            let arch = field("Architecture").unwrap_or("all");
-            out.push(format!("{pkg}:{arch} {version}"));
+        if !state.ends_with(" installed") {
+            continue;
         }
+        // `Source: glibc` or `Source: glibc (2.36-9+deb12u4)`.
+        let (source, source_version) = match field("Source") {
+            None => (pkg.to_string(), version.to_string()),
+            Some(s) => match s.split_once(' ') {
+                Some((name, v)) => (
+                    name.to_string(),
+                    v.trim_matches(|c| c == '(' || c == ')' || c == ' ')
+                        .to_string(),
+                ),
+                None => (s.to_string(), version.to_string()),
+            },
+        };
+        out.push(DebPackage {
+            name: pkg.to_string(),
+            arch: field("Architecture").unwrap_or("all").to_string(),
+            version: version.to_string(),
+            source,
+            source_version,
+            maintainer: field("Maintainer").map(String::from),
+            homepage: field("Homepage").map(String::from),
+            summary: field("Description").map(String::from),
+        });
     }
-    out.sort();
+    out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     out
 }
 
@@ -243,16 +292,39 @@ mod tests {
     #[test]
     fn dpkg_status_lists_installed_packages_only() {
         let text = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\n\
-                    Version: 1:1.2.13.dfsg-1\nDescription: x\n continued\n\n\
+                    Source: zlib\nVersion: 1:1.2.13.dfsg-1\nDescription: x\n continued\n\n\
                     Package: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\n\
+                    Package: libc6\nStatus: install ok installed\nArchitecture: amd64\n\
+                    Source: glibc (2.36-9+deb12u4)\nVersion: 2.36-9+deb12u4\n\
+                    Maintainer: GNU Libc Maintainers <debian-glibc@lists.debian.org>\n\
+                    Homepage: https://www.gnu.org/software/libc/libc.html\n\n\
                     Package: base-files\nStatus: install ok installed\nArchitecture: amd64\n\
                     Version: 12.4+deb12u5\n";
+        let p = parse_dpkg_status(text);
         assert_eq!(
-            parse_dpkg_status(text),
-            vec![
-                "base-files:amd64 12.4+deb12u5".to_string(),
-                "zlib1g:amd64 1:1.2.13.dfsg-1".to_string()
+            p.iter().map(DebPackage::line).collect::<Vec<_>>(),
+            [
+                "base-files:amd64 12.4+deb12u5",
+                "libc6:amd64 2.36-9+deb12u4",
+                "zlib1g:amd64 1:1.2.13.dfsg-1"
             ]
         );
+        assert_eq!(
+            (p[0].source.as_str(), p[0].source_version.as_str()),
+            ("base-files", "12.4+deb12u5")
+        );
+        assert_eq!(
+            (p[1].source.as_str(), p[1].source_version.as_str()),
+            ("glibc", "2.36-9+deb12u4")
+        );
+        assert_eq!(
+            (p[2].source.as_str(), p[2].source_version.as_str()),
+            ("zlib", "1:1.2.13.dfsg-1")
+        );
+        assert_eq!(
+            p[1].maintainer.as_deref(),
+            Some("GNU Libc Maintainers <debian-glibc@lists.debian.org>")
+        );
+        assert_eq!(p[2].summary.as_deref(), Some("x"));
     }
 }

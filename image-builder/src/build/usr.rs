@@ -56,7 +56,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 }
 
 /// The agent's units, enabled for multi-user.target.
-const AGENT_UNITS: [(&str, &str); 2] = [
+const AGENT_UNITS: [(&str, &str); 3] = [
     (
         "drover-agent.service",
         include_str!("../../../update-agent/units/drover-agent.service"),
@@ -64,6 +64,12 @@ const AGENT_UNITS: [(&str, &str); 2] = [
     (
         "drover-boot-complete.service",
         include_str!("../../../update-agent/units/drover-boot-complete.service"),
+    ),
+    // Shipped with drover-install; runs only in a live system told to
+    // install (drover.install= on its command line).
+    (
+        "drover-install-auto.service",
+        include_str!("../../units/drover-install-auto.service"),
     ),
 ];
 

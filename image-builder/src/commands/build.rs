@@ -54,6 +54,20 @@ pub struct Args {
     /// Build only the slot image and manifest, no disk images.
     #[arg(long)]
     pub slot_only: bool,
+    /// Make the ISO install unattended onto DEVICE when it boots
+    /// (`drover.install=DEVICE` on its boot entry; all data on DEVICE is
+    /// lost), then do what --install-then says. Without it the live system
+    /// waits for someone to run drover-install.
+    #[arg(long, value_name = "DEVICE", conflicts_with = "slot_only")]
+    pub install_to: Option<String>,
+    /// With --install-to: where the node config comes from (a path in the
+    /// live system, an http(s) URL, or fwcfg:NAME; default: the fw_cfg entry
+    /// opt/org.drover/install-config when present).
+    #[arg(long, value_name = "SOURCE", requires = "install_to")]
+    pub install_config: Option<String>,
+    /// With --install-to: after a successful install.
+    #[arg(long, value_name = "WHAT", requires = "install_to", value_parser = ["reboot", "poweroff", "stay"])]
+    pub install_then: Option<String>,
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
@@ -115,6 +129,11 @@ impl Args {
                 .unwrap_or_else(build::rootfs::default_cache_dir),
             epoch,
             slot_only: self.slot_only,
+            live_install: live_install(
+                self.install_to.as_deref(),
+                self.install_config.as_deref(),
+                self.install_then.as_deref(),
+            )?,
             progress: if self.quiet {
                 Progress::Quiet
             } else {
@@ -135,4 +154,35 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// The unattended-install words for the ISO's boot entry (read back by
+/// `drover-install --unattended` in the live system).
+fn live_install(
+    to: Option<&str>,
+    config: Option<&str>,
+    then: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let Some(to) = to else {
+        return Ok(Vec::new());
+    };
+    let arg = drover_core::paths::INSTALL_ARG;
+    for (what, v) in [("--install-to", Some(to)), ("--install-config", config)] {
+        if let Some(v) = v {
+            if v.is_empty() || v.chars().any(char::is_whitespace) {
+                bail!("{what} '{v}': a kernel command-line word cannot be empty or hold spaces");
+            }
+        }
+    }
+    if !to.starts_with("/dev/") {
+        bail!("--install-to {to}: expected a device path such as /dev/vda or /dev/disk/by-id/…");
+    }
+    let mut words = vec![format!("{arg}={to}")];
+    if let Some(c) = config {
+        words.push(format!("{arg}.config={c}"));
+    }
+    if let Some(t) = then {
+        words.push(format!("{arg}.then={t}"));
+    }
+    Ok(words)
 }

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub mod auto;
 mod check;
 mod device;
 mod fetch;
