@@ -639,6 +639,76 @@ fn installer(fx: &Fixture, out: &Path, corrupt_data: &Path) {
         log.contains("HEAD /usr.img") && log.contains("GET /usr.img"),
         "{log}"
     );
+    // Unattended, as the live system's drover-install-auto.service runs
+    // it: the kernel command line from a file, the config from a URL.
+    std::fs::write(out.join("node-url.toml"), "hostname = \"unattended\"\n").unwrap();
+    let unattended = |cmdline: String| {
+        let f = fx.p("cmdline");
+        std::fs::write(&f, cmdline).unwrap();
+        exec(vec![
+            "--unattended".into(),
+            "--cmdline".into(),
+            s(&f).into(),
+            "--media".into(),
+            s(out).into(),
+            "--keys".into(),
+            s(&keys).into(),
+        ])
+    };
+    let auto_disk = fx.p("installed-unattended.raw");
+    std::fs::File::create(&auto_disk)
+        .unwrap()
+        .set_len(1536 << 20)
+        .unwrap();
+    let (code, text) = unattended(format!(
+        "console=ttyS0 drover.live drover.install={} drover.install.config={}node-url.toml drover.install.then=stay",
+        s(&auto_disk),
+        web.url()
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("node config: on OEM"), "{text}");
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_drover"),
+        &["inspect", s(&auto_disk), "--public", s(&keys), "--verify"],
+    );
+    assert!(ok && text.contains("verity:           verified"), "{text}");
+    // Nothing asked: nothing done. A typo or a disk too small: refused,
+    // status 2, nothing written.
+    let (code, text) = unattended("console=ttyS0 drover.live".into());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("nothing to do"), "{text}");
+    let small = fx.p("small-unattended.raw");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let small_before = sha256(&small);
+    for (cmdline, want) in [
+        (
+            format!("drover.install={} drover.install.then=stay", s(&small)),
+            "Drover needs at least",
+        ),
+        (
+            format!("drover.install={} drover.install.then=halt", s(&small)),
+            "drover.install.then=halt",
+        ),
+        (
+            format!(
+                "drover.install={} drover.install.config=/nonexistent.toml",
+                s(&small)
+            ),
+            "does not exist",
+        ),
+    ] {
+        let (code, text) = unattended(cmdline.clone());
+        assert_eq!(code, Some(2), "{cmdline}: {text}");
+        assert!(
+            text.contains(want) && text.contains("nothing was written"),
+            "{cmdline}: {text}"
+        );
+        assert_eq!(sha256(&small), small_before, "{cmdline}: the disk changed");
+    }
+
     let url_before = sha256(&url_disk);
     let mut args = base(&url_disk);
     args.extend(["--image".into(), format!("{}missing.img", web.url())]);

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    AbsPath, Channel, DropInName, Hostname, Line, Mode, NodePath, Owner, Sha256Hex, SshKey,
-    SysctlKey, UnitName, Url, UserName,
+    AbsPath, Channel, DropInName, Hostname, Line, Mode, NodePath, Owner, RegistryHost, Sha256Hex,
+    SshKey, SysctlKey, TomlDropInName, UnitName, Url, UserName,
 };
 pub use drover_core::agent_config::{EtcdLock, FleetLock, Strategy, Window};
 
@@ -34,6 +34,9 @@ pub struct Fragment {
     pub update: Option<Update>,
     /// The kubelet.
     pub kubelet: Option<Kubelet>,
+    /// containerd: registries (mirrors, plain HTTP, private CAs) and
+    /// configuration drop-ins.
+    pub containerd: Option<Containerd>,
 }
 
 /// A user.
@@ -171,4 +174,51 @@ pub struct Kubelet {
     /// longer, or the kubelet's delay inhibitor is cut short
     /// (kubernetes/kubernetes#102818).
     pub shutdown_grace_period_secs: Option<u32>,
+}
+
+/// `[containerd]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Containerd {
+    /// How to reach registries: one entry per registry host
+    /// (`/etc/containerd/certs.d/HOST/hosts.toml`).
+    #[serde(default)]
+    pub registries: Vec<Registry>,
+    /// containerd configuration drop-ins (`/etc/containerd/conf.d/NAME.toml`,
+    /// imported by the image's `/etc/containerd/config.toml`).
+    #[serde(default)]
+    pub drop_ins: Vec<ContainerdDropIn>,
+}
+
+/// `[[containerd.registries]]`: one registry as containerd's hosts.toml
+/// describes it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Registry {
+    /// The registry host as image references name it (`docker.io`,
+    /// `registry.example:5000`).
+    pub host: RegistryHost,
+    /// Where the registry itself is; default `https://HOST`
+    /// (`https://registry-1.docker.io` for `docker.io`).
+    pub server: Option<Url>,
+    /// Mirrors tried first, in order, for pulls.
+    #[serde(default)]
+    pub mirrors: Vec<Url>,
+    /// Plain HTTP, or HTTPS without checking the certificate. For a
+    /// registry on a trusted network only.
+    #[serde(default)]
+    pub insecure: bool,
+    /// A CA certificate (PEM) that signs the registry's and its mirrors'
+    /// certificates, added to the system's.
+    pub ca: Option<String>,
+}
+
+/// `[[containerd.drop-ins]]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ContainerdDropIn {
+    /// `NAME.toml`.
+    pub name: TomlDropInName,
+    /// Its text: containerd configuration (version 2), checked to be TOML.
+    pub contents: String,
 }

@@ -12,3 +12,8 @@ pub const KUBELET_ENV: &str = "/etc/drover/kubelet.env";
 pub const KUBELET_BINARY: &str = "/opt/bin/kubelet";
 /// logind's drop-in for the kubelet's graceful shutdown.
 pub const LOGIND_DROP_IN: &str = "/etc/systemd/logind.conf.d/90-drover-kubelet.conf";
+/// containerd's registry host configurations (`HOST/hosts.toml`), the
+/// `config_path` of the image's containerd config.
+pub const CONTAINERD_CERTS_D: &str = "/etc/containerd/certs.d";
+/// containerd configuration drop-ins, imported by the image's config.
+pub const CONTAINERD_CONF_D: &str = "/etc/containerd/conf.d";

@@ -3,7 +3,7 @@
 
 use drover_core::agent_config::{Reboot, Written};
 
-use crate::fragment::Update;
+use crate::fragment::{Registry, Update};
 use crate::settings::KubeletSettings;
 
 /// The `[reboot]` table the `[update]` section means (strategy
@@ -100,4 +100,43 @@ pub fn kubelet_env(k: &KubeletSettings) -> String {
         k.binary_sha256.as_deref().unwrap_or(""),
         args.join(" ").replace(['"', '\\'], "")
     )
+}
+
+/// A TOML string literal.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// `/etc/containerd/certs.d/HOST/hosts.toml` for a registry (containerd's
+/// registry host configuration): the server, the mirrors tried first, and
+/// their TLS settings. `ca` is where the registry's CA file goes, when it
+/// has one.
+pub fn containerd_hosts_toml(r: &Registry, ca: Option<&str>) -> String {
+    let server = match &r.server {
+        Some(u) => u.as_str().trim_end_matches('/').to_string(),
+        None if r.host.as_str() == "docker.io" => "https://registry-1.docker.io".into(),
+        None => format!("https://{}", r.host),
+    };
+    let mut tls = String::new();
+    if let Some(ca) = ca {
+        tls.push_str(&format!("ca = {}\n", toml_str(ca)));
+    }
+    if r.insecure {
+        tls.push_str("skip_verify = true\n");
+    }
+    let mut text = format!(
+        "# Written by Drover from the node config ([[containerd.registries]] {}).\nserver = {}\n{tls}",
+        r.host,
+        toml_str(&server)
+    );
+    for m in &r.mirrors {
+        text.push_str(&format!(
+            "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            toml_str(m.as_str().trim_end_matches('/'))
+        ));
+        for l in tls.lines() {
+            text.push_str(&format!("  {l}\n"));
+        }
+    }
+    text
 }

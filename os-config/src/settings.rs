@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Serialize;
 
-use crate::fragment::{DropIn, Fragment, Kubelet, SysctlValue, Update};
+use crate::fragment::{Containerd, DropIn, Fragment, Kubelet, SysctlValue, Update};
 use crate::types::{AbsPath, Hostname, Line, Mode, NodePath, Owner, SshKey, UnitName, UserName};
 use crate::Error;
 
@@ -128,6 +128,8 @@ pub struct Settings {
     pub update: Option<Update>,
     /// Kubelet, when configured.
     pub kubelet: Option<KubeletSettings>,
+    /// containerd's registries and drop-ins (merged by host and by name).
+    pub containerd: Containerd,
     /// Where it came from, in order.
     pub sources: Vec<String>,
     /// Which source each entry (`users.NAME`, `files["PATH"]`, …) came
@@ -162,6 +164,7 @@ fn replace_by_key<T, K: PartialEq>(list: &mut Vec<T>, item: T, key: impl Fn(&T) 
 /// Merges fragments (in order) and validates the result.
 pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
     let mut merged = Fragment::default();
+    let mut merged_containerd = Containerd::default();
     // For messages about a merged entry: the source it came from.
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
     for src in sources {
@@ -194,6 +197,22 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
             m.halt_after_failures = u.halt_after_failures.or(m.halt_after_failures);
             m.poll_interval_secs = u.poll_interval_secs.or(m.poll_interval_secs);
             m.require_measured_boot = u.require_measured_boot.or(m.require_measured_boot);
+        }
+        if let Some(c) = f.containerd {
+            for r in c.registries {
+                origin.insert(
+                    format!("containerd.registries[\"{}\"]", r.host),
+                    src.name.clone(),
+                );
+                replace_by_key(&mut merged_containerd.registries, r, |r| r.host.clone());
+            }
+            for d in c.drop_ins {
+                origin.insert(
+                    format!("containerd.drop-ins[\"{}\"]", d.name),
+                    src.name.clone(),
+                );
+                replace_by_key(&mut merged_containerd.drop_ins, d, |d| d.name.clone());
+            }
         }
         if let Some(k) = f.kubelet {
             origin.insert("kubelet".into(), src.name.clone());
@@ -374,6 +393,64 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
         }
     };
 
+    for r in &merged_containerd.registries {
+        let key = format!("containerd.registries[\"{}\"]", r.host);
+        let plain = |u: &crate::types::Url| u.as_str().starts_with("http://");
+        if !r.insecure {
+            if let Some(u) = r.server.iter().chain(&r.mirrors).find(|u| plain(u)) {
+                return Err(err(
+                    key,
+                    format!("{u} is plain HTTP: set insecure = true to allow it (for a registry on a trusted network only)"),
+                ));
+            }
+        }
+        if let Some(ca) = &r.ca {
+            if !ca.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(err(
+                    format!("{key}.ca"),
+                    "not a PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+        }
+    }
+    for d in &merged_containerd.drop_ins {
+        let key = format!("containerd.drop-ins[\"{}\"]", d.name);
+        let table: toml::Table = d.contents.parse().map_err(|e: toml::de::Error| {
+            err(
+                format!("{key}.contents"),
+                format!("not TOML: {}", e.message()),
+            )
+        })?;
+        if table.contains_key("imports") {
+            return Err(err(
+                format!("{key}.contents"),
+                "a drop-in cannot import others (containerd reads imports only from the main config)".into(),
+            ));
+        }
+        // containerd 1.6 merges an import plugin by plugin: a drop-in's
+        // table for a plugin replaces the main config's whole table for
+        // it. A CRI table without the registry's config_path would turn
+        // off every [[containerd.registries]] entry without a word.
+        let cri = table
+            .get("plugins")
+            .and_then(|p| p.get("io.containerd.grpc.v1.cri"));
+        if let Some(cri) = cri {
+            let path = cri
+                .get("registry")
+                .and_then(|r| r.get("config_path"))
+                .and_then(|v| v.as_str());
+            if path != Some(crate::paths::CONTAINERD_CERTS_D) {
+                return Err(err(
+                    format!("{key}.contents"),
+                    format!(
+                        "this drop-in's [plugins.\"io.containerd.grpc.v1.cri\"] replaces the image's whole CRI table (containerd merges imports plugin by plugin), which sets registry.config_path = \"{}\" for [[containerd.registries]] and the CNI directories: repeat them in it",
+                        crate::paths::CONTAINERD_CERTS_D
+                    ),
+                ));
+            }
+        }
+    }
+
     Ok(Settings {
         hostname: merged.hostname,
         users,
@@ -386,6 +463,7 @@ pub fn settle(sources: &[Source]) -> Result<Settings, Error> {
             .collect(),
         update: merged.update,
         kubelet,
+        containerd: merged_containerd,
         sources: sources.iter().map(|s| s.name.clone()).collect(),
         origins: origin,
     })

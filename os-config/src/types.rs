@@ -252,6 +252,54 @@ string_type!(
     check_drop_in
 );
 
+fn check_registry_host(s: &str) -> Result<(), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['-', '.']);
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "'{s}' is not a registry host: a host name or IPv4 address, with an optional :PORT (as in an image reference: registry.example:5000)"
+        ));
+    }
+    Ok(())
+}
+
+string_type!(
+    /// A registry's host as image references name it (`docker.io`,
+    /// `10.0.2.100:5000`): containerd's `certs.d` directory name.
+    RegistryHost,
+    check_registry_host
+);
+
+fn check_toml_name(s: &str) -> Result<(), String> {
+    let stem = s.strip_suffix(".toml").unwrap_or("");
+    if stem.is_empty()
+        || !stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        || stem.starts_with('.')
+    {
+        return Err(format!(
+            "'{s}' is not a drop-in name (NAME.toml, NAME of letters, digits, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+string_type!(
+    /// A containerd configuration drop-in's file name, `NAME.toml`.
+    TomlDropInName,
+    check_toml_name
+);
+
 fn check_sysctl_key(s: &str) -> Result<(), String> {
     if s.is_empty()
         || s.starts_with(['.', '/'])

@@ -82,6 +82,28 @@ cluster-dns = ["10.96.0.10"]
 cluster-domain = "cluster.local"
 node-labels = {{ "role" = "worker" }}
 max-pods = 50
+
+[[containerd.registries]]
+host = "registry.internal:5000"
+mirrors = ["https://mirror.internal/v2/"]
+ca = """
+-----BEGIN CERTIFICATE-----
+MIIBfake
+-----END CERTIFICATE-----
+"""
+
+[[containerd.registries]]
+host = "10.0.2.100:5000"
+server = "http://10.0.2.100:5000"
+insecure = true
+
+[[containerd.drop-ins]]
+name = "50-opt.toml"
+contents = """
+version = 2
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt-node"
+"""
 "#,
         "ab".repeat(32)
     )
@@ -135,6 +157,64 @@ fn every_field_is_read() {
     let k = s.kubelet.as_ref().unwrap();
     assert!(k.enabled);
     assert_eq!(k.more.max_pods, Some(50));
+    assert_eq!(s.containerd.registries.len(), 2);
+    assert!(s.containerd.registries[1].insecure);
+    assert_eq!(s.containerd.drop_ins[0].name.as_str(), "50-opt.toml");
+}
+
+/// containerd's registry host files, as containerd reads them: TOML with
+/// the server, its TLS settings, and each mirror as a `host` table.
+#[test]
+fn registries_render_containerd_hosts_files() {
+    let (_, actions) = check(&[src("full.toml", &full())]).unwrap();
+    let file = |p: &str| {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Write { path, contents, .. } if path == p => {
+                    Some(String::from_utf8(contents.clone()).unwrap())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {p}"))
+    };
+    let private: toml::Table = file("/etc/containerd/certs.d/registry.internal:5000/hosts.toml")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        private["server"].as_str(),
+        Some("https://registry.internal:5000")
+    );
+    let ca = "/etc/containerd/certs.d/registry.internal:5000/ca.crt";
+    assert_eq!(private["ca"].as_str(), Some(ca));
+    assert!(file(ca).starts_with("-----BEGIN CERTIFICATE-----"));
+    let mirror = &private["host"]["https://mirror.internal/v2"];
+    assert_eq!(mirror["ca"].as_str(), Some(ca));
+    assert_eq!(
+        mirror["capabilities"].as_array().unwrap().len(),
+        2,
+        "{mirror}"
+    );
+    let plain: toml::Table = file("/etc/containerd/certs.d/10.0.2.100:5000/hosts.toml")
+        .parse()
+        .unwrap();
+    assert_eq!(plain["server"].as_str(), Some("http://10.0.2.100:5000"));
+    assert_eq!(plain["skip_verify"].as_bool(), Some(true));
+    assert!(file("/etc/containerd/conf.d/50-opt.toml").contains("opt-node"));
+    // docker.io's registry is not at https://docker.io.
+    let (_, actions) = check(&[src(
+        "d.toml",
+        "[[containerd.registries]]\nhost = \"docker.io\"\nmirrors = [\"https://mirror.gcr.io\"]\n",
+    )])
+    .unwrap();
+    let docker = actions
+        .iter()
+        .find(|a| a.path() == "/etc/containerd/certs.d/docker.io/hosts.toml")
+        .unwrap();
+    let Action::Write { contents, .. } = docker else {
+        panic!()
+    };
+    assert!(String::from_utf8_lossy(contents).contains("server = \"https://registry-1.docker.io\""));
 }
 
 /// `(fragment, key in the message, words of the reason)`.
@@ -181,6 +261,16 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("[kubelet]\nbinary-sha256 = \"xyz\"", "kubelet.binary-sha256", "SHA-256"),
     ("[kubelet]\ncluster-dns = [\"10.0.0.300\"]", "kubelet.cluster-dns[0]", "invalid"),
     ("[kubelet]\nbinary = \"/opt/k\"", "kubelet.binary", "unknown field `binary`"),
+    ("[[containerd.registries]]\nhost = \"http://r.example\"", "containerd.registries[0].host", "not a registry host"),
+    ("[[containerd.registries]]\nhost = \"r.example:99999\"", "containerd.registries[0].host", "not a registry host"),
+    ("[[containerd.registries]]\nhost = \"r.example\"\nserver = \"http://r.example\"", "containerd.registries[\"r.example\"]", "insecure = true"),
+    ("[[containerd.registries]]\nhost = \"r.example\"\nmirrors = [\"http://m.example\"]", "containerd.registries[\"r.example\"]", "plain HTTP"),
+    ("[[containerd.registries]]\nhost = \"r.example\"\nca = \"not pem\"", "containerd.registries[\"r.example\"].ca", "PEM"),
+    ("[[containerd.registries]]\nhost = \"r.example\"\ninsecur = true", "containerd.registries[0].insecur", "unknown field"),
+    ("[[containerd.drop-ins]]\nname = \"x.conf\"\ncontents = \"\"", "containerd.drop-ins[0].name", "NAME.toml"),
+    ("[[containerd.drop-ins]]\nname = \"x.toml\"\ncontents = \"[a\"", "containerd.drop-ins[\"x.toml\"].contents", "not TOML"),
+    ("[[containerd.drop-ins]]\nname = \"x.toml\"\ncontents = \"imports = []\"", "containerd.drop-ins[\"x.toml\"].contents", "cannot import"),
+    ("[[containerd.drop-ins]]\nname = \"x.toml\"\ncontents = \"[plugins.\\\"io.containerd.grpc.v1.cri\\\"]\\nsandbox_image = \\\"p\\\"\"", "containerd.drop-ins[\"x.toml\"].contents", "replaces the image's whole CRI table"),
     ("not toml", "", "expected"),
 ];
 
@@ -252,6 +342,10 @@ fn check_lists_the_actions() {
         "/etc/kubernetes/kubelet-config.yaml",
         "/etc/drover/kubelet.env",
         "/etc/systemd/system/multi-user.target.wants/kubelet.service",
+        "/etc/containerd/certs.d/registry.internal:5000/hosts.toml",
+        "/etc/containerd/certs.d/registry.internal:5000/ca.crt",
+        "/etc/containerd/certs.d/10.0.2.100:5000/hosts.toml",
+        "/etc/containerd/conf.d/50-opt.toml",
     ] {
         assert!(paths.contains(&p), "no action for {p}: {paths:?}");
     }

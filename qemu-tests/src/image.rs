@@ -158,7 +158,7 @@ pub fn spec(version: &str, extra: &str) -> String {
 pub fn test_image() -> &'static TestImage {
     static IMAGE: OnceLock<TestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = build("v1", &spec("1.0.0", ""), false)
+        let dir = build("v1", &spec("1.0.0", ""), Kind::Image)
             .unwrap_or_else(|e| panic!("building the QEMU test image: {e:#}"));
         TestImage {
             disk: dir.join("out/disk.raw"),
@@ -197,9 +197,37 @@ pub fn release_spec(name: &str, spec_text: &str) -> PathBuf {
         "test release {name}: a release is built from the test image's root file system, so its package list must be the test image's"
     );
     test_image();
-    build(name, spec_text, true)
+    build(name, spec_text, Kind::Release)
         .unwrap_or_else(|e| panic!("building test release {name}: {e:#}"))
         .join("out")
+}
+
+/// The test image's installation ISO, built again with `drover build
+/// --install-to /dev/vda --install-then poweroff`: its live system installs
+/// unattended onto the machine's first virtio disk (the config from the
+/// fw_cfg entry `opt/org.drover/install-config` when one is given) and
+/// powers off. Built from the test image's root file system, once per run.
+pub fn unattended_iso() -> PathBuf {
+    test_image();
+    build(
+        "unattended",
+        &spec("1.0.0", ""),
+        Kind::Iso(&["--install-to", "/dev/vda", "--install-then", "poweroff"]),
+    )
+    .unwrap_or_else(|e| panic!("building the unattended ISO: {e:#}"))
+    .join("out/drover.iso")
+}
+
+/// What [`build`] makes.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// The test image: mmdebstrap, every output, the root file system kept.
+    Image,
+    /// A release: the slot image only, from the test image's root file system.
+    Release,
+    /// Every output, from the test image's root file system, with these
+    /// extra `drover build` arguments.
+    Iso(&'static [&'static str]),
 }
 
 /// Publishes the release built in `build_dir` to channel `stable` of the
@@ -243,7 +271,8 @@ pub fn drover_binary() -> PathBuf {
     target_dir().join("debug/drover")
 }
 
-fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf> {
+fn build(name: &str, spec_text: &str, kind: Kind) -> anyhow::Result<PathBuf> {
+    let from_rootfs = !matches!(kind, Kind::Image);
     let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The same build nextest makes (`cargo test --no-run` of the whole
@@ -302,20 +331,23 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
     }
     h.update(std::fs::read(&public)?);
     let rootfs = base.join("rootfs");
-    if slot_only {
+    if from_rootfs {
         // Built from the test image's tree: rebuilt when that is.
         h.update(std::fs::read(base.join("inputs.sha256"))?);
     }
+    if let Kind::Iso(args) = kind {
+        h.update(args.join("\0").as_bytes());
+    }
     let key = hex::encode(h.finalize());
     let stamp = dir.join("inputs.sha256");
-    let done = if slot_only {
-        dir.join("out/usr.img")
-    } else {
-        dir.join("stage-initrd.img")
+    let done = match kind {
+        Kind::Release => dir.join("out/usr.img"),
+        Kind::Iso(_) => dir.join("out/drover.iso"),
+        Kind::Image => dir.join("stage-initrd.img"),
     };
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
         && done.is_file()
-        && (slot_only || rootfs.is_dir())
+        && (from_rootfs || rootfs.is_dir())
     {
         return Ok(dir);
     }
@@ -329,8 +361,8 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
     eprintln!(
         "qemu-tests: building test image {name} in {} ({})",
         dir.display(),
-        if slot_only {
-            "from the test image's root file system: seconds"
+        if from_rootfs {
+            "from the test image's root file system: seconds to a minute"
         } else {
             "mmdebstrap: about 2 minutes"
         }
@@ -347,13 +379,13 @@ fn build(name: &str, spec_text: &str, slot_only: bool) -> anyhow::Result<PathBuf
         .arg(&boot)
         .arg("--agent-binaries")
         .arg(&bins);
-    if slot_only {
-        cmd.arg("--slot-only").arg("--rootfs").arg(&rootfs);
-    } else {
-        cmd.arg("--keep-rootfs").arg(&rootfs);
-    }
+    match kind {
+        Kind::Release => cmd.arg("--slot-only").arg("--rootfs").arg(&rootfs),
+        Kind::Iso(args) => cmd.arg("--rootfs").arg(&rootfs).args(args),
+        Kind::Image => cmd.arg("--keep-rootfs").arg(&rootfs),
+    };
     run(&mut cmd)?;
-    if !slot_only {
+    if matches!(kind, Kind::Image) {
         let disk = out.join("disk.raw");
         for (from, to) in [
             ("::/drover/vmlinuz", dir.join("stage-vmlinuz")),

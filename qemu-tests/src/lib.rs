@@ -12,10 +12,16 @@
 //! * [`web`]: nginx serving a published update repository on loopback.
 //! * [`etcd`]: etcd members on loopback (plain or TLS with client
 //!   certificates), for the reboot-lock tests.
+//! * [`libvirt`]: a libvirt daemon (started when none runs) and domains
+//!   defined from XML, for the install test that follows the docs.
+//! * [`registry`]: a container registry on loopback and a `FROM scratch`
+//!   image built and pushed by the test, for containers on a node.
 
 pub mod accel;
 pub mod etcd;
 pub mod guest;
 pub mod image;
+pub mod libvirt;
+pub mod registry;
 pub mod snapshot;
 pub mod web;

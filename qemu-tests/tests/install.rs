@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_qemu_tests::guest::{Firmware, GuestBuilder};
-use drover_qemu_tests::image::{slot_bits, test_image};
+use drover_qemu_tests::image::{slot_bits, test_image, unattended_iso};
 
 const BOOT: Duration = Duration::from_secs(600);
 const CONFIG_NAME: &str = "opt/org.drover/install-config";
@@ -151,6 +151,57 @@ fn the_iso_boots_live_installs_onto_an_empty_disk_and_the_disk_boots_with_the_co
         ],
         "{facts}"
     );
+}
+
+/// `drover build --install-to /dev/vda --install-then poweroff`: nobody
+/// types anything. The live system installs onto the empty disk with the
+/// config from fw_cfg, says so on the console, and powers off; the disk
+/// then holds a table with USR-A good. (The libvirt test boots such a disk.)
+#[test]
+fn the_unattended_iso_installs_by_itself_and_powers_off() {
+    let img = test_image();
+    let iso = unattended_iso();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("target.raw");
+    sparse(&disk, 2 << 30);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut g = GuestBuilder::new(
+        "unattended",
+        &disk,
+        Firmware::Ovmf {
+            vars: dir.path().join("OVMF_VARS.fd"),
+        },
+    )
+    .probe_kernel(&img.kernel)
+    .cdrom(&iso)
+    .fw_cfg(CONFIG_NAME, &config)
+    .start()
+    .unwrap();
+    g.expect("kexec into LIVE 1.0.0", BOOT);
+    g.expect(
+        &format!(
+            "drover-install: unattended install onto /dev/vda (config: /sys/firmware/qemu_fw_cfg/by_name/{CONFIG_NAME}/raw; then: poweroff)"
+        ),
+        BOOT,
+    );
+    g.expect("installed drover 1.0.0 on /dev/vda", BOOT);
+    g.wait_exit(Duration::from_secs(300)).unwrap();
+    let console = g.console();
+    drop(g);
+    let (_, live_cmdline) = console
+        .split_once("kexec into LIVE 1.0.0 (")
+        .unwrap_or_else(|| panic!("{console}"));
+    assert!(
+        live_cmdline
+            .lines()
+            .next()
+            .unwrap()
+            .contains("drover.live drover.install=/dev/vda drover.install.then=poweroff"),
+        "{live_cmdline}"
+    );
+    assert_eq!(slot_bits(&disk, drover_core::SlotId::A), (1, 0, true));
+    assert_eq!(slot_bits(&disk, drover_core::SlotId::B).0, 0);
 }
 
 #[test]

@@ -2,14 +2,20 @@
 //! on first boot before systemd starts (hostname, a user's SSH key, a
 //! file, a unit, a sysctl, the kubelet), not again on the next boot, and
 //! an invalid one stops the first boot with its message. containerd runs
-//! in the image; the kubelet starts with its rendered config when a
-//! binary is there and is skipped, saying why, when it is not.
+//! in the image, reaches a registry on the host (Debian's docker-registry,
+//! plain HTTP) through the config's `[[containerd.registries]]` entry,
+//! pulls an image the test built (`FROM scratch`, a static busybox) and
+//! runs it, and the container answers; the config's containerd drop-in is
+//! in containerd's configuration. The kubelet starts with its rendered
+//! config when a binary is there and is skipped, saying why, when it is
+//! not.
 
 use std::path::Path;
 use std::time::Duration;
 
 use drover_qemu_tests::guest::Guest;
 use drover_qemu_tests::image::test_image;
+use drover_qemu_tests::registry::{push_scratch_image, static_busybox, Registry};
 use sha2::{Digest as _, Sha256};
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -29,6 +35,12 @@ fn start(name: &str, disk: &Path, sock: &Path, config: &Path) -> Guest {
         .start()
         .unwrap()
 }
+
+/// Where the guest reaches the test's registry (QEMU forwards it to the
+/// registry on the host's loopback).
+const REGISTRY: &str = "10.0.2.101:5000";
+/// The page the test's container serves.
+const PAGE: &str = "hello from a container on a Drover node\n";
 
 /// Runs a shell command in the guest until its output contains `want`.
 fn expect_sh(g: &Guest, script: &str, want: &str) -> String {
@@ -50,6 +62,24 @@ fn a_config_from_fw_cfg_is_applied_once_and_the_kubelet_runs_beside_containerd()
     let disk = img.fresh_disk(dir.path());
     let sock = dir.path().join("qga.sock");
     let sha = hex::encode(Sha256::digest(KUBELET_STAND_IN.as_bytes()));
+    // A registry on the host with an image the test builds: FROM scratch,
+    // a static binary (busybox) that serves a page.
+    let registry = Registry::start(dir.path()).unwrap();
+    push_scratch_image(
+        &dir.path().join("hello-oci"),
+        registry.port,
+        "drover/hello:1",
+        &[
+            (
+                "bin/busybox",
+                std::fs::read(static_busybox()).expect("busybox-static"),
+                0o755,
+            ),
+            ("www/index.html", PAGE.as_bytes().to_vec(), 0o644),
+        ],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    )
+    .unwrap();
     let config = format!(
         r#"
 hostname = "drover-test-node"
@@ -91,12 +121,33 @@ binary-sha256 = "{sha}"
 cluster-domain = "cluster.local"
 max-pods = 42
 node-labels = {{ "drover.test/role" = "worker" }}
+
+[[containerd.registries]]
+host = "{REGISTRY}"
+server = "http://{REGISTRY}"
+insecure = true
+
+[[containerd.drop-ins]]
+name = "50-drover-test.toml"
+contents = """
+version = 2
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt-drover-test"
+"""
 "#
     );
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, config).unwrap();
 
-    let mut g = start("node-config", &disk, &sock, &cfg);
+    let mut g = test_image()
+        .node("node-config", &disk, &sock)
+        .fw_cfg("opt/org.drover/config", &cfg)
+        // A NIC; the update channel's address leads to the registry too
+        // (the agent finds no channel there, which this test ignores).
+        .channel(registry.port)
+        .forward(REGISTRY, registry.port)
+        .start()
+        .unwrap();
     let line = g.expect("node config applied", BOOT);
     if !line.contains("fw_cfg opt/org.drover/config") {
         g.fail(&format!("applied from where? {line}"));
@@ -133,6 +184,7 @@ node-labels = {{ "drover.test/role" = "worker" }}
         }
     }
     expect_sh(&g, "systemctl is-active containerd.service", "active");
+    container_runs(&g);
     // The kubelet runs with the rendered config and the node labels.
     let args = expect_sh(
         &g,
@@ -195,4 +247,52 @@ fn an_invalid_config_stops_the_first_boot_with_its_message() {
     if g.console().contains("Welcome to") || g.console().contains("DROVER-TEST-REPORT") {
         g.fail("the boot went on after an invalid config");
     }
+}
+
+/// containerd pulls the test's image through the registry entry of the
+/// node config (plain HTTP, which it refuses without it), runs it, and the
+/// container answers another container on the node; the config's drop-in
+/// is part of containerd's configuration.
+fn container_runs(g: &Guest) {
+    let image = format!("{REGISTRY}/drover/hello:1");
+    let (code, out) = g.sh(&format!("ctr images pull {image} 2>&1"));
+    if code == 0 {
+        g.fail(&format!(
+            "a plain-HTTP pull worked without the registry entry, so the test proves nothing: {out}"
+        ));
+    }
+    let (code, out) = g.sh(&format!(
+        "cat /etc/containerd/certs.d/{REGISTRY}/hosts.toml; ctr images pull --hosts-dir /etc/containerd/certs.d {image} 2>&1"
+    ));
+    if code != 0 {
+        g.fail(&format!(
+            "ctr pull through the node config's registry entry: {out}"
+        ));
+    }
+    let (code, out) = g.sh(&format!("ctr run -d --net-host {image} drover-hello 2>&1"));
+    if code != 0 {
+        g.fail(&format!("ctr run: {out}"));
+    }
+    let answer = expect_sh(
+        g,
+        &format!("ctr run --rm --net-host {image} drover-hello-client /bin/busybox wget -q -O - http://127.0.0.1:8080/ 2>&1"),
+        PAGE.trim(),
+    );
+    assert!(answer.contains(PAGE.trim()), "{answer}");
+    let (_, tasks) = g.sh("ctr task ls");
+    if !tasks
+        .lines()
+        .any(|l| l.starts_with("drover-hello ") && l.contains("RUNNING"))
+    {
+        g.fail(&format!("the container is not running: {tasks}"));
+    }
+    let (_, dump) = g.sh("containerd config dump");
+    if !dump.contains("/var/lib/containerd/opt-drover-test")
+        || !dump.contains("config_path = \"/etc/containerd/certs.d\"")
+    {
+        g.fail(&format!(
+            "containerd's configuration lacks the drop-in or the registry path:\n{dump}"
+        ));
+    }
+    g.sh("ctr task kill -s KILL drover-hello; sleep 1; ctr task rm drover-hello; ctr container rm drover-hello");
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask demo`: the main job, narrated. Builds v1 and v2 of the
 //! default image (examples/container-host.toml) with a development key,
 //! publishes v2 to a signed channel served by nginx on loopback, boots v1 in
-//! QEMU through OVMF and systemd-boot with the agent pointed at the channel
-//! (reachable from the guest only through QEMU user networking), and shows
-//! the agent updating to v2, rebooting, confirming, then a manual rollback.
+//! QEMU through OVMF and systemd-boot with a software TPM (swtpm) and the
+//! agent pointed at the channel (reachable from the guest only through QEMU
+//! user networking), shows the measured boot verified on the node and a
+//! quote with a fresh nonce checked on the host, then the agent updating to
+//! v2, rebooting, confirming, and a manual rollback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -233,7 +235,10 @@ pub fn run() -> anyhow::Result<()> {
     );
     let sock = dir.join("qga.sock");
     let _ = std::fs::remove_file(&sock);
-    say(start, "booting the node in QEMU (OVMF, systemd-boot, drover-boot stage, kexec into the slot); TCG takes a minute or two");
+    // A new machine, a new TPM.
+    let tpm = dir.join("tpm");
+    let _ = std::fs::remove_dir_all(&tpm);
+    say(start, "booting the node in QEMU (OVMF, systemd-boot, drover-boot stage, kexec into the slot) with a software TPM (swtpm); TCG takes a minute or two");
     let mut g = GuestBuilder::new(
         "demo",
         &disk,
@@ -244,6 +249,7 @@ pub fn run() -> anyhow::Result<()> {
     .probe_kernel(&dir.join("stage-vmlinuz"))
     .channel(web.port)
     .guest_agent(&sock)
+    .tpm(&tpm)
     .allow_reboot()
     .start()?;
     let t = Duration::from_secs(900);
@@ -253,6 +259,7 @@ pub fn run() -> anyhow::Result<()> {
     show(start, &mut g, "login:", t)?;
     g.wait_for_agent(t)?;
     status(start, &g, "droverctl status on the node")?;
+    attest(start, &g, &dir, &outs[0], &bin("drover"))?;
 
     say(
         start,
@@ -307,6 +314,88 @@ pub fn run() -> anyhow::Result<()> {
     g.wait_for_agent(t)?;
     status(start, &g, "done: the node runs 1.0.0 again, reported as a manual rollback; the agent will not reinstall 1.1.0 on its own")?;
     g.stop();
+    Ok(())
+}
+
+/// The secure-site path: the node's own check of its measured boot, then a
+/// quote over its PCRs with a nonce the host just drew, checked on the
+/// host against the build's signed manifest and `build.json`.
+fn attest(
+    start: Instant,
+    g: &Guest,
+    dir: &Path,
+    build: &Path,
+    drover: &Path,
+) -> anyhow::Result<()> {
+    say(
+        start,
+        "measured boot: firmware and drover-boot measured the boot into the TPM; droverctl verify-boot replays the event log against the signed reference values",
+    );
+    let (code, out) = g.exec(&["/usr/bin/droverctl", "verify-boot"], true)?;
+    for l in out.lines() {
+        println!("    {l}");
+    }
+    if code != 0 {
+        bail!("droverctl verify-boot failed on the demo node (exit {code})");
+    }
+    let nonce = format!("{:032x}", fastrand::u128(..));
+    say(
+        start,
+        &format!("remote attestation: droverctl attest on the node quotes the PCRs with the host's fresh nonce {nonce}"),
+    );
+    let (code, out) = g.exec(
+        &[
+            "/usr/bin/droverctl",
+            "attest",
+            "--nonce",
+            &nonce,
+            "--out",
+            "/run/evidence.json",
+            "--ak-public-out",
+            "/run/ak.pub",
+        ],
+        true,
+    )?;
+    if code != 0 {
+        bail!("droverctl attest failed (exit {code}): {out}");
+    }
+    let evidence = dir.join("evidence.json");
+    std::fs::write(
+        &evidence,
+        g.exec(&["/bin/cat", "/run/evidence.json"], true)?.1,
+    )?;
+    let (_, ak_hex) = g.exec(
+        &["/bin/sh", "-c", "od -An -tx1 -v /run/ak.pub | tr -d ' \\n'"],
+        true,
+    )?;
+    let ak = dir.join("ak.pub");
+    std::fs::write(
+        &ak,
+        hex::decode(ak_hex.trim()).context("the AK's public part")?,
+    )?;
+    say(
+        start,
+        "drover attest-verify on this host: the quote's signature and nonce, the event log against the PCRs, the events against the signed reference values",
+    );
+    let o = Command::new(drover)
+        .arg("attest-verify")
+        .arg(&evidence)
+        .args(["--nonce", &nonce, "--manifest"])
+        .arg(build.join("manifest.json"))
+        .arg("--build-json")
+        .arg(build.join("build.json"))
+        .arg("--ak-public")
+        .arg(&ak)
+        .output()?;
+    for l in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stderr).lines())
+    {
+        println!("    {l}");
+    }
+    if !o.status.success() {
+        bail!("drover attest-verify refused the demo node's quote");
+    }
     Ok(())
 }
 

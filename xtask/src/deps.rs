@@ -42,6 +42,14 @@ const NEEDED: &[(&str, &str)] = &[
     // Virtual environments for the reference tools the tests install
     // from PyPI (SPDX and CycloneDX validators).
     ("/usr/share/doc/python3-venv", "python3-venv"),
+    // The install test that runs the docs' libvirt domain.
+    ("libvirtd", "libvirt-daemon-system"),
+    ("virsh", "libvirt-clients"),
+    // A container on a node: a registry on the host, an image pushed to
+    // it, a static binary in the image.
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+    ("/usr/share/doc/busybox-static", "busybox-static"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     (
         "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",

@@ -87,7 +87,7 @@ fn unattended(
         return Ok(None);
     };
     eprintln!(
-        "drover-install: unattended install onto {} (config: {}, then {:?})",
+        "drover-install: unattended install onto {} (config: {}; then: {})",
         u.disk.display(),
         match &u.config {
             None => "none".to_string(),

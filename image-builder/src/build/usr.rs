@@ -85,6 +85,10 @@ const PRE_REBOOT_TARGET: (&str, &str) = (
     include_str!("../../../update-agent/units/drover-pre-reboot.target"),
 );
 
+/// containerd's configuration where containerd is: Debian's, plus the
+/// node config's drop-ins (`imports`) and registry hosts (`config_path`).
+const CONTAINERD_CONFIG: &str = include_str!("../../files/containerd-config.toml");
+
 /// The kubelet's unit (kubelet-unit/), shipped where containerd is.
 const KUBELET_UNIT: &str = include_str!("../../../kubelet-unit/kubelet.service");
 
@@ -269,6 +273,11 @@ pub fn prepare(
     let sd = usr.join("lib/systemd/system");
     if sd.join("containerd.service").is_file() {
         write_file(&sd.join("kubelet.service"), KUBELET_UNIT.as_bytes(), 0o644)?;
+        write_file(
+            &factory_etc.join("containerd/config.toml"),
+            CONTAINERD_CONFIG.as_bytes(),
+            0o644,
+        )?;
     }
 
     // Extra files.

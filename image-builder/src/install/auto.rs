@@ -49,6 +49,16 @@ pub enum Then {
     Stay,
 }
 
+impl std::fmt::Display for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Then::Reboot => "reboot",
+            Then::Poweroff => "poweroff",
+            Then::Stay => "stay",
+        })
+    }
+}
+
 /// An unattended install as the command line asks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unattended {
@@ -172,8 +182,20 @@ pub fn fetch_config(source: &ConfigSource, scratch: &Path) -> anyhow::Result<Pat
                 concat!("drover-install/", env!("CARGO_PKG_VERSION")),
                 drover_core::http::STALL_TIMEOUT,
             )?;
-            let bytes = drover_core::http::get_small(&client, url, 1 << 20)
-                .with_context(|| format!("downloading the install config {url}"))?;
+            // The network may still be coming up: retried for two minutes.
+            let start = Instant::now();
+            let bytes = loop {
+                match drover_core::http::get_small(&client, url, 1 << 20) {
+                    Ok(b) => break b,
+                    Err(e) if start.elapsed() < Duration::from_secs(120) => {
+                        eprintln!("drover-install: the install config {url}: {e:#}; retrying");
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!("downloading the install config {url}")))
+                    }
+                }
+            };
             let path = scratch.join("install-config.toml");
             std::fs::write(&path, bytes)?;
             Ok(path)

@@ -13,7 +13,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::paths::{AGENT_DROP_IN, KUBELET_CONFIG, KUBELET_ENV, LOGIND_DROP_IN};
+use crate::paths::{
+    AGENT_DROP_IN, CONTAINERD_CERTS_D, CONTAINERD_CONF_D, KUBELET_CONFIG, KUBELET_ENV,
+    LOGIND_DROP_IN,
+};
 use crate::settings::Settings;
 use crate::Error;
 
@@ -259,6 +262,32 @@ pub fn plan(settings: &Settings, root: Option<&Path>) -> Result<Vec<Action>, Err
                 why: "kubelet.enabled".into(),
             });
         }
+    }
+    for r in &settings.containerd.registries {
+        let why = format!("containerd.registries[\"{}\"]", r.host);
+        let dir = format!("{CONTAINERD_CERTS_D}/{}", r.host);
+        let ca = r.ca.as_ref().map(|pem| {
+            let p = format!("{dir}/ca.crt");
+            out.parents(&p);
+            out.push(Action::root_file(&p, pem.clone().into_bytes(), why.clone()));
+            p
+        });
+        let p = format!("{dir}/hosts.toml");
+        out.parents(&p);
+        out.push(Action::root_file(
+            &p,
+            crate::render::containerd_hosts_toml(r, ca.as_deref()).into_bytes(),
+            why,
+        ));
+    }
+    for d in &settings.containerd.drop_ins {
+        let p = format!("{CONTAINERD_CONF_D}/{}", d.name);
+        out.parents(&p);
+        out.push(Action::root_file(
+            &p,
+            d.contents.clone().into_bytes(),
+            format!("containerd.drop-ins[\"{}\"]", d.name),
+        ));
     }
     Ok(out.list)
 }
