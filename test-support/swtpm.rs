@@ -16,7 +16,32 @@ pub struct Swtpm {
 impl Swtpm {
     /// Starts a fresh TPM (its own state directory).
     pub fn start() -> Swtpm {
+        Self::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// Starts a TPM set up as `swtpm_setup` (and libvirt, and many
+    /// machines' firmware) leaves it: PCR banks `banks` allocated only
+    /// (e.g. `sha256`), an EK made, owned.
+    #[allow(dead_code)] // not every test file that includes this uses it
+    pub fn start_manufactured(banks: &str) -> Swtpm {
         let state = tempfile::tempdir().unwrap();
+        let out = Command::new("swtpm_setup")
+            .arg("--tpm2")
+            .arg("--tpm-state")
+            .arg(state.path())
+            .args(["--pcr-banks", banks, "--createek", "--overwrite"])
+            .output()
+            .expect("swtpm_setup (Debian package swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "swtpm_setup: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self::start_in(state)
+    }
+
+    fn start_in(state: tempfile::TempDir) -> Swtpm {
         for _ in 0..20 {
             // Two free neighbouring ports: the TPM and its control channel.
             let port = TcpListener::bind("127.0.0.1:0")

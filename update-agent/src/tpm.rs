@@ -49,18 +49,37 @@ fn all_pcrs() -> Vec<PcrSlot> {
 pub fn read_pcrs(ctx: &mut Context, banks: &[Bank]) -> anyhow::Result<PcrValues> {
     let mut out = PcrValues::new();
     for &bank in banks {
-        let sel = PcrSelectionList::builder()
-            .with_selection(drover_core::measured::tpm::alg(bank), &all_pcrs())
+        let alg = drover_core::measured::tpm::alg(bank);
+        let mut remaining = PcrSelectionList::builder()
+            .with_selection(alg, &all_pcrs())
             .build()?;
-        let data =
-            pcr::read_all(ctx, sel).with_context(|| format!("reading the {} PCRs", bank.name()))?;
-        let Some(values) = data.pcr_bank(drover_core::measured::tpm::alg(bank)) else {
-            continue;
-        };
-        for (i, slot) in all_pcrs().into_iter().enumerate() {
-            if let Some(d) = values.get_digest(slot) {
-                out.insert((bank, i as u32), d.to_vec());
+        // TPM2_PCR_Read answers at most eight PCRs at a time, and none of
+        // a bank the TPM has not allocated: read until the selection is
+        // empty or an answer is. (tss-esapi's `pcr::read_all` loops
+        // forever on an unallocated bank: a TPM set up with SHA-256 only,
+        // as swtpm_setup and many machines do, hung verify-boot.)
+        while !remaining.is_empty() {
+            let (_, read, digests) = ctx
+                .pcr_read(remaining.clone())
+                .with_context(|| format!("reading the {} PCRs", bank.name()))?;
+            // An unallocated bank comes back as no selection or as one
+            // with no PCR in it.
+            if read.get_selections().iter().all(|sel| sel.is_empty()) {
+                break;
             }
+            let mut data = pcr::PcrData::new();
+            data.add(&read, &digests)
+                .with_context(|| format!("the {} PCR values", bank.name()))?;
+            if let Some(values) = data.pcr_bank(alg) {
+                for (i, slot) in all_pcrs().into_iter().enumerate() {
+                    if let Some(d) = values.get_digest(slot) {
+                        out.insert((bank, i as u32), d.to_vec());
+                    }
+                }
+            }
+            remaining
+                .subtract(&read)
+                .with_context(|| format!("the {} PCRs left to read", bank.name()))?;
         }
     }
     Ok(out)

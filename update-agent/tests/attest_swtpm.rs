@@ -283,3 +283,26 @@ fn a_changed_stage_initrd_is_named_even_though_the_quote_holds() {
         v.problems
     );
 }
+
+/// A TPM with only the SHA-256 bank allocated, as `swtpm_setup` (libvirt's
+/// TPMs) and many machines leave it: reading every bank's PCRs returns
+/// SHA-256's and stops. (tss-esapi's own `read_all` asks again forever
+/// for a bank the TPM does not have; in a libvirt domain that hung
+/// `droverctl verify-boot` and kept the boot from completing.)
+#[test]
+fn a_tpm_with_only_sha256_allocated_is_read_without_hanging() {
+    let tpm = Swtpm::start_manufactured("sha256");
+    let tcti = tpm.tcti_name();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ctx = drover_update_agent::tpm::open(&tcti).unwrap();
+        tx.send(drover_update_agent::tpm::read_pcrs(&mut ctx, &Bank::ALL))
+            .unwrap();
+    });
+    let pcrs = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("reading the PCRs did not finish in 60 s")
+        .unwrap();
+    assert_eq!(pcrs.len(), 24, "{:?}", pcrs.keys().collect::<Vec<_>>());
+    assert!(pcrs.keys().all(|(bank, _)| *bank == Bank::Sha256));
+}
