@@ -129,10 +129,26 @@ pub fn containerd_hosts_toml(r: &Registry, ca: Option<&str>) -> String {
         r.host,
         toml_str(&server)
     );
-    for m in &r.mirrors {
+    // The mirrors first, in order, then the server itself as a host of
+    // its own: containerd 1.6 refuses a hosts.toml without a `host` table
+    // ("invalid `host` tree").
+    let hosts = r
+        .mirrors
+        .iter()
+        .map(|m| {
+            (
+                m.as_str().trim_end_matches('/').to_string(),
+                "[\"pull\", \"resolve\"]",
+            )
+        })
+        .chain(std::iter::once((
+            server.clone(),
+            "[\"pull\", \"resolve\", \"push\"]",
+        )));
+    for (url, capabilities) in hosts {
         text.push_str(&format!(
-            "\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            toml_str(m.as_str().trim_end_matches('/'))
+            "\n[host.{}]\n  capabilities = {capabilities}\n",
+            toml_str(&url)
         ));
         for l in tls.lines() {
             text.push_str(&format!("  {l}\n"));

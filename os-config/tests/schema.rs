@@ -200,6 +200,15 @@ fn registries_render_containerd_hosts_files() {
         .unwrap();
     assert_eq!(plain["server"].as_str(), Some("http://10.0.2.100:5000"));
     assert_eq!(plain["skip_verify"].as_bool(), Some(true));
+    // The server is a host table too: containerd 1.6 refuses a hosts.toml
+    // without one.
+    let own = &plain["host"]["http://10.0.2.100:5000"];
+    assert_eq!(own["skip_verify"].as_bool(), Some(true), "{plain}");
+    assert_eq!(own["capabilities"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        private["host"]["https://registry.internal:5000"]["ca"].as_str(),
+        Some(ca)
+    );
     assert!(file("/etc/containerd/conf.d/50-opt.toml").contains("opt-node"));
     // docker.io's registry is not at https://docker.io.
     let (_, actions) = check(&[src(
