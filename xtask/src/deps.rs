@@ -70,8 +70,12 @@ fn have(cmd: &str) -> bool {
 
 /// The Debian packages `install` makes sure of.
 pub fn packages() -> Vec<&'static str> {
-    let mut v: Vec<&str> = NEEDED.iter().map(|n| n.1).collect();
-    v.dedup();
+    let mut v: Vec<&str> = Vec::new();
+    for (_, pkg) in NEEDED {
+        if !v.contains(pkg) {
+            v.push(pkg);
+        }
+    }
     v
 }
 

@@ -110,6 +110,23 @@ fn spdx_id(kind: &str, i: usize, name: &str) -> String {
     format!("SPDXRef-{kind}-{i}-{clean}")
 }
 
+/// An SPDX package of this document: no files analysed, nothing asserted
+/// about where it came from or its licence (Debian's copyright files are
+/// not machine-readable throughout). Callers add the rest.
+fn spdx_package(id: &str, name: &str, version: &str, supplier: &str) -> Value {
+    json!({
+        "SPDXID": id,
+        "name": name,
+        "versionInfo": version,
+        "supplier": supplier,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+    })
+}
+
 /// `Name <mail>` (a Debian `Maintainer:`) as an SPDX supplier.
 fn spdx_supplier(maintainer: Option<&str>) -> String {
     let Some(m) = maintainer else {
@@ -134,19 +151,15 @@ pub fn spdx(input: &SbomInput<'_>) -> Value {
     let created = drover_core::time::Utc::from_unix(input.created).rfc3339();
     let tool = format!("Tool: drover-{}", env!("CARGO_PKG_VERSION"));
     let os_id = "SPDXRef-OperatingSystem";
-    let mut packages = vec![json!({
-        "SPDXID": os_id,
-        "name": input.os_name,
-        "versionInfo": input.os_version,
-        "primaryPackagePurpose": "OPERATING-SYSTEM",
-        "supplier": "Organization: Drover",
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": false,
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": "NOASSERTION",
-        "copyrightText": "NOASSERTION",
-        "summary": "Drover container host: the read-only /usr slot image",
-    })];
+    let mut image = spdx_package(
+        os_id,
+        input.os_name,
+        input.os_version,
+        "Organization: Drover",
+    );
+    image["primaryPackagePurpose"] = json!("OPERATING-SYSTEM");
+    image["summary"] = json!("Drover container host: the read-only /usr slot image");
+    let mut packages = vec![image];
     let mut relationships = vec![json!({
         "spdxElementId": "SPDXRef-DOCUMENT",
         "relationshipType": "DESCRIBES",
@@ -161,40 +174,29 @@ pub fn spdx(input: &SbomInput<'_>) -> Value {
     };
     if let Some(d) = input.debian_version {
         let id = "SPDXRef-Distribution-debian";
-        packages.push(json!({
-            "SPDXID": id,
-            "name": "debian",
-            "versionInfo": d,
-            "primaryPackagePurpose": "OPERATING-SYSTEM",
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-        }));
+        let mut debian = spdx_package(id, "debian", d, "Organization: Debian");
+        debian["primaryPackagePurpose"] = json!("OPERATING-SYSTEM");
+        packages.push(debian);
         contains(id);
     }
     for (i, p) in input.packages.iter().enumerate() {
         let id = spdx_id("deb", i, &p.name);
-        let mut pkg = json!({
-            "SPDXID": id,
-            "name": p.name,
-            "versionInfo": p.version,
-            "supplier": spdx_supplier(p.maintainer.as_deref()),
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            // The form Trivy reads the source package from.
-            "sourceInfo": format!("built package from: {} {}", p.source, p.source_version),
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": purl(p, input.debian_version),
-            }],
-        });
+        let mut pkg = spdx_package(
+            &id,
+            &p.name,
+            &p.version,
+            &spdx_supplier(p.maintainer.as_deref()),
+        );
+        // The form Trivy reads the source package from.
+        pkg["sourceInfo"] = json!(format!(
+            "built package from: {} {}",
+            p.source, p.source_version
+        ));
+        pkg["externalRefs"] = json!([{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": purl(p, input.debian_version),
+        }]);
         if let Some(h) = &p.homepage {
             pkg["homepage"] = json!(h);
         }
@@ -206,19 +208,11 @@ pub fn spdx(input: &SbomInput<'_>) -> Value {
     }
     for (i, (name, sha256)) in input.drover_files.iter().enumerate() {
         let id = spdx_id("drover", i, name);
-        packages.push(json!({
-            "SPDXID": id,
-            "name": name,
-            "versionInfo": env!("CARGO_PKG_VERSION"),
-            "supplier": "Organization: Drover",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "primaryPackagePurpose": "APPLICATION",
-            "checksums": [{"algorithm": "SHA256", "checksumValue": sha256}],
-        }));
+        let mut program =
+            spdx_package(&id, name, env!("CARGO_PKG_VERSION"), "Organization: Drover");
+        program["primaryPackagePurpose"] = json!("APPLICATION");
+        program["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": sha256}]);
+        packages.push(program);
         contains(&id);
     }
     json!({
