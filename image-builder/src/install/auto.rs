@@ -110,10 +110,10 @@ impl Unattended {
                 "config" => {
                     config = Some(match value.strip_prefix("fwcfg:") {
                         Some(n) => ConfigSource::File(fw_cfg_path(n)),
-                        None if value.starts_with("http://") || value.starts_with("https://") => {
-                            ConfigSource::Url(value.to_string())
-                        }
-                        None => ConfigSource::File(value.into()),
+                        None => match drover_core::location::Location::parse(value) {
+                            drover_core::location::Location::Url(u) => ConfigSource::Url(u),
+                            drover_core::location::Location::Local(p) => ConfigSource::File(p),
+                        },
                     })
                 }
                 "image" => image = ImageSource::parse(value),
