@@ -61,12 +61,17 @@ impl InstallInfo {
                 media.display()
             )
         })?;
-        let info: InstallInfo = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a Drover install description", p.display()))?;
+        Self::parse(&text, &p)
+    }
+
+    /// Parses the text of an `install.json` (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let info: InstallInfo = serde_json::from_str(text)
+            .with_context(|| format!("{} is not a Drover install description", path.display()))?;
         if info.format != 1 {
             bail!(
                 "{}: format {} (this installer knows format 1)",
-                p.display(),
+                path.display(),
                 info.format
             );
         }

@@ -44,6 +44,7 @@ pub struct GuestBuilder {
     cdrom: Option<PathBuf>,
     qmp_socket: Option<PathBuf>,
     incoming: Option<(PathBuf, String)>,
+    nbd: Option<PathBuf>,
 }
 
 /// A running guest. Dropping it stops QEMU (by its PID, nothing else).
@@ -81,6 +82,7 @@ impl GuestBuilder {
             cdrom: None,
             qmp_socket: None,
             incoming: None,
+            nbd: None,
         }
     }
 
@@ -98,6 +100,15 @@ impl GuestBuilder {
     /// [`Guest::expect`] see first (see [`crate::snapshot`]).
     pub fn incoming(mut self, state: &Path, console: String) -> Self {
         self.incoming = Some((state.to_owned(), console));
+        self
+    }
+
+    /// The first disk read and written through the NBD server at `socket`
+    /// ([`crate::nbd`]) instead of the file, with a write cache the guest
+    /// must flush (QEMU passes its flushes on): what a power cut loses is
+    /// then the server's log to say.
+    pub fn nbd_disk(mut self, socket: &Path) -> Self {
+        self.nbd = Some(socket.to_owned());
         self
     }
 
@@ -197,10 +208,16 @@ impl GuestBuilder {
             "none",
         ])
         .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=unsafe",
-            self.disk.display()
-        ));
+        .arg(match &self.nbd {
+            Some(sock) => format!(
+                "file=nbd+unix:///disk?socket={},format=raw,if=virtio,cache=writeback",
+                sock.display()
+            ),
+            None => format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                self.disk.display()
+            ),
+        });
         for d in &self.extra_disks {
             cmd.arg("-drive").arg(format!(
                 "file={},format=raw,if=virtio,cache=unsafe",

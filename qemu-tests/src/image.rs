@@ -129,10 +129,13 @@ pub struct TestImage {
 
 /// `<target>`: test binaries run from `<target>/debug/deps/`.
 pub fn target_dir() -> PathBuf {
+    // A test runs as <target>/debug/deps/<test>, a tool using this crate
+    // (cargo xtask) as <target>/debug/<tool>.
     let exe = std::env::current_exe().expect("test executable path");
+    let in_deps = exe.parent().and_then(Path::file_name) == Some("deps".as_ref());
     exe.ancestors()
-        .nth(3)
-        .expect("<target>/debug/deps/<test>")
+        .nth(if in_deps { 3 } else { 2 })
+        .expect("<target>/debug/[deps/]<executable>")
         .to_owned()
 }
 

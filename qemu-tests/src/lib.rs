@@ -18,10 +18,12 @@
 //!   image built and pushed by the test, for containers on a node.
 
 pub mod accel;
+pub mod crash;
 pub mod etcd;
 pub mod guest;
 pub mod image;
 pub mod libvirt;
+pub mod nbd;
 pub mod registry;
 pub mod snapshot;
 pub mod web;

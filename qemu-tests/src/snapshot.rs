@@ -181,6 +181,25 @@ impl Snapshot {
         port: u16,
         forwards: &[(&str, u16)],
     ) -> (Guest, PathBuf) {
+        self.restore_custom(name, dir, port, |mut b, _| {
+            for (guest, host) in forwards {
+                b = b.forward(guest, *host);
+            }
+            b
+        })
+    }
+
+    /// [`Snapshot::restore`] with the machine changed by `custom` before it
+    /// starts, given the builder and the disk copy: host services to reach,
+    /// or the disk served by [`crate::nbd`] (the block backend is not part
+    /// of the saved state either).
+    pub fn restore_custom(
+        &self,
+        name: &str,
+        dir: &Path,
+        port: u16,
+        custom: impl FnOnce(GuestBuilder, &Path) -> GuestBuilder,
+    ) -> (Guest, PathBuf) {
         let disk = dir.join("disk.raw");
         let copy = |from: &Path, to: &Path, recursive: bool| {
             let mut c = Command::new("cp");
@@ -202,11 +221,7 @@ impl Snapshot {
         copy(&self.dir.join("tpm"), &tpm, true);
         // swtpm's socket of the saved run is stale.
         let _ = std::fs::remove_file(tpm.join("swtpm.sock"));
-        let mut b = builder(name, &disk, dir, port);
-        for (guest, host) in forwards {
-            b = b.forward(guest, *host);
-        }
-        let g = b
+        let g = custom(builder(name, &disk, dir, port), &disk)
             .incoming(&self.state(), self.console())
             .start()
             .unwrap_or_else(|e| panic!("{name}: restoring the saved node: {e:#}"));

@@ -146,6 +146,14 @@ impl Config {
         Self::parse(toml::Value::Table(table), false)
     }
 
+    /// The configuration in one TOML text, checked as a whole
+    /// configuration is (for tools and the fuzz target; the agent reads
+    /// files with [`Config::load_from`]).
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let t: toml::Table = toml::from_str(text).context("not valid TOML")?;
+        Self::parse(toml::Value::Table(t), false)
+    }
+
     /// The node's configuration, from [`DEFAULTS`] and [`DROP_INS`].
     pub fn load() -> anyhow::Result<Config> {
         Self::load_from(Path::new(DEFAULTS), Path::new(DROP_INS))

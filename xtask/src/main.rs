@@ -8,10 +8,12 @@
 //! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
 //! * `cargo xtask sim [...]`: the fleet in simulation, with real etcd.
 //! * `cargo xtask campaign NAME`: a long campaign whose results go to
-//!   `docs/campaigns/` (`sim`: the fleet simulation's recorded scenarios).
+//!   `docs/campaigns/` (`sim`: the fleet simulation's recorded scenarios;
+//!   `crash`: the crash states of an update, checked on the host).
 
 mod bench;
 mod bench_apply;
+mod crash;
 mod demo;
 mod deps;
 mod junit;
@@ -41,7 +43,10 @@ commands:
       [--halt-after-failures N] [--seed S] [--members 1|3] [--threads T] [--out DIR]
                             a fleet through a rollout in simulated time, with the agent's
                             decision code and a real etcd; report.json, report.md, plots
-  campaign sim [--nodes N]  the recorded scenarios (docs/fleet.md) into target/campaign-sim/"
+  campaign sim [--nodes N]  the recorded scenarios (docs/fleet.md) into target/campaign-sim/
+  campaign crash [--states N] [--seed S] [--out FILE] [--record]
+                            crash states of an update recorded in QEMU, checked on the host
+                            (docs/campaigns/crash.md)"
 }
 
 fn main() -> ExitCode {
@@ -59,8 +64,9 @@ fn main() -> ExitCode {
         }),
         Some("campaign") => match args.get(1).map(String::as_str) {
             Some("sim") => sim::campaign(&args[2..]),
+            Some("crash") => crash::campaign(&args[2..]),
             _ => Err(anyhow::anyhow!(
-                "usage: cargo xtask campaign sim [--nodes N]"
+                "usage: cargo xtask campaign sim [--nodes N] | crash [--states N] [--seed S] [--out FILE] [--record]"
             )),
         },
         Some("-h" | "--help" | "help") | None => {
