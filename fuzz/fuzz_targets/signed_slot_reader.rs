@@ -1,5 +1,6 @@
 //! The slot reader past the signature: the input is a locator (its first
-//! 24 bytes: data size, hash offset, manifest offset) and manifest bytes,
+//! 24 bytes: data size, hash offset, manifest offset, folded into a
+//! small image) and manifest bytes,
 //! which the target signs with a key it trusts (a key made for fuzzing
 //! only, below) and lays out as a slot image. So every input reaches the
 //! manifest parser and the locator/manifest consistency checks that an
@@ -24,11 +25,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let word = |i: usize| u64::from_le_bytes(data[i * 8..i * 8 + 8].try_into().unwrap());
-    // Keep the image small: the manifest within 64 KiB past the locator.
+    // Keep the image small (the manifest within 64 KiB past the locator)
+    // and the locator's offsets inside it, so that inputs get past the
+    // locator's own checks.
     let manifest_offset = LOCATOR_OFFSET + LOCATOR_SIZE as u64 + word(2) % 65_536;
     let locator = Locator {
-        data_size: word(0),
-        hash_offset: word(1),
+        data_size: word(0) % (manifest_offset + 1),
+        hash_offset: word(1) % (manifest_offset + 1),
         manifest_offset,
     };
     let key = SigningKey::from_pem(FUZZ_KEY, Path::new("fuzz key")).unwrap();
