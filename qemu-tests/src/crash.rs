@@ -674,7 +674,10 @@ fn boot_state(id: usize, disk: &Path, dir: &Path, port: u16) -> (String, anyhow:
             return (String::new(), Err(e.context(tail)));
         }
     };
-    let first = first.trim().to_string();
+    // The line as the report printed it (a login prompt may precede it).
+    let first = first[first.find("DROVER-TEST-REPORT").unwrap_or(0)..]
+        .trim()
+        .to_string();
     if !first.contains("usr_source=/dev/dm-") || !first.contains("multi_user=active") {
         let e = anyhow::anyhow!("not up on a verified /usr");
         return (first, Err(e));

@@ -150,3 +150,95 @@ fn failed_boots_roll_back_on_their_own_and_are_not_retried() {
         ));
     }
 }
+
+/// The health check of releases 3.0.2 and 3.0.3: a unit required by
+/// `boot-complete.target` that never finishes, so the new slot is never
+/// marked successful on its own.
+const HANGING_HEALTH_CHECK: &str = r#"
+[[files]]
+path = "/usr/lib/systemd/system/drover-test-hang.service"
+contents = """[Unit]
+Description=A health check that never finishes (Drover test release only)
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+TimeoutStartSec=infinity
+ExecStart=/bin/sh -c 'echo DROVER-TEST-HANG never finishing > /dev/ttyS0; exec sleep infinity'
+"""
+
+[[files]]
+path = "/usr/lib/systemd/system/boot-complete.target.requires/drover-test-hang.service"
+link = "../drover-test-hang.service"
+"#;
+
+/// Two more ways a boot fails, on one machine one after the other (issue
+/// 20):
+///
+/// 1. 3.0.2 never reaches `boot-complete.target` (a check that hangs): the
+///    agent gives up after `boot-complete-timeout-secs` (60 s here, from a
+///    drop-in on the node) and reboots, and the stage boots 1.0.0 again.
+/// 2. 3.0.3 is corrupted while it runs: a block of USR-B under the
+///    mounted dm-verity device is overwritten, then read; dm-verity
+///    (`restart_on_corruption`) restarts the machine at once, and the
+///    stage, with USR-B's one try used up and never confirmed, boots 1.0.0.
+#[test]
+fn a_boot_that_hangs_and_a_slot_corrupted_while_running_roll_back() {
+    let hang = image::release("v3-hang", "3.0.2", HANGING_HEALTH_CHECK);
+    let corrupt = image::release("v3-corrupt", "3.0.3", HANGING_HEALTH_CHECK);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let web = Nginx::serve(&repo, None);
+    let (mut g, _disk) = snapshot::idle_node().restore("hang-corrupt", dir.path(), web.port);
+    g.expect("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT);
+
+    // 1. The timeout. The drop-in is on ROOT, so the boot of 3.0.2 reads it.
+    g.sh_ok(
+        "printf 'boot-complete-timeout-secs = 60\\n' > /etc/drover/agent.toml.d/60-timeout.toml",
+    );
+    publish(&repo, &hang);
+    // Only 3.0.x has this unit: the line shows the new slot booted (the
+    // test image's report waits for multi-user.target, which may not
+    // come before the agent gives up).
+    g.expect("DROVER-TEST-HANG never finishing", BOOT);
+    expect_rollback(
+        &mut g,
+        "3.0.2",
+        Some("boot-complete.target not reached within 60 s"),
+    );
+
+    // 2. Corruption at run time. The test image's timeout (900 s) again, so
+    // that only the corruption can end the boot of 3.0.3.
+    g.sh_ok("rm /etc/drover/agent.toml.d/60-timeout.toml");
+    publish(&repo, &corrupt);
+    g.expect("DROVER-TEST-HANG never finishing", BOOT);
+    g.wait_for_agent(Duration::from_secs(180))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    let st = g.wait_status(Duration::from_secs(180), "the agent up on 3.0.3", |st| {
+        st["booted"]["version"] == "3.0.3"
+    });
+    if st["booted-successful"] != false {
+        g.fail(&format!("3.0.3 should be booted, unconfirmed: {st:#}"));
+    }
+    // USR-B is /dev/vda4 and its data starts at the partition's start:
+    // block 1000 of the partition is block 1000 of the verity device that
+    // holds /usr. Overwritten beneath the device, then read through it
+    // (direct I/O: not from the page cache). The guest restarts while the
+    // command runs, so it is not waited for.
+    g.exec(
+        &[
+            "/bin/sh",
+            "-c",
+            "usr=$(findmnt -no SOURCE /usr); \
+             echo DROVER-TEST-CORRUPTING $usr > /dev/ttyS0; \
+             dd if=/dev/urandom of=/dev/vda4 bs=4096 seek=1000 count=1 conv=notrunc,fsync oflag=direct 2>/dev/null; \
+             dd if=$usr of=/dev/null bs=4096 skip=1000 count=1 iflag=direct",
+        ],
+        false,
+    )
+    .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    g.expect("DROVER-TEST-CORRUPTING /dev/", BOOT);
+    g.expect("is corrupted", BOOT);
+    expect_rollback(&mut g, "3.0.3", None);
+}
