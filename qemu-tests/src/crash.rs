@@ -533,19 +533,48 @@ impl<'a> Checker<'a> {
         slot_image::verify_data(&self.file, &self.work, offset, &s).map_err(|e| e.to_string())
     }
 
-    /// The agent's state file on ROOT, after the journal is replayed.
+    /// The agent's state file on ROOT, after the journal is replayed:
+    /// `parsed`, `absent`, or the error.
     fn agent_state(&self, table: &PartitionTable) -> String {
-        let Some((index, _)) = table.entries().iter().find(|(_, p)| p.name == "ROOT") else {
-            return "no ROOT partition".into();
-        };
-        let (offset, size) = table.byte_range(*index).expect("an entry");
-        match self.read_agent_state(offset, size) {
-            Ok(s) => s,
+        match self.agent_state_file(table) {
+            Ok(Some(_)) => "parsed".into(),
+            Ok(None) => "absent".into(),
             Err(e) => format!("error: {e:#}"),
         }
     }
 
-    fn read_agent_state(&self, offset: u64, size: u64) -> anyhow::Result<String> {
+    /// The agent's state file of the working copy as it is, parsed.
+    fn agent_state_file(
+        &self,
+        table: &PartitionTable,
+    ) -> anyhow::Result<Option<drover_update_agent::state::State>> {
+        let (index, _) = table
+            .entries()
+            .iter()
+            .find(|(_, p)| p.name == "ROOT")
+            .context("no ROOT partition")?;
+        let (offset, size) = table.byte_range(*index).expect("an entry");
+        self.read_agent_state(offset, size)
+    }
+
+    /// What the agent of `state` had made durable of its download: the
+    /// payload bytes its state file says are in the slot (`None`: no
+    /// download recorded).
+    pub fn durable_download(&mut self, state: &State) -> anyhow::Result<Option<u64>> {
+        let (undo, _) = self.enter(state)?;
+        let mut f = self.file.try_clone()?;
+        let res = PartitionTable::read(&mut f, &self.work)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| self.agent_state_file(&t));
+        self.leave(undo)?;
+        Ok(res?.and_then(|s| s.download).map(|d| d.durable))
+    }
+
+    fn read_agent_state(
+        &self,
+        offset: u64,
+        size: u64,
+    ) -> anyhow::Result<Option<drover_update_agent::state::State>> {
         let fs = self.scratch.join("root.ext4");
         let _ = std::fs::remove_file(&fs);
         let st = Command::new("dd")
@@ -580,10 +609,10 @@ impl<'a> Checker<'a> {
         let _ = std::fs::remove_file(&fs);
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("not found") {
-            return Ok("absent".into());
+            return Ok(None);
         }
-        serde_json::from_slice::<drover_update_agent::state::State>(&out.stdout)
-            .map(|_| "parsed".to_string())
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
             .map_err(|e| anyhow::anyhow!("the state file does not parse: {e}"))
     }
 }
@@ -647,8 +676,33 @@ pub struct Booted {
     /// Whether the agent then finished the update (2.0.0 booted and marked
     /// successful).
     pub finished: bool,
+    /// Payload bytes the state's agent state file says were durable.
+    pub durable_download: Option<u64>,
+    /// Where the first stream of the payload after power-on started
+    /// (`None`: no download; the state had it all).
+    pub stream_started_at: Option<u64>,
     /// Seconds from power-on to the end.
     pub seconds: u64,
+}
+
+/// Where the first stream of the payload (`GET …/usr.img` with an open
+/// range `bytes=N-`, or no range: 0) in nginx's access log after line
+/// `from` started; closed ranges are the agent's header reads.
+pub fn first_stream_after(log: &str, from: usize) -> Option<u64> {
+    log.lines()
+        .skip(from)
+        .filter(|l| l.starts_with("GET ") && l.contains("/usr.img"))
+        .find_map(|l| {
+            let range = l.split_whitespace().nth(4)?;
+            if range == "-" {
+                return Some(0);
+            }
+            range
+                .strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse()
+                .ok()
+        })
 }
 
 /// Boots the disk of a crash state: it must reach multi-user on a slot
@@ -762,7 +816,19 @@ pub fn campaign(
             let dir = tempfile::tempdir_in(work_dir)?;
             let disk = dir.path().join("disk.raw");
             checker.materialize(s, &disk)?;
-            let (first, res) = boot_state(s.id, &disk, dir.path(), web.port);
+            let durable = checker.durable_download(s)?;
+            let log_from = web.access_log().lines().count();
+            let (first, mut res) = boot_state(s.id, &disk, dir.path(), web.port);
+            let stream = first_stream_after(&web.access_log(), log_from);
+            // A download that had durable bytes resumed: its first stream
+            // started past zero and at or below them.
+            if let (Ok(()), Some(d), Some(start)) = (&res, durable.filter(|&d| d > 0), stream) {
+                if start == 0 || start > d {
+                    res = Err(anyhow::anyhow!(
+                        "the download did not resume: {d} bytes were durable, the first stream started at {start}"
+                    ));
+                }
+            }
             eprintln!(
                 "crash: state {} ({}, log position {}) booted: {first}; update finished: {}",
                 s.id,
@@ -785,6 +851,8 @@ pub fn campaign(
                     _ => first,
                 },
                 finished: res.is_ok(),
+                durable_download: durable,
+                stream_started_at: stream,
                 seconds: t.elapsed().as_secs(),
             });
         }
@@ -1031,5 +1099,18 @@ mod tests {
                 assert!(s.k <= 1 || s.durable_to == 2);
             }
         }
+    }
+
+    #[test]
+    fn the_first_stream_is_the_first_open_range_after_the_line() {
+        let log = "GET /channels/stable.json HTTP/1.1 200 - 1124\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=0- 1000\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=355123200-355123223 24\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=67108864- 1000\n";
+        assert_eq!(first_stream_after(log, 0), Some(0));
+        assert_eq!(first_stream_after(log, 2), Some(67_108_864));
+        assert_eq!(first_stream_after(log, 4), None);
+        let plain = "GET /releases/2.0.0/usr.img HTTP/1.1 200 - 355127296\n";
+        assert_eq!(first_stream_after(plain, 0), Some(0));
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _};
 use drover_qemu_tests::crash::{self, Recording};
 
-const USAGE: &str = "usage: cargo xtask campaign crash [--states N] [--seed S] [--out FILE] [--record] [--agent-every N] [--boot N]";
+const USAGE: &str = "usage: cargo xtask campaign crash [--states N] [--seed S] [--out FILE] [--record] [--agent-every N] [--boot N] [--boot-phase PHASE]";
 
 /// Runs the campaign from the command line's arguments.
 pub fn campaign(args: &[String]) -> anyhow::Result<()> {
@@ -18,6 +18,7 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
     let mut rerecord = false;
     let mut agent_every = 25usize;
     let mut boot = 20usize;
+    let mut boot_phase: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -31,8 +32,9 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
             "--record" => rerecord = true,
             "--agent-every" => agent_every = value()?.parse().context("--agent-every")?,
             "--boot" => boot = value()?.parse().context("--boot")?,
+            "--boot-phase" => boot_phase = Some(value()?.clone()),
             "-h" | "--help" => {
-                println!("{USAGE}\n\nRecords the write log of an update in QEMU once (target/campaign-crash/recording/,\nagain with --record), then checks N crash states of it on the host (default 10 000) and boots\nthe first --boot of them in QEMU (default 20; each must reach a verified slot\nand finish the update). Writes the\nreport as JSON to FILE (default target/campaign-crash/report.json).");
+                println!("{USAGE}\n\nRecords the write log of an update in QEMU once (target/campaign-crash/recording/,\nagain with --record), then checks N crash states of it on the host (default 10 000) and boots\nthe first --boot of them in QEMU (default 20; each must reach a verified slot\nand finish the update; with --boot-phase, the first N of that phase: {}).\nWrites the report as JSON to FILE (default target/campaign-crash/report.json).", crash::PHASES.join(", "));
                 return Ok(());
             }
             other => bail!("unknown argument '{other}'\n{USAGE}"),
@@ -57,13 +59,24 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
             rec.dir.display()
         );
     }
+    // State numbers go round the phases in order.
+    let n = crash::PHASES.len();
+    let boot_ids: Vec<usize> = match &boot_phase {
+        None => (0..boot).collect(),
+        Some(p) => {
+            let i = crash::PHASES.iter().position(|q| q == p).with_context(|| {
+                format!("no phase '{p}' (there are: {})", crash::PHASES.join(", "))
+            })?;
+            (0..boot).map(|k| k * n + i).collect()
+        }
+    };
     eprintln!("crash: checking {states} states, seed {seed}");
     let report = crash::campaign(
         &rec,
         states,
         seed,
         agent_every,
-        &(0..boot).collect::<Vec<_>>(),
+        &boot_ids,
         &dir.join("work"),
     )?;
     if let Some(parent) = out.parent() {
@@ -98,6 +111,12 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
         report.boot_failures
     );
     println!("{:.0} s; report in {}", report.seconds, out.display());
+    for b in &report.booted {
+        println!(
+            "  booted state {} ({}, log position {}): {} s, finished: {}, durable download {:?}, first stream at {:?}",
+            b.id, b.phase, b.k, b.seconds, b.finished, b.durable_download, b.stream_started_at
+        );
+    }
     for f in report.failures.iter().take(20) {
         println!(
             "FAILED state {} ({}, log position {}, durable to {}): {}",
