@@ -216,40 +216,17 @@ pub struct State {
     pub volatile: Vec<(usize, Fate)>,
 }
 
-/// xorshift64*: the campaign's states follow from its seed alone.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value).
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-    /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// A value below `n` (> 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
 /// `n` crash states of `log` from `seed`, spread evenly over its phases
 /// (the phase of the table flip has as many as the long write), sorted by
 /// position.
 pub fn generate(log: &WriteLog, n: usize, seed: u64) -> Vec<State> {
-    let mut rng = Rng::new(seed);
+    // The campaign's states follow from its seed alone.
+    let mut rng = fastrand::Rng::with_seed(seed);
     let phases = log.phases();
     let mut states = Vec::with_capacity(n);
     for i in 0..n {
         let (name, range) = &phases[i % phases.len()];
-        let k = range.start + rng.below((range.end - range.start).max(1) as u64) as usize;
+        let k = range.start + rng.usize(..(range.end - range.start).max(1));
         let durable_to = log.entries[..k]
             .iter()
             .rposition(|e| *e == Entry::Flush)
@@ -262,12 +239,12 @@ pub fn generate(log: &WriteLog, n: usize, seed: u64) -> Vec<State> {
             let fate = if *fua {
                 Fate::Kept
             } else {
-                match rng.below(20) {
+                match rng.u32(..20) {
                     0..=8 => Fate::Kept,
                     9..=17 => Fate::Lost,
                     _ => {
                         let sectors = len.div_ceil(512);
-                        Fate::Torn((0..sectors).filter(|_| rng.below(2) == 0).collect())
+                        Fate::Torn((0..sectors).filter(|_| rng.bool()).collect())
                     }
                 }
             };
@@ -721,12 +698,7 @@ fn boot_state(id: usize, disk: &Path, dir: &Path, port: u16) -> (String, anyhow:
     };
     let first = match g.wait_for("DROVER-TEST-REPORT", Duration::from_secs(600)) {
         Ok(l) => l,
-        Err(e) => {
-            let c = g.console();
-            let lines: Vec<&str> = c.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            return (String::new(), Err(e.context(tail)));
-        }
+        Err(e) => return (String::new(), Err(g.with_console_tail(e, 40))),
     };
     // The line as the report printed it (a login prompt may precede it).
     let first = first[first.find("DROVER-TEST-REPORT").unwrap_or(0)..]
@@ -746,6 +718,19 @@ fn boot_state(id: usize, disk: &Path, dir: &Path, port: u16) -> (String, anyhow:
     });
     g.stop();
     (first, res)
+}
+
+impl Failure {
+    fn of(s: &State, why: String) -> Self {
+        Self {
+            id: s.id,
+            phase: s.phase.clone(),
+            k: s.k,
+            durable_to: s.durable_to,
+            volatile_kept: s.volatile.len(),
+            why,
+        }
+    }
 }
 
 /// Counts of one phase.
@@ -885,14 +870,9 @@ pub fn campaign(
                 .or_default() += 1;
             if a != "parsed" && a != "absent" {
                 report.agent_state_failures += 1;
-                report.failures.push(Failure {
-                    id: s.id,
-                    phase: s.phase.clone(),
-                    k: s.k,
-                    durable_to: s.durable_to,
-                    volatile_kept: s.volatile.len(),
-                    why: format!("agent state: {a}"),
-                });
+                report
+                    .failures
+                    .push(Failure::of(s, format!("agent state: {a}")));
             }
         }
         match (&v.boots, &v.failure) {
@@ -900,14 +880,9 @@ pub fn campaign(
             (None, why) => {
                 report.unbootable += 1;
                 p.unbootable += 1;
-                report.failures.push(Failure {
-                    id: s.id,
-                    phase: s.phase.clone(),
-                    k: s.k,
-                    durable_to: s.durable_to,
-                    volatile_kept: s.volatile.len(),
-                    why: why.clone().unwrap_or_default(),
-                });
+                report
+                    .failures
+                    .push(Failure::of(s, why.clone().unwrap_or_default()));
             }
         }
         if (done + 1) % 500 == 0 || done + 1 == states.len() {
@@ -977,14 +952,7 @@ pub fn record(rec: &Recording) -> anyhow::Result<crate::nbd::Recorded> {
     );
     let server = server.expect("started");
     std::fs::copy(crate::image::keys().1, rec.key())?;
-    let fail = |g: &crate::guest::Guest, e: anyhow::Error| -> anyhow::Error {
-        let text = g.console();
-        let lines: Vec<&str> = text.lines().collect();
-        anyhow::anyhow!(
-            "{e:#}\n----- console (last 60 lines) -----\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        )
-    };
+    let fail = |g: &crate::guest::Guest, e: anyhow::Error| g.with_console_tail(e, 60);
     g.wait_for("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT)
         .map_err(|e| fail(&g, e))?;
     server.mark(PHASES[1]);

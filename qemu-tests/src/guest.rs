@@ -469,6 +469,17 @@ impl Guest {
         }
     }
 
+    /// `e` with the last `lines` lines of the console after it, for an
+    /// error that returns rather than panics.
+    pub fn with_console_tail(&self, e: anyhow::Error, lines: usize) -> anyhow::Error {
+        let text = self.console();
+        let all: Vec<&str> = text.lines().collect();
+        anyhow::anyhow!(
+            "{e:#}\n----- console (last {lines} lines) -----\n{}",
+            all[all.len().saturating_sub(lines)..].join("\n")
+        )
+    }
+
     /// Panics with a message and the console tail.
     pub fn fail(&self, msg: &str) -> ! {
         let text = self.console();

@@ -102,14 +102,7 @@ fn save_idle_node() -> anyhow::Result<Snapshot> {
     let started = Instant::now();
     let disk = img.fresh_disk(&dir);
     let mut g = builder("saved-node", &disk, &dir, closed_port()).start()?;
-    let fail = |g: &Guest, e: anyhow::Error| -> anyhow::Error {
-        let text = g.console();
-        let lines: Vec<&str> = text.lines().collect();
-        anyhow::anyhow!(
-            "{e:#}\n----- console (last 100 lines) -----\n{}",
-            lines[lines.len().saturating_sub(100)..].join("\n")
-        )
-    };
+    let fail = |g: &Guest, e: anyhow::Error| g.with_console_tail(e, 100);
     g.wait_for("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT)
         .map_err(|e| fail(&g, e))?;
     g.wait_for_agent(Duration::from_secs(180))
