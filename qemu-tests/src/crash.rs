@@ -653,6 +653,9 @@ pub struct Booted {
     /// Whether the agent then finished the update (2.0.0 booted and marked
     /// successful).
     pub finished: bool,
+    /// The cut had used up the new slot's only try: the expected end is
+    /// the rollback, not the update (`finished` says it came).
+    pub rolled_back: bool,
     /// Payload bytes the state's agent state file says were durable.
     pub durable_download: Option<u64>,
     /// Where the first stream of the payload after power-on started
@@ -660,6 +663,14 @@ pub struct Booted {
     pub stream_started_at: Option<u64>,
     /// Seconds from power-on to the end.
     pub seconds: u64,
+}
+
+/// Whether USR-B of `disk` had its only try used up by a boot that was
+/// never confirmed (priority above 0, no tries, not successful).
+fn try_spent(disk: &Path) -> anyhow::Result<bool> {
+    let (table, _) = PartitionTable::open(disk)?;
+    let b = Slots::from_table(table, SlotId::A)?.get(SlotId::B).prio;
+    Ok(b.priority() > 0 && b.tries() == 0 && !b.successful())
 }
 
 /// Where the first stream of the payload (`GET …/usr.img` with an open
@@ -684,8 +695,17 @@ pub fn first_stream_after(log: &str, from: usize) -> Option<u64> {
 
 /// Boots the disk of a crash state: it must reach multi-user on a slot
 /// mounted through dm-verity, and the agent must then finish the update
-/// from the recording's channel (at `port`).
-fn boot_state(id: usize, disk: &Path, dir: &Path, port: u16) -> (String, anyhow::Result<()>) {
+/// from the recording's channel (at `port`) — or, when the cut ended the
+/// new slot's only try (`spent`: USR-B bootable by priority, no tries
+/// left, not confirmed), report the rollback of 2.0.0 from 1.0.0, as after
+/// any failed boot.
+fn boot_state(
+    id: usize,
+    disk: &Path,
+    dir: &Path,
+    port: u16,
+    spent: bool,
+) -> (String, anyhow::Result<()>) {
     use std::time::Duration;
     let img = crate::image::test_image();
     let mut g = match img
@@ -709,12 +729,28 @@ fn boot_state(id: usize, disk: &Path, dir: &Path, port: u16) -> (String, anyhow:
         return (first, Err(e));
     }
     let res = g.wait_for_agent(Duration::from_secs(180)).and_then(|()| {
-        g.try_wait_status(
-            Duration::from_secs(900),
-            "2.0.0 booted and marked successful",
-            |st| st["booted"]["version"] == "2.0.0" && st["booted-successful"] == true,
-        )
-        .map(|_| ())
+        if spent {
+            // The new slot's one try went to a boot the cut ended: the
+            // update failed as a failed boot does, and the agent, on
+            // 1.0.0 again, must say so.
+            g.try_wait_status(
+                Duration::from_secs(600),
+                "1.0.0 good and the rollback of 2.0.0 reported",
+                |st| {
+                    st["booted"]["version"] == "1.0.0"
+                        && st["booted-successful"] == true
+                        && st["last-rollback"]["from-version"] == "2.0.0"
+                },
+            )
+            .map(|_| ())
+        } else {
+            g.try_wait_status(
+                Duration::from_secs(900),
+                "2.0.0 booted and marked successful",
+                |st| st["booted"]["version"] == "2.0.0" && st["booted-successful"] == true,
+            )
+            .map(|_| ())
+        }
     });
     g.stop();
     (first, res)
@@ -803,7 +839,8 @@ pub fn campaign(
             checker.materialize(s, &disk)?;
             let durable = checker.durable_download(s)?;
             let log_from = web.access_log().lines().count();
-            let (first, mut res) = boot_state(s.id, &disk, dir.path(), web.port);
+            let spent = try_spent(&disk)?;
+            let (first, mut res) = boot_state(s.id, &disk, dir.path(), web.port, spent);
             let stream = first_stream_after(&web.access_log(), log_from);
             // A download that had durable bytes resumed: its first stream
             // started past zero and at or below them.
@@ -836,6 +873,7 @@ pub fn campaign(
                     _ => first,
                 },
                 finished: res.is_ok(),
+                rolled_back: spent,
                 durable_download: durable,
                 stream_started_at: stream,
                 seconds: t.elapsed().as_secs(),

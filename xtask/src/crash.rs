@@ -113,8 +113,8 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
     println!("{:.0} s; report in {}", report.seconds, out.display());
     for b in &report.booted {
         println!(
-            "  booted state {} ({}, log position {}): {} s, finished: {}, durable download {:?}, first stream at {:?}",
-            b.id, b.phase, b.k, b.seconds, b.finished, b.durable_download, b.stream_started_at
+            "  booted state {} ({}, log position {}): {} s, finished: {} (a spent try, so a rollback: {}), durable download {:?}, first stream at {:?}",
+            b.id, b.phase, b.k, b.seconds, b.finished, b.rolled_back, b.durable_download, b.stream_started_at
         );
     }
     for f in report.failures.iter().take(20) {
