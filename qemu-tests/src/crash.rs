@@ -177,9 +177,11 @@ impl WriteLog {
         let mut cur = (PHASES[0].to_string(), 0usize);
         for (i, e) in self.entries.iter().enumerate() {
             if let Entry::Mark(name) = e {
-                if i > cur.1 {
-                    out.push((cur.0.clone(), cur.1..i));
-                }
+                // A cut at the mark itself (everything before it
+                // completed) ends the phase before it: so no phase is
+                // empty, not even one with no records (an idle node that
+                // wrote nothing before the update began).
+                out.push((cur.0.clone(), cur.1..i + 1));
                 cur = (name.clone(), i + 1);
             }
         }
@@ -525,13 +527,7 @@ impl<'a> Checker<'a> {
         &self,
         table: &PartitionTable,
     ) -> anyhow::Result<Option<drover_update_agent::state::State>> {
-        let (index, _) = table
-            .entries()
-            .iter()
-            .find(|(_, p)| p.name == "ROOT")
-            .context("no ROOT partition")?;
-        let (offset, size) = table.byte_range(*index).expect("an entry");
-        self.read_agent_state(offset, size)
+        agent_state_in(&self.work, table, &self.scratch)
     }
 
     /// What the agent of `state` had made durable of its download: the
@@ -546,52 +542,80 @@ impl<'a> Checker<'a> {
         self.leave(undo)?;
         Ok(res?.and_then(|s| s.download).map(|d| d.durable))
     }
+}
 
-    fn read_agent_state(
-        &self,
-        offset: u64,
-        size: u64,
-    ) -> anyhow::Result<Option<drover_update_agent::state::State>> {
-        let fs = self.scratch.join("root.ext4");
-        let _ = std::fs::remove_file(&fs);
-        let st = Command::new("dd")
-            .arg(format!("if={}", self.work.display()))
-            .arg(format!("of={}", fs.display()))
-            .args([
-                "bs=4M",
-                "conv=sparse",
-                "iflag=skip_bytes,count_bytes",
-                "status=none",
-            ])
-            .arg(format!("skip={offset}"))
-            .arg(format!("count={size}"))
-            .status()?;
-        if !st.success() {
-            bail!("copying ROOT out");
-        }
-        // -p: what a boot's fsck does (replay the journal, fix what is
-        // safe); 4 and up means it could not.
-        let out = Command::new("e2fsck").arg("-p").arg(&fs).output()?;
-        let code = out.status.code().unwrap_or(-1);
-        if !(0..4).contains(&code) {
-            bail!(
-                "e2fsck -p exit {code}: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
-        }
-        let out = Command::new("debugfs")
-            .args(["-R", "cat /var/lib/drover/agent-state.json"])
-            .arg(&fs)
-            .output()?;
-        let _ = std::fs::remove_file(&fs);
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("not found") {
-            return Ok(None);
-        }
-        serde_json::from_slice(&out.stdout)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("the state file does not parse: {e}"))
+/// The agent's state file on the ROOT partition of `disk` (named by
+/// `table`), read from a copy of ROOT made in `scratch` after `e2fsck -p`
+/// replays its journal, as a boot would; `None` when there is none.
+fn agent_state_in(
+    disk: &Path,
+    table: &PartitionTable,
+    scratch: &Path,
+) -> anyhow::Result<Option<drover_update_agent::state::State>> {
+    let (index, _) = table
+        .entries()
+        .iter()
+        .find(|(_, p)| p.name == "ROOT")
+        .context("no ROOT partition")?;
+    let (offset, size) = table.byte_range(*index).expect("an entry");
+    read_agent_state(disk, offset, size, scratch)
+}
+
+/// The agent's state file of a disk image, as the next boot will find it
+/// (the disk is not changed; `scratch` holds a copy of ROOT meanwhile).
+pub fn agent_state_on_disk(
+    disk: &Path,
+    scratch: &Path,
+) -> anyhow::Result<Option<drover_update_agent::state::State>> {
+    let (table, _) = PartitionTable::open(disk)?;
+    agent_state_in(disk, &table, scratch)
+}
+
+fn read_agent_state(
+    image: &Path,
+    offset: u64,
+    size: u64,
+    scratch: &Path,
+) -> anyhow::Result<Option<drover_update_agent::state::State>> {
+    let fs = scratch.join("root.ext4");
+    let _ = std::fs::remove_file(&fs);
+    let st = Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", fs.display()))
+        .args([
+            "bs=4M",
+            "conv=sparse",
+            "iflag=skip_bytes,count_bytes",
+            "status=none",
+        ])
+        .arg(format!("skip={offset}"))
+        .arg(format!("count={size}"))
+        .status()?;
+    if !st.success() {
+        bail!("copying ROOT out");
     }
+    // -p: what a boot's fsck does (replay the journal, fix what is
+    // safe); 4 and up means it could not.
+    let out = Command::new("e2fsck").arg("-p").arg(&fs).output()?;
+    let code = out.status.code().unwrap_or(-1);
+    if !(0..4).contains(&code) {
+        bail!(
+            "e2fsck -p exit {code}: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /var/lib/drover/agent-state.json"])
+        .arg(&fs)
+        .output()?;
+    let _ = std::fs::remove_file(&fs);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("not found") {
+        return Ok(None);
+    }
+    serde_json::from_slice(&out.stdout)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("the state file does not parse: {e}"))
 }
 
 /// A campaign's result, as `cargo xtask campaign crash` writes it.
@@ -671,26 +695,6 @@ fn try_spent(disk: &Path) -> anyhow::Result<bool> {
     let (table, _) = PartitionTable::open(disk)?;
     let b = Slots::from_table(table, SlotId::A)?.get(SlotId::B).prio;
     Ok(b.priority() > 0 && b.tries() == 0 && !b.successful())
-}
-
-/// Where the first stream of the payload (`GET …/usr.img` with an open
-/// range `bytes=N-`, or no range: 0) in nginx's access log after line
-/// `from` started; closed ranges are the agent's header reads.
-pub fn first_stream_after(log: &str, from: usize) -> Option<u64> {
-    log.lines()
-        .skip(from)
-        .filter(|l| l.starts_with("GET ") && l.contains("/usr.img"))
-        .find_map(|l| {
-            let range = l.split_whitespace().nth(4)?;
-            if range == "-" {
-                return Some(0);
-            }
-            range
-                .strip_prefix("bytes=")?
-                .strip_suffix('-')?
-                .parse()
-                .ok()
-        })
 }
 
 /// Boots the disk of a crash state: it must reach multi-user on a slot
@@ -841,7 +845,7 @@ pub fn campaign(
             let log_from = web.access_log().lines().count();
             let spent = try_spent(&disk)?;
             let (first, mut res) = boot_state(s.id, &disk, dir.path(), web.port, spent);
-            let stream = first_stream_after(&web.access_log(), log_from);
+            let stream = crate::web::first_stream_after(&web.access_log(), log_from);
             // A download that had durable bytes resumed: its first stream
             // started past zero and at or below them.
             if let (Ok(()), Some(d), Some(start)) = (&res, durable.filter(|&d| d > 0), stream) {
@@ -1082,7 +1086,7 @@ mod tests {
         assert_eq!(log.entries.len(), 6);
         assert_eq!(log.data(5).unwrap(), vec![4; 2048]);
         let phases: Vec<_> = log.phases();
-        assert_eq!(phases[0], ("idle".to_string(), 0..2));
+        assert_eq!(phases[0], ("idle".to_string(), 0..3));
         assert_eq!(phases[1], ("flip".to_string(), 3..7));
         for s in generate(&log, 400, 5) {
             if s.phase == "flip" {
@@ -1108,15 +1112,19 @@ mod tests {
     }
 
     #[test]
-    fn the_first_stream_is_the_first_open_range_after_the_line() {
-        let log = "GET /channels/stable.json HTTP/1.1 200 - 1124\n\
-                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=0- 1000\n\
-                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=355123200-355123223 24\n\
-                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=67108864- 1000\n";
-        assert_eq!(first_stream_after(log, 0), Some(0));
-        assert_eq!(first_stream_after(log, 2), Some(67_108_864));
-        assert_eq!(first_stream_after(log, 4), None);
-        let plain = "GET /releases/2.0.0/usr.img HTTP/1.1 200 - 355127296\n";
-        assert_eq!(first_stream_after(plain, 0), Some(0));
+    fn a_phase_with_no_records_still_has_its_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writes.log");
+        let mut f = File::create(&path).unwrap();
+        f.write_all(LOG_MAGIC).unwrap();
+        f.write_all(&[TAG_MARK, 0, 5]).unwrap();
+        f.write_all(b"write").unwrap();
+        write(&mut f, TAG_WRITE, 0, &[1; 512]);
+        drop(f);
+        let log = WriteLog::open(&path).unwrap();
+        assert_eq!(
+            log.phases(),
+            vec![("idle".to_string(), 0..1), ("write".to_string(), 1..3)]
+        );
     }
 }

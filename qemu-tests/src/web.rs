@@ -84,3 +84,41 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Where the first stream of the payload (`GET …/usr.img` with an open
+/// range `bytes=N-`, or no range: 0) in nginx's access log after line
+/// `from` started; closed ranges are the agent's header reads.
+pub fn first_stream_after(log: &str, from: usize) -> Option<u64> {
+    log.lines()
+        .skip(from)
+        .filter(|l| l.starts_with("GET ") && l.contains("/usr.img"))
+        .find_map(|l| {
+            let range = l.split_whitespace().nth(4)?;
+            if range == "-" {
+                return Some(0);
+            }
+            range
+                .strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse()
+                .ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_stream_is_the_first_open_range_after_the_line() {
+        let log = "GET /channels/stable.json HTTP/1.1 200 - 1124\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=0- 1000\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=355123200-355123223 24\n\
+                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=67108864- 1000\n";
+        assert_eq!(first_stream_after(log, 0), Some(0));
+        assert_eq!(first_stream_after(log, 2), Some(67_108_864));
+        assert_eq!(first_stream_after(log, 4), None);
+        let plain = "GET /releases/2.0.0/usr.img HTTP/1.1 200 - 355127296\n";
+        assert_eq!(first_stream_after(plain, 0), Some(0));
+    }
+}

@@ -9,10 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drover_core::SlotId;
+use drover_qemu_tests::crash;
 use drover_qemu_tests::guest::Guest;
 use drover_qemu_tests::image::{self, publish, slot_bits};
 use drover_qemu_tests::snapshot;
-use drover_qemu_tests::web::Nginx;
+use drover_qemu_tests::web::{first_stream_after, Nginx};
 
 const BOOT: Duration = Duration::from_secs(600);
 const SEED: u64 = 0x6d72_6f76_6572;
@@ -51,20 +52,6 @@ fn expect_v1_verified(g: &mut Guest) {
     }
 }
 
-/// Where the first stream of the 2.0.0 payload in the access log after
-/// line `from` started: the first open range request (`bytes=N-`); the
-/// agent's reads of the slot image's header and manifest are closed ranges
-/// (`bytes=512-1023`) and do not count. `None` when no stream started.
-fn first_stream_after(log: &str, from: usize) -> Option<u64> {
-    log.lines()
-        .skip(from)
-        .filter(|l| l.starts_with("GET ") && l.contains("releases/2.0.0/usr.img"))
-        .find_map(|l| {
-            let range = l.split_once("bytes=")?.1.split_whitespace().next()?;
-            range.strip_suffix('-')?.parse::<u64>().ok()
-        })
-}
-
 /// The access log's length once the cut-off stream is in it: nginx logs a
 /// request when it ends, and the stream the cut broke ends when nginx
 /// notices the closed connection (a moment later, throttled). Waits until
@@ -85,13 +72,13 @@ fn settled_log_lines(web: &Nginx) -> usize {
 }
 
 /// The resume check of one cut: the first stream after the cut started
-/// past zero and at or below what had been written when the power went.
-fn check_resume(log: &str, from: usize, written: u64) -> Result<u64, String> {
+/// past zero and at or below what was durable when the power went.
+fn check_resume(log: &str, from: usize, durable: u64) -> Result<u64, String> {
     match first_stream_after(log, from) {
         None => Err("no stream of the payload after the cut".into()),
         Some(0) => Err("the download after the cut started again from byte 0".into()),
-        Some(n) if n > written => Err(format!(
-            "the download after the cut resumed at {n}, past the {written} bytes written before it"
+        Some(n) if n > durable => Err(format!(
+            "the download after the cut resumed at {n}, past the {durable} bytes durable before it"
         )),
         Some(n) => Ok(n),
     }
@@ -133,7 +120,7 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
     let (mut g, disk) = snapshot::idle_node().restore("power-cut-0", dir.path(), web.port);
     expect_v1_verified(&mut g);
     publish(&repo, &v2);
-    // (access-log line at the cut, bytes written at the cut) per cut.
+    // (access-log line at the cut, bytes durable at the cut) per cut.
     let mut cuts: Vec<(usize, u64)> = Vec::new();
     for (i, &at) in points.iter().enumerate() {
         g.wait_for_agent(Duration::from_secs(180))
@@ -155,9 +142,16 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
             std::thread::sleep(Duration::from_millis(250));
         };
         g.stop();
-        cuts.push((settled_log_lines(&web), written.0));
+        // What the agent had made durable when the power went, from its
+        // state file on the disk (the progress polled above lags it by up
+        // to one poll): the download must resume at or below it.
+        let durable = crash::agent_state_on_disk(&disk, dir.path())
+            .unwrap_or_else(|e| panic!("cut {}: reading the agent's state: {e:#}", i + 1))
+            .and_then(|s| s.download)
+            .map_or(0, |d| d.durable);
+        cuts.push((settled_log_lines(&web), durable));
         eprintln!(
-            "power_cut: cut {} at {} of {} bytes",
+            "power_cut: cut {} at {} of {} bytes ({durable} durable)",
             i + 1,
             written.0,
             written.1
@@ -182,12 +176,12 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
     });
     // After every cut the download resumed, not restarted: the first
     // stream of the payload after it started past zero and at or below
-    // what had been written (durable is at most that).
+    // what the agent's state file on the disk recorded as durable.
     let log = web.access_log();
-    for (i, &(line, written)) in cuts.iter().enumerate() {
-        match check_resume(&log, line, written) {
+    for (i, &(line, durable)) in cuts.iter().enumerate() {
+        match check_resume(&log, line, durable) {
             Ok(n) => eprintln!(
-                "power_cut: after cut {} the download resumed at {n} ({} checkpoints of {CHECKPOINT} bytes; {written} written before the cut)",
+                "power_cut: after cut {} the download resumed at {n} ({} checkpoints of {CHECKPOINT} bytes; {durable} durable before the cut)",
                 i + 1,
                 n / CHECKPOINT
             ),
