@@ -139,6 +139,22 @@ impl HttpSource {
         })
     }
 
+    /// The bytes of `range` (not empty, within the size), through one
+    /// range request, bounded to exactly its length.
+    pub fn stream_range(&self, range: std::ops::Range<u64>) -> io::Result<impl Read + '_> {
+        if range.is_empty() || range.end > self.size {
+            return Err(other(format!(
+                "{}: bytes {}..{} are not within its {} bytes",
+                self.url, range.start, range.end, self.size
+            )));
+        }
+        Ok(Stalls {
+            inner: self.range(range.start, Some(range.end - 1))?,
+            url: &self.url,
+        }
+        .take(range.end - range.start))
+    }
+
     fn range(&self, from: u64, to_inclusive: Option<u64>) -> io::Result<Response> {
         let spec = match to_inclusive {
             Some(t) => format!("bytes={from}-{t}"),

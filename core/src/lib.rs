@@ -32,6 +32,7 @@
 //! all link this crate; none of them has GPT or verity code of its own.
 
 pub mod agent_config;
+pub mod blocks;
 pub mod boot_record;
 pub mod channel;
 pub mod cmdline;

@@ -2,6 +2,7 @@
 //! [`commands`] with an `Args` struct and a `run` method; `main.rs` only
 //! parses arguments and dispatches.
 
+pub mod blocks;
 pub mod build;
 pub mod commands;
 pub mod install;

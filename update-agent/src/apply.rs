@@ -141,6 +141,9 @@ pub struct ApplyReport {
     pub sha256: String,
     /// Verity root hash, as computed while writing.
     pub root_hash: String,
+    /// For an update from a block index: what was fetched and copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<crate::delta::DeltaStats>,
 }
 
 /// The manifest of the running (active) slot, if it holds a verified one.
@@ -266,62 +269,19 @@ pub fn apply(
         disk,
         path: disk_path,
     } = target;
-    let Trust {
-        keys: trusted,
-        policy,
-    } = trust;
+    let trusted = trust.keys;
     let io = |path: &Path, what: &'static str| {
         let path = path.to_owned();
         move |source| ApplyError::Io { path, what, source }
     };
     let name = src.name();
-    let name_path = PathBuf::from(&name);
-    let size = src.size();
-
-    // 1. Check before touching the disk.
-    let v = slot_image::open_verified(src.at(), size, &name_path, trusted)
-        .map_err(ApplyError::Payload)?;
+    let Checked {
+        v,
+        total,
+        target,
+        slot: st,
+    } = check(slots, disk, disk_path, src, advertised, trust)?;
     let m = v.verified.manifest.clone();
-    let total = v.image_size;
-    if total != size {
-        return Err(ApplyError::Payload(slot_image::SlotImageError::Malformed {
-            path: name_path,
-            reason: format!("the payload is {size} bytes but the slot image it holds is {total}"),
-        }));
-    }
-    if let Some(a) = advertised {
-        if a.size != total {
-            return Err(ApplyError::Advertised(format!(
-                "the channel says {} bytes, the signed slot image is {total}",
-                a.size
-            )));
-        }
-        if a.root_hash != hex::encode(v.root_hash) {
-            return Err(ApplyError::Advertised(format!(
-                "the channel says root hash {}, the signed manifest {}",
-                a.root_hash,
-                hex::encode(v.root_hash)
-            )));
-        }
-    }
-    if let Some(running) = running_manifest(slots, disk, disk_path, trusted) {
-        if m.os.security_version < running.os.security_version && !policy.allow_security_downgrade {
-            return Err(ApplyError::SecurityDowngrade {
-                version: m.os.version.clone(),
-                offered: m.os.security_version,
-                running: running.os.security_version,
-            });
-        }
-    }
-    let target = slots.inactive();
-    let st = slots.get(target);
-    if total > st.size {
-        return Err(ApplyError::TooBig {
-            slot: target,
-            size: total,
-            capacity: st.size,
-        });
-    }
     let mismatch = |reason: String| ApplyError::Mismatch {
         slot: target,
         reason,
@@ -449,23 +409,7 @@ pub fn apply(
             )));
         }
     }
-    let w = Window {
-        file: disk,
-        offset: st.offset,
-    };
-    let back =
-        slot_image::open_verified(&w, st.size, disk_path, trusted).map_err(ApplyError::Payload)?;
-    if back.root_hash != v.root_hash {
-        return Err(mismatch(
-            "reading the slot back gives another manifest".into(),
-        ));
-    }
-
-    // 5. Valid, then chosen.
-    slots.mark_valid(1)?;
-    slots.write(disk)?;
-    slots.upgrade()?;
-    slots.write(disk)?;
+    finish(slots, disk, disk_path, trusted, &v, target)?;
     Ok(ApplyReport {
         slot: target.label(),
         version: m.os.version,
@@ -473,5 +417,117 @@ pub fn apply(
         bytes: total,
         sha256,
         root_hash: hex::encode(root),
+        delta: None,
     })
+}
+
+/// What [`check`] established before the disk is touched.
+pub(crate) struct Checked {
+    /// The payload's header, its manifest verified.
+    pub v: slot_image::VerifiedSlot,
+    /// The payload's size.
+    pub total: u64,
+    /// The slot to write.
+    pub target: SlotId,
+    /// Where it is.
+    pub slot: drover_core::slots::SlotState,
+}
+
+/// Step 1: the payload's signed manifest (trusted key, security version,
+/// size, what the channel advertised) and the slot it goes to, before the
+/// disk is touched.
+pub(crate) fn check(
+    slots: &Slots,
+    disk: &File,
+    disk_path: &Path,
+    src: &dyn Source,
+    advertised: Option<&Advertised>,
+    trust: Trust<'_>,
+) -> Result<Checked, ApplyError> {
+    let Trust {
+        keys: trusted,
+        policy,
+    } = trust;
+    let name_path = PathBuf::from(src.name());
+    let size = src.size();
+    let v = slot_image::open_verified(src.at(), size, &name_path, trusted)
+        .map_err(ApplyError::Payload)?;
+    let m = &v.verified.manifest;
+    let total = v.image_size;
+    if total != size {
+        return Err(ApplyError::Payload(slot_image::SlotImageError::Malformed {
+            path: name_path,
+            reason: format!("the payload is {size} bytes but the slot image it holds is {total}"),
+        }));
+    }
+    if let Some(a) = advertised {
+        if a.size != total {
+            return Err(ApplyError::Advertised(format!(
+                "the channel says {} bytes, the signed slot image is {total}",
+                a.size
+            )));
+        }
+        if a.root_hash != hex::encode(v.root_hash) {
+            return Err(ApplyError::Advertised(format!(
+                "the channel says root hash {}, the signed manifest {}",
+                a.root_hash,
+                hex::encode(v.root_hash)
+            )));
+        }
+    }
+    if let Some(running) = running_manifest(slots, disk, disk_path, trusted) {
+        if m.os.security_version < running.os.security_version && !policy.allow_security_downgrade {
+            return Err(ApplyError::SecurityDowngrade {
+                version: m.os.version.clone(),
+                offered: m.os.security_version,
+                running: running.os.security_version,
+            });
+        }
+    }
+    let target = slots.inactive();
+    let st = slots.get(target);
+    if total > st.size {
+        return Err(ApplyError::TooBig {
+            slot: target,
+            size: total,
+            capacity: st.size,
+        });
+    }
+    Ok(Checked {
+        v,
+        total,
+        target,
+        slot: st,
+    })
+}
+
+/// Step 4's last check and step 5: the slot's header read back from the
+/// disk gives the same signed manifest; then the slot is valid (one try)
+/// and chosen.
+pub(crate) fn finish(
+    slots: &mut Slots,
+    disk: &mut File,
+    disk_path: &Path,
+    trusted: &TrustedKeys,
+    v: &slot_image::VerifiedSlot,
+    target: SlotId,
+) -> Result<(), ApplyError> {
+    let st = slots.get(target);
+    let w = Window {
+        file: &*disk,
+        offset: st.offset,
+    };
+    let back =
+        slot_image::open_verified(&w, st.size, disk_path, trusted).map_err(ApplyError::Payload)?;
+    if back.root_hash != v.root_hash {
+        return Err(ApplyError::Mismatch {
+            slot: target,
+            reason: "reading the slot back gives another manifest".into(),
+        });
+    }
+    slots.mark_valid(1)?;
+    slots.write(disk)?;
+    slots.upgrade()?;
+    slots.write(disk)?;
+    Ok(())
 }

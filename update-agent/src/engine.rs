@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::apply::{
     self, Advertised, ApplyError, ApplyReport, FileSource, Hooks, Policy, Source, Target, Trust,
 };
+use crate::delta::{self, BlockSource, FileBlocks};
 use crate::source::{self, HttpSource};
 use crate::state::{Download, Pending, State, StateFile};
+use drover_core::blocks::Index;
 
 /// Channel files larger than this are refused.
 const CHANNEL_LIMIT: u64 = 4 << 20;
@@ -49,6 +51,63 @@ impl Repo {
             Repo::Dir(dir) => {
                 let p = channel::channel_path(dir, name);
                 std::fs::read(&p).with_context(|| format!("reading channel {}", p.display()))
+            }
+        }
+    }
+
+    /// The block index of `r` and its frames, when it was published with
+    /// them (`None`: the payload only, or the index cannot be read — the
+    /// full payload is used, and why is logged).
+    pub fn blocks(
+        &self,
+        client: &reqwest::blocking::Client,
+        r: &Release,
+    ) -> Option<(Vec<u8>, Box<dyn BlockSource>)> {
+        let idx = delta::sibling(&r.payload, "usr.blocks.idx");
+        let data = delta::sibling(&r.payload, "usr.blocks");
+        let limit = delta::index_limit(r.size);
+        let got: anyhow::Result<(Vec<u8>, Box<dyn BlockSource>)> = (|| match self {
+            Repo::Url(base) => {
+                let bytes = source::get_small(client, &source::join(base, &idx), limit)?;
+                let (ix, _) = Index::parse_body(&bytes)?;
+                let blocks =
+                    HttpSource::new(client.clone(), &source::join(base, &data), ix.stored_size())?;
+                Ok((bytes, Box::new(blocks) as Box<dyn BlockSource>))
+            }
+            Repo::Dir(dir) => {
+                let p = dir.join(&idx);
+                let bytes = delta::read_bounded(&p, limit)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let (ix, _) = Index::parse_body(&bytes)?;
+                let path = dir.join(&data);
+                let file = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let len = file.metadata()?.len();
+                if len != ix.stored_size() {
+                    bail!(
+                        "{} is {len} bytes, its index says {}",
+                        path.display(),
+                        ix.stored_size()
+                    );
+                }
+                Ok((
+                    bytes,
+                    Box::new(FileBlocks {
+                        file,
+                        path,
+                        base: 0,
+                    }) as Box<dyn BlockSource>,
+                ))
+            }
+        })();
+        match got {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::info!(
+                    "{} has no usable block index ({e:#}); downloading the whole payload",
+                    r.version
+                );
+                None
             }
         }
     }
@@ -328,26 +387,41 @@ pub fn apply_release(
         root_hash: release.root_hash.clone(),
     };
     let mut checkpoint_err = None;
-    let result = apply::apply(
-        target,
-        src.as_mut(),
-        Some(&advertised),
-        trust,
-        resume_from,
-        Hooks {
-            progress: watch.progress,
-            checkpoint: &mut |durable| {
-                if let Err(e) = state.update(|s| {
-                    if let Some(d) = s.download.as_mut() {
-                        d.durable = durable;
-                    }
-                }) {
-                    checkpoint_err.get_or_insert(e);
-                }
-            },
-            cancel: watch.cancel,
-        },
-    );
+    let mut checkpoint = |durable| {
+        if let Err(e) = state.update(|s| {
+            if let Some(d) = s.download.as_mut() {
+                d.durable = durable;
+            }
+        }) {
+            checkpoint_err.get_or_insert(e);
+        }
+    };
+    let hooks = Hooks {
+        progress: watch.progress,
+        checkpoint: &mut checkpoint,
+        cancel: watch.cancel,
+    };
+    let result = match remote.repo.blocks(remote.client, release) {
+        Some((index, mut blocks)) => delta::apply(
+            target,
+            src.as_ref(),
+            blocks.as_mut(),
+            &index,
+            Some(&advertised),
+            trust,
+            resume_from,
+            hooks,
+        )
+        .inspect(log_delta),
+        None => apply::apply(
+            target,
+            src.as_mut(),
+            Some(&advertised),
+            trust,
+            resume_from,
+            hooks,
+        ),
+    };
     if let Some(e) = checkpoint_err {
         tracing::warn!("could not record a resume point: {e:#}");
     }
@@ -374,6 +448,23 @@ pub fn apply_release(
             Err(anyhow::Error::new(e).context(format!("applying {} to {slot}", release.version)))
         }
     }
+}
+
+/// Says in the journal what a delta update fetched and copied.
+fn log_delta(report: &ApplyReport) {
+    let Some(s) = &report.delta else { return };
+    tracing::info!(
+        "{}: fetched {} of {} frames, {} bytes in {} requests ({:.2} % of the compressed payload of {} bytes); copied {} bytes from the active slot, kept {} from an interrupted attempt",
+        report.version,
+        s.fetched_frames,
+        s.frames,
+        s.fetched_bytes,
+        s.requests,
+        100.0 * s.fetched_bytes as f64 / s.full_stored_bytes.max(1) as f64,
+        s.full_stored_bytes,
+        s.copied_bytes,
+        s.kept_bytes
+    );
 }
 
 #[cfg(test)]

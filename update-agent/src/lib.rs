@@ -21,6 +21,7 @@ pub mod assess;
 pub mod config;
 pub mod ctl;
 pub mod dbus;
+pub mod delta;
 pub mod engine;
 pub mod fleet;
 pub mod measured;

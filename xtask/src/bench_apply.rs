@@ -90,7 +90,7 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
     let repo = work.join("repo");
     crate::run(
         Command::new(rel.join("drover"))
-            .args(["publish", "--channel", "stable", "--repo"])
+            .args(["publish", "--no-blocks", "--channel", "stable", "--repo"])
             .arg(&repo)
             .arg("--image")
             .arg(&build)
@@ -161,10 +161,19 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
     }
     let conf = work.join("conf.d");
     std::fs::create_dir_all(&conf)?;
-    std::fs::write(
-        work.join("record.json"),
-        r#"{"slot":"USR-A","version":"1.0.0","decision":"candidate","measured":false}"#,
-    )?;
+    // What the boot stage would have left: USR-A booted, not measured.
+    let record = drover_core::boot_record::BootRecord {
+        slot: "USR-A".into(),
+        decision: "candidate".into(),
+        version: "1.0.0".into(),
+        refused: Vec::new(),
+        measured: false,
+        not_measured_reason: Some("no TPM in the bench".into()),
+        pcr: drover_core::measured::measure::PCR,
+        banks: Vec::new(),
+        events: Vec::new(),
+    };
+    std::fs::write(work.join("record.json"), serde_json::to_vec(&record)?)?;
     std::fs::write(
         conf.join("10.toml"),
         format!(

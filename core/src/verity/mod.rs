@@ -14,7 +14,7 @@ mod tree;
 pub use layout::{TreeLayout, VerityParams};
 pub use stream::VerityStream;
 pub use superblock::{Superblock, SUPERBLOCK_SIZE};
-pub use tree::{format, read_superblock, verify, DataFile, FormatOutput, HashFile};
+pub use tree::{checked_leaves, format, read_superblock, verify, DataFile, FormatOutput, HashFile};
 
 use std::path::PathBuf;
 

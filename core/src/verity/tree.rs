@@ -86,6 +86,49 @@ pub(crate) fn build_tree(
     (tree, current[0])
 }
 
+/// Checks a whole tree (the bytes after the superblock) against the root
+/// hash it must give, and returns its leaves: the digest of every data
+/// block. Each level is rebuilt from the one below and compared byte for
+/// byte, so a leaf returned is one the root hash vouches for (the delta
+/// update checks each block it copies or fetches against it).
+pub fn checked_leaves(
+    tree: &[u8],
+    params: &VerityParams,
+    root: &Digest,
+) -> Result<Vec<Digest>, VerityError> {
+    let layout = TreeLayout::new(params)?;
+    if tree.len() as u64 != layout.tree_size() {
+        return Err(VerityError::Length {
+            expected: layout.tree_size(),
+            actual: tree.len() as u64,
+        });
+    }
+    let leaves: Vec<Digest> = if layout.levels() == 0 {
+        vec![*root]
+    } else {
+        let start = (layout.level_start[0] * layout.hash_block_size) as usize;
+        tree[start..]
+            .chunks_exact(DIGEST_SIZE)
+            .take(params.data_blocks as usize)
+            .map(|d| d.try_into().expect("32 bytes"))
+            .collect()
+    };
+    let (rebuilt, got) = build_tree(leaves.clone(), &layout, &params.salt);
+    if &got != root {
+        return Err(VerityError::RootMismatch {
+            expected: hex::encode(root),
+            actual: hex::encode(got),
+        });
+    }
+    if rebuilt != tree {
+        return Err(VerityError::RootMismatch {
+            expected: hex::encode(root),
+            actual: "a tree with other bytes in its padding".into(),
+        });
+    }
+    Ok(leaves)
+}
+
 /// Hashes data blocks `first..first + out.len()` of `data` into `out`.
 fn hash_range(
     data: DataFile<'_>,

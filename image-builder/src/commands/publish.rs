@@ -12,7 +12,10 @@ use sha2::{Digest as _, Sha256};
 /// Publish a built image to a channel in a static repository directory.
 ///
 /// Copies the payload (`usr.img`) and its signed manifest to
-/// `DIR/releases/VERSION/`, then writes `DIR/channels/NAME.json`: the
+/// `DIR/releases/VERSION/`, with the payload cut into zstd frames
+/// (`usr.blocks`) and their signed index (`usr.blocks.idx`) for delta
+/// updates — the frames cut where the channel's previous release differs,
+/// so a node running it fetches only the new blocks — then writes `DIR/channels/NAME.json`: the
 /// channel metadata with the new release, the next sequence number and a
 /// new expiry, signed with the key. Serve DIR with any static web server
 /// that answers range requests (nodes resume downloads with them).
@@ -54,6 +57,14 @@ pub struct Args {
     /// The metadata expires this many days from now.
     #[arg(long, default_value_t = 30, value_name = "N")]
     pub expires_days: u32,
+    /// The zstd level of the payload's frames (`usr.blocks`, what delta
+    /// and compressed full updates download): 1 (fast) to 22 (small).
+    #[arg(long, default_value_t = crate::blocks::DEFAULT_LEVEL, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub zstd_level: i32,
+    /// Publish the payload only, without frames and block index: every
+    /// node downloads the whole uncompressed payload.
+    #[arg(long)]
+    pub no_blocks: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -130,6 +141,7 @@ impl Args {
         let rel_dir = format!("releases/{version}");
         let mut releases = old.as_ref().map(|o| o.releases.clone()).unwrap_or_default();
         let now = channel::now();
+        let mut blocks = None;
         match releases.iter().find(|r| r.version == version) {
             Some(r) if r.sha256 != sha256 => bail!(
                 "version {version} is already in channel {} with other bytes (sha256 {}); publish a new version",
@@ -143,6 +155,22 @@ impl Args {
                     .with_context(|| format!("creating {}", dir.display()))?;
                 drover_core::durable::copy(&payload, &dir.join("usr.img"), 0o644)?;
                 crate::commands::write_atomic(&dir.join("manifest.json"), &manifest_bytes, 0o644)?;
+                // The newest older release whose payload is in this repository.
+                let prev = releases
+                    .iter()
+                    .filter(|r| channel::compare_versions(&r.version, &version).is_lt())
+                    .max_by(|a, b| channel::compare_versions(&a.version, &b.version))
+                    .map(|r| self.repo.join(&r.payload))
+                    .filter(|p| p.is_file());
+                blocks = (!self.no_blocks).then(|| crate::blocks::write(
+                    &payload,
+                    &sha256,
+                    prev.as_deref(),
+                    &trusted_images,
+                    &key,
+                    self.zstd_level,
+                    &dir,
+                )).transpose()?;
                 releases.push(Release {
                     version: version.clone(),
                     security_version: m.os.security_version,
@@ -185,6 +213,7 @@ impl Args {
                     "size": size,
                     "sha256": sha256,
                     "path": chan_path,
+                    "blocks": blocks,
                 })
             );
         } else {
@@ -197,6 +226,15 @@ impl Args {
                 self.expires_days,
                 self.rollout_hours
             );
+            if let Some(b) = &blocks {
+                println!(
+                    "  {} frames, {} bytes compressed ({:.1} % of the payload); a node on the previous release fetches {} bytes",
+                    b.frames,
+                    b.stored_bytes,
+                    100.0 * b.stored_bytes as f64 / size.max(1) as f64,
+                    b.delta_stored_bytes
+                );
+            }
         }
         Ok(())
     }

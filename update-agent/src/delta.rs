@@ -1,0 +1,493 @@
+//! Delta updates: only the blocks the node lacks are downloaded.
+//!
+//! A release published with a block index ([`drover_core::blocks`]) is
+//! applied frame by frame. The node reads the new release's verity tree
+//! first (fetched, and checked against the signed root hash), hashes its
+//! active slot with the new release's salt, and for each frame of the
+//! payload either copies its blocks from the active slot — each one checked
+//! against its leaf of the new tree before it is written — or fetches the
+//! frame, coalescing neighbouring frames into one range request, and checks
+//! the frame's SHA-256 (from the signed index) and each data block's leaf.
+//! So every byte written is vouched for by the signed root hash or the
+//! signed index, and the slot's header is read back and verified at the end,
+//! as for a full update ([`crate::apply`]). A full update is the case where
+//! no block is found: it downloads the compressed payload.
+//!
+//! Order and crash safety are those of the full update: the slot is made
+//! unbootable before the first write and valid only after the last check.
+//! Progress is made durable in payload order: `checkpoint(n)` says the
+//! payload's first `n` bytes are in the slot and synced. After a crash the
+//! frames below that point are read back and kept where their digest still
+//! holds; nothing else is trusted.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use drover_core::blocks::{Frame, Index, BLOCK};
+use drover_core::http::HttpSource;
+use drover_core::verity::{checked_leaves, hash_block, TreeLayout};
+
+use crate::apply::{
+    check, finish, Advertised, ApplyError, ApplyReport, Checked, Hooks, Source, Target, Trust,
+    CHECKPOINT_BYTES,
+};
+
+/// Where a release's frames (`usr.blocks`) come from.
+pub trait BlockSource {
+    /// For messages: a path or URL.
+    fn name(&self) -> String;
+    /// The stored bytes `range` of `usr.blocks`, exactly.
+    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>>;
+}
+
+impl BlockSource for HttpSource {
+    fn name(&self) -> String {
+        self.url().to_string()
+    }
+    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.stream_range(range)?))
+    }
+}
+
+/// `usr.blocks` as a file (a repository directory, a delta bundle).
+pub struct FileBlocks {
+    /// The file.
+    pub file: File,
+    /// Its path, for messages.
+    pub path: PathBuf,
+    /// Where `usr.blocks` starts in it.
+    pub base: u64,
+}
+
+impl BlockSource for FileBlocks {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+        use std::io::{Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(self.base + range.start))?;
+        Ok(Box::new((&self.file).take(range.end - range.start)))
+    }
+}
+
+/// What a delta update did, beside what any update reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DeltaStats {
+    /// Frames in the release.
+    pub frames: usize,
+    /// Frames fetched.
+    pub fetched_frames: usize,
+    /// Bytes downloaded (of `usr.blocks`).
+    pub fetched_bytes: u64,
+    /// Range requests made.
+    pub requests: usize,
+    /// Payload bytes copied from the active slot.
+    pub copied_bytes: u64,
+    /// Payload bytes kept from an interrupted attempt.
+    pub kept_bytes: u64,
+    /// The compressed full payload (all of `usr.blocks`).
+    pub full_stored_bytes: u64,
+}
+
+/// How a frame is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Already in the target slot (an interrupted attempt).
+    Kept,
+    /// From the active slot, block by block.
+    Copy,
+    /// Downloaded.
+    Fetch,
+    /// Downloaded before the rest (the tree).
+    Early,
+}
+
+/// The most frames one range request fetches (64 MiB of payload).
+const MAX_RUN: usize = 256;
+
+/// What fetched frames are checked against.
+struct Check<'a> {
+    /// The leaves of the new tree, checked against the root hash; empty
+    /// while the tree itself is being fetched.
+    leaves: &'a [[u8; 32]],
+    salt: &'a [u8],
+    data_size: u64,
+    target: drover_core::SlotId,
+}
+
+/// Applies the release described by the signed `index` (its frames from
+/// `blocks`, its header from `src`) to the inactive slot, copying what the
+/// active slot has. `resume_from`: payload bytes an interrupted attempt
+/// reported durable (checked again here, frame by frame).
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    target: Target<'_>,
+    src: &dyn Source,
+    blocks: &mut dyn BlockSource,
+    index: &[u8],
+    advertised: Option<&Advertised>,
+    trust: Trust<'_>,
+    resume_from: u64,
+    hooks: Hooks<'_>,
+) -> Result<ApplyReport, ApplyError> {
+    let Target {
+        slots,
+        disk,
+        path: disk_path,
+    } = target;
+    let Checked {
+        v,
+        total,
+        target,
+        slot: st,
+    } = check(slots, disk, disk_path, src, advertised, trust)?;
+    let mismatch = |reason: String| ApplyError::Mismatch {
+        slot: target,
+        reason,
+    };
+    let (index, _) = Index::parse_signed(index, trust.keys)
+        .map_err(|e| ApplyError::Advertised(format!("{}: {e}", blocks.name())))?;
+    if index.payload_size != total {
+        return Err(ApplyError::Advertised(format!(
+            "the block index is for a payload of {} bytes, the signed slot image has {total}",
+            index.payload_size
+        )));
+    }
+    if let Some(a) = advertised {
+        if hex::encode(index.payload_sha256) != a.sha256 {
+            return Err(ApplyError::Advertised(format!(
+                "the block index is for payload sha256 {}, the channel says {}",
+                hex::encode(index.payload_sha256),
+                a.sha256
+            )));
+        }
+    }
+    let io = |what: &'static str| {
+        let path = disk_path.to_owned();
+        move |source| ApplyError::Io { path, what, source }
+    };
+    let params = v.params.clone();
+    let data_size = v.locator.data_size;
+    let layout = TreeLayout::new(&params).map_err(|e| mismatch(e.to_string()))?;
+    let tree_start = v.locator.hash_offset + params.hash_block_size as u64;
+    let tree_range = tree_start..tree_start + layout.tree_size();
+    let mut stats = DeltaStats {
+        frames: index.frames.len(),
+        full_stored_bytes: index.stored_size(),
+        ..DeltaStats::default()
+    };
+
+    // 2. Unbootable first.
+    slots.make_unbootable();
+    slots.write(disk)?;
+
+    // What an interrupted attempt left: frames below its durable point
+    // whose bytes still hash to the index's digest.
+    let mut fill = vec![Fill::Fetch; index.frames.len()];
+    let mut buf = Vec::new();
+    for (i, f) in index.frames.iter().enumerate() {
+        if f.range().end > resume_from.min(total) {
+            break;
+        }
+        buf.resize(f.len as usize, 0);
+        disk.read_exact_at(&mut buf, st.offset + f.offset)
+            .map_err(io("reading back the slot to resume"))?;
+        if drover_core::blocks::frame_digest(&buf) == f.sha256 {
+            fill[i] = Fill::Kept;
+            stats.kept_bytes += u64::from(f.len);
+        }
+    }
+
+    // 3a. The tree, fetched (or kept) first and checked against the root
+    // hash: its leaves say what every data block must be.
+    let tree_frames: Vec<usize> = (0..index.frames.len())
+        .filter(|&i| {
+            let r = index.frames[i].range();
+            r.start < tree_range.end && r.end > tree_range.start
+        })
+        .collect();
+    for &i in &tree_frames {
+        if fill[i] != Fill::Kept {
+            fill[i] = Fill::Early;
+        }
+    }
+    let early: Vec<usize> = tree_frames
+        .iter()
+        .copied()
+        .filter(|&i| fill[i] == Fill::Early)
+        .collect();
+    let check = Check {
+        leaves: &[],
+        salt: &params.salt,
+        data_size,
+        target,
+    };
+    fetch_frames(
+        &index,
+        &early,
+        blocks,
+        &mut stats,
+        &check,
+        &mut |f, bytes| {
+            disk.write_all_at(bytes, st.offset + f.offset)
+                .map_err(io("writing the slot"))
+        },
+    )?;
+    let mut tree = vec![0u8; layout.tree_size() as usize];
+    disk.read_exact_at(&mut tree, st.offset + tree_range.start)
+        .map_err(io("reading the tree back"))?;
+    let leaves = checked_leaves(&tree, &params, &v.root_hash).map_err(|e| {
+        mismatch(format!(
+            "the verity tree from the block index does not hold: {e}"
+        ))
+    })?;
+    drop(tree);
+
+    // 3b. What the active slot has: its data blocks hashed with the new
+    // salt, matched against the leaves still needed.
+    let mut want: HashMap<[u8; 32], u64> = HashMap::new();
+    for (i, f) in index.frames.iter().enumerate() {
+        if fill[i] != Fill::Fetch || f.range().end > data_size {
+            continue;
+        }
+        for b in f.range().step_by(BLOCK as usize) {
+            want.entry(leaves[(b / BLOCK) as usize]).or_insert(u64::MAX);
+        }
+    }
+    let active = slots.get(slots.active());
+    if let Ok(a) = drover_core::slot_image::read_header(
+        &drover_core::slot_image::Window {
+            file: &*disk,
+            offset: active.offset,
+        },
+        active.size,
+        disk_path,
+    ) {
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        let end = a.locator.data_size.min(active.size);
+        while pos < end && !want.is_empty() {
+            let n = chunk.len().min((end - pos) as usize);
+            disk.read_exact_at(&mut chunk[..n], active.offset + pos)
+                .map_err(io("reading the active slot"))?;
+            for (k, b) in chunk[..n].chunks_exact(BLOCK as usize).enumerate() {
+                if let Some(at) = want.get_mut(&hash_block(&params.salt, b)) {
+                    if *at == u64::MAX {
+                        *at = pos + k as u64 * BLOCK;
+                    }
+                }
+            }
+            pos += n as u64;
+        }
+    }
+    for (i, f) in index.frames.iter().enumerate() {
+        if fill[i] == Fill::Fetch
+            && f.range().end <= data_size
+            && f.range().step_by(BLOCK as usize).all(|b| {
+                want.get(&leaves[(b / BLOCK) as usize])
+                    .is_some_and(|&a| a != u64::MAX)
+            })
+        {
+            fill[i] = Fill::Copy;
+        }
+    }
+
+    // 3c. In payload order: copy, or fetch runs of frames; synced and
+    // reported durable every CHECKPOINT_BYTES.
+    let mut written = 0u64;
+    let mut last_sync = 0u64;
+    let mut i = 0;
+    while i < index.frames.len() {
+        if hooks.cancel.load(Ordering::Relaxed) {
+            let _ = disk.sync_data();
+            return Err(ApplyError::Cancelled {
+                written: index.frames[i].offset,
+                total,
+            });
+        }
+        let f = &index.frames[i];
+        match fill[i] {
+            Fill::Kept | Fill::Early => i += 1,
+            Fill::Copy => {
+                let mut block = vec![0u8; BLOCK as usize];
+                for b in f.range().step_by(BLOCK as usize) {
+                    let leaf = &leaves[(b / BLOCK) as usize];
+                    let from = want[leaf];
+                    disk.read_exact_at(&mut block, active.offset + from)
+                        .map_err(io("reading the active slot"))?;
+                    if &hash_block(&params.salt, &block) != leaf {
+                        return Err(mismatch(format!(
+                            "block {} of the active slot changed while it was copied",
+                            from / BLOCK
+                        )));
+                    }
+                    disk.write_all_at(&block, st.offset + b)
+                        .map_err(io("writing the slot"))?;
+                }
+                stats.copied_bytes += u64::from(f.len);
+                written += u64::from(f.len);
+                i += 1;
+            }
+            Fill::Fetch => {
+                // A run of frames to fetch is one range of usr.blocks.
+                let mut run = vec![i];
+                while let Some(j) = run.last().map(|j| j + 1) {
+                    if j >= index.frames.len() || fill[j] != Fill::Fetch || run.len() >= MAX_RUN {
+                        break;
+                    }
+                    run.push(j);
+                }
+                let check = Check {
+                    leaves: &leaves,
+                    salt: &params.salt,
+                    data_size,
+                    target,
+                };
+                fetch_frames(&index, &run, blocks, &mut stats, &check, &mut |f, bytes| {
+                    disk.write_all_at(bytes, st.offset + f.offset)
+                        .map_err(io("writing the slot"))
+                })?;
+                written += run
+                    .iter()
+                    .map(|&k| u64::from(index.frames[k].len))
+                    .sum::<u64>();
+                i = run.last().expect("not empty") + 1;
+            }
+        }
+        let done = index.frames.get(i).map_or(total, |f| f.offset);
+        (hooks.progress)(done, total);
+        if written - last_sync >= CHECKPOINT_BYTES {
+            disk.sync_data().map_err(io("syncing the slot"))?;
+            (hooks.checkpoint)(done);
+            last_sync = written;
+        }
+    }
+    disk.sync_all().map_err(io("syncing the slot"))?;
+
+    // 4-5. The header read back and verified, then valid and chosen.
+    finish(slots, disk, disk_path, trust.keys, &v, target)?;
+    let m = &v.verified.manifest;
+    Ok(ApplyReport {
+        slot: target.label(),
+        version: m.os.version.clone(),
+        security_version: m.os.security_version,
+        bytes: total,
+        sha256: hex::encode(index.payload_sha256),
+        root_hash: hex::encode(v.root_hash),
+        delta: Some(stats),
+    })
+}
+
+/// Fetches frames `which` (in order; frames between them not asked for
+/// are read and skipped) with one range request, checks each (length,
+/// SHA-256 from the signed index, and each whole data block against its
+/// leaf when the leaves are known) and hands it to `write`.
+fn fetch_frames(
+    index: &Index,
+    which: &[usize],
+    blocks: &mut dyn BlockSource,
+    stats: &mut DeltaStats,
+    check: &Check<'_>,
+    write: &mut dyn FnMut(&Frame, &[u8]) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
+    let mismatch = |reason: String| ApplyError::Mismatch {
+        slot: check.target,
+        reason,
+    };
+    let name = blocks.name();
+    let source_err = |offset: u64| {
+        let source_name = name.clone();
+        move |source| ApplyError::Source {
+            source_name,
+            offset,
+            source,
+        }
+    };
+    let (Some(&first), Some(&last)) = (which.first(), which.last()) else {
+        return Ok(());
+    };
+    let range = index.frames[first].stored_offset..index.frames[last].stored_range().end;
+    stats.requests += 1;
+    stats.fetched_bytes += range.end - range.start;
+    let mut reader = blocks
+        .fetch(range.clone())
+        .map_err(source_err(range.start))?;
+    let mut stored = Vec::new();
+    let mut plain = Vec::new();
+    let mut z =
+        zstd::bulk::Decompressor::new().map_err(|e| mismatch(format!("starting zstd: {e}")))?;
+    for k in first..=last {
+        let f = &index.frames[k];
+        stored.resize(f.stored_len as usize, 0);
+        reader
+            .read_exact(&mut stored)
+            .map_err(source_err(f.stored_offset))?;
+        if !which.contains(&k) {
+            continue;
+        }
+        stats.fetched_frames += 1;
+        plain.clear();
+        plain.reserve(f.len as usize);
+        let n = z
+            .decompress_to_buffer(&stored, &mut plain)
+            .map_err(|e| mismatch(format!("frame {k} does not decompress: {e}")))?;
+        if n != f.len as usize || drover_core::blocks::frame_digest(&plain) != f.sha256 {
+            return Err(mismatch(format!(
+                "frame {k} (payload bytes {}..{}) does not match its digest in the signed block index",
+                f.offset,
+                f.range().end
+            )));
+        }
+        if !check.leaves.is_empty() {
+            for (b, block) in f
+                .range()
+                .step_by(BLOCK as usize)
+                .zip(plain.chunks(BLOCK as usize))
+            {
+                if b + BLOCK <= check.data_size
+                    && hash_block(check.salt, block) != check.leaves[(b / BLOCK) as usize]
+                {
+                    return Err(mismatch(format!(
+                        "data block {} does not match the signed verity tree",
+                        b / BLOCK
+                    )));
+                }
+            }
+        }
+        write(f, &plain)?;
+    }
+    Ok(())
+}
+
+/// The path of a file next to `payload` (`releases/V/usr.img` →
+/// `releases/V/NAME`), for a relative path or a URL.
+pub fn sibling(payload: &str, name: &str) -> String {
+    match payload.rfind('/') {
+        Some(i) => format!("{}{name}", &payload[..=i]),
+        None => name.to_string(),
+    }
+}
+
+/// The largest block index a payload of `size` bytes can have (a frame per
+/// block, 16 signatures).
+pub fn index_limit(size: u64) -> u64 {
+    48 + 40 * size.div_ceil(BLOCK) + 4 + 96 * 16
+}
+
+/// Reads a file of at most `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "{} is more than the {limit} bytes it may be",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
