@@ -998,7 +998,7 @@ pub fn record(rec: &Recording) -> anyhow::Result<crate::nbd::Recorded> {
     g.wait_for("DROVER-TEST-REPORT slot=USR-A version=1.0.0", BOOT)
         .map_err(|e| fail(&g, e))?;
     server.mark(PHASES[1]);
-    crate::image::publish(&repo, &v2);
+    crate::image::publish_full(&repo, &v2);
     // The payload written: the flip comes next.
     let t = Instant::now();
     loop {

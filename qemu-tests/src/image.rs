@@ -234,8 +234,19 @@ enum Kind {
 }
 
 /// Publishes the release built in `build_dir` to channel `stable` of the
-/// static repository `repo`, signed with the test key.
+/// static repository `repo`, signed with the test key, with its frames and
+/// block index (nodes take the delta path).
 pub fn publish(repo: &Path, build_dir: &Path) {
+    publish_with(repo, build_dir, &[]);
+}
+
+/// [`publish`] without frames and block index (`--no-blocks`): nodes
+/// stream the whole payload, the path the power-cut tests record.
+pub fn publish_full(repo: &Path, build_dir: &Path) {
+    publish_with(repo, build_dir, &["--no-blocks"]);
+}
+
+fn publish_with(repo: &Path, build_dir: &Path, extra: &[&str]) {
     let (sec, _) = keys();
     let o = Command::new(drover_binary())
         .args(["publish", "--channel", "stable", "--repo"])
@@ -244,6 +255,7 @@ pub fn publish(repo: &Path, build_dir: &Path) {
         .arg(build_dir)
         .arg("--key")
         .arg(sec)
+        .args(extra)
         .output()
         .expect("running drover publish");
     assert!(

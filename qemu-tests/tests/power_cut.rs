@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drover_core::SlotId;
 use drover_qemu_tests::crash;
 use drover_qemu_tests::guest::Guest;
-use drover_qemu_tests::image::{self, publish, slot_bits};
+use drover_qemu_tests::image::{self, publish_full, slot_bits};
 use drover_qemu_tests::snapshot;
 use drover_qemu_tests::web::{first_stream_after, Nginx};
 
@@ -119,7 +119,7 @@ fn power_cuts_during_the_write_leave_the_old_slot_booting_and_the_update_complet
     // a real one.
     let (mut g, disk) = snapshot::idle_node().restore("power-cut-0", dir.path(), web.port);
     expect_v1_verified(&mut g);
-    publish(&repo, &v2);
+    publish_full(&repo, &v2);
     // (access-log line at the cut, bytes durable at the cut) per cut.
     let mut cuts: Vec<(usize, u64)> = Vec::new();
     for (i, &at) in points.iter().enumerate() {

@@ -18,6 +18,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
 use drover_core::keys::TrustedKeys;
 use drover_core::manifest::Manifest;
@@ -174,7 +175,7 @@ pub trait Source {
     fn at(&self) -> &dyn ReadAt;
     /// The payload's bytes from `offset` on. Bytes beyond [`Source::size`]
     /// are an error the caller detects.
-    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>>;
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + Send + '_>>;
 }
 
 /// A payload file.
@@ -214,7 +215,7 @@ impl Source for FileSource {
     fn at(&self) -> &dyn ReadAt {
         &self.file
     }
-    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>> {
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + Send + '_>> {
         use std::io::Seek as _;
         let mut f = &self.file;
         f.seek(std::io::SeekFrom::Start(offset))?;
@@ -291,36 +292,11 @@ pub fn apply(
     slots.make_unbootable();
     slots.write(disk)?;
 
-    // 3. Stream, hashing as it goes.
-    let data_size = v.locator.data_size;
-    let mut verity = VerityStream::new(v.params.clone()).map_err(|e| mismatch(e.to_string()))?;
-    let mut sha = Sha256::new();
-    // The payload's own tree is hashed as it passes, not kept: it is compared
-    // with the computed one by digest (and length), which saves its size in
-    // memory (8 MiB per GiB of data).
-    let mut tree_from_payload = Sha256::new();
-    let mut tree_from_payload_len = 0u64;
-    let tree_start = v.locator.hash_offset + 4096;
-    let tree_len = verity.layout().tree_size();
-    let mut feed = |chunk: &[u8], pos: u64| -> Result<(), ApplyError> {
-        sha.update(chunk);
-        // The data region feeds the verity stream; the tree region is kept to compare.
-        let (a, b) = (pos, pos + chunk.len() as u64);
-        if a < data_size {
-            let end = b.min(data_size);
-            verity
-                .update(&chunk[..(end - a) as usize])
-                .map_err(|e| mismatch(e.to_string()))?;
-        }
-        let (ts, te) = (tree_start, tree_start + tree_len);
-        if b > ts && a < te {
-            let from = ts.max(a) - a;
-            let to = te.min(b) - a;
-            tree_from_payload.update(&chunk[from as usize..to as usize]);
-            tree_from_payload_len += to - from;
-        }
-        Ok(())
-    };
+    // 3. Stream, hashing as it goes: one thread reads the source, this one
+    // writes the slot, a third hashes what was written (the whole payload,
+    // and the verity tree of its data), so the network, the disk and the
+    // hashing overlap.
+    let mut hasher = Hasher::new(&v, mismatch)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     // What an interrupted apply left durable: read back and hashed, not fetched.
@@ -329,9 +305,10 @@ pub fn apply(
         let n = buf.len().min((resume_from - pos) as usize);
         FileExt::read_exact_at(&*disk, &mut buf[..n], st.offset + pos)
             .map_err(io(disk_path, "reading back the slot to resume"))?;
-        feed(&buf[..n], pos)?;
+        hasher.feed(&buf[..n], pos).map_err(mismatch)?;
         pos += n as u64;
     }
+    drop(buf);
     let source_err = |offset: u64| {
         let source_name = name.clone();
         move |source| ApplyError::Source {
@@ -340,51 +317,94 @@ pub fn apply(
             source,
         }
     };
-    let mut reader = src.stream(pos).map_err(source_err(pos))?;
-    let mut last_sync = pos;
-    while pos < total {
-        if hooks.cancel.load(Ordering::Relaxed) {
-            let _ = disk.sync_data();
-            return Err(ApplyError::Cancelled {
-                written: pos,
-                total,
-            });
+    let reader = src.stream(pos).map_err(source_err(pos))?;
+    let disk_ref: &File = disk;
+    let hasher = std::thread::scope(|s| -> Result<Hasher, ApplyError> {
+        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
+        for _ in 0..PIPELINE_BUFFERS {
+            free_tx
+                .send(vec![0u8; PIPELINE_BUFFER])
+                .expect("the channel holds them all");
         }
-        let want = buf.len().min((total - pos) as usize);
-        let n = reader.read(&mut buf[..want]).map_err(source_err(pos))?;
-        if n == 0 {
-            return Err(mismatch(format!(
-                "the payload ended after {pos} of {total} bytes"
-            )));
-        }
-        let chunk = &buf[..n];
-        disk.write_all_at(chunk, st.offset + pos)
-            .map_err(io(disk_path, "writing the slot"))?;
-        feed(chunk, pos)?;
-        pos += n as u64;
-        (hooks.progress)(pos, total);
-        if pos - last_sync >= CHECKPOINT_BYTES {
-            disk.sync_data()
-                .map_err(io(disk_path, "syncing the slot"))?;
-            (hooks.checkpoint)(pos);
-            last_sync = pos;
-        }
-    }
-    // Bounded by the advertised size: more bytes mean another payload.
-    let mut one = [0u8; 1];
-    match reader.read(&mut one) {
-        Ok(0) => {}
-        Ok(_) => {
-            return Err(ApplyError::Advertised(format!(
-                "the source sent more than the {total} bytes of the signed slot image"
-            )))
-        }
-        Err(e) => return Err(source_err(pos)(e)),
-    }
-    drop(reader);
+        let (full_tx, full_rx) = mpsc::sync_channel::<Msg>(PIPELINE_BUFFERS);
+        let (hash_tx, hash_rx) = mpsc::sync_channel::<(u64, Vec<u8>, usize)>(PIPELINE_BUFFERS);
+        s.spawn(move || read_ahead(reader, pos, total, &free_rx, &full_tx));
+        let back = free_tx.clone();
+        let hashing = s.spawn(move || {
+            let mut failed = None;
+            for (at, b, n) in hash_rx {
+                if failed.is_none() {
+                    failed = hasher.feed(&b[..n], at).err();
+                }
+                let _ = back.send(b);
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(hasher),
+            }
+        });
+        drop(free_tx);
+        let mut pos = pos;
+        let mut last_sync = pos;
+        let written = (|| loop {
+            if hooks.cancel.load(Ordering::Relaxed) {
+                let _ = disk_ref.sync_data();
+                return Err(ApplyError::Cancelled {
+                    written: pos,
+                    total,
+                });
+            }
+            match full_rx.recv() {
+                Ok(Msg::Data(at, b, n)) => {
+                    debug_assert_eq!(at, pos);
+                    disk_ref
+                        .write_all_at(&b[..n], st.offset + at)
+                        .map_err(io(disk_path, "writing the slot"))?;
+                    pos += n as u64;
+                    let _ = hash_tx.send((at, b, n));
+                    (hooks.progress)(pos, total);
+                    if pos - last_sync >= CHECKPOINT_BYTES {
+                        disk_ref
+                            .sync_data()
+                            .map_err(io(disk_path, "syncing the slot"))?;
+                        (hooks.checkpoint)(pos);
+                        last_sync = pos;
+                    }
+                }
+                Ok(Msg::Short) => {
+                    return Err(mismatch(format!(
+                        "the payload ended after {pos} of {total} bytes"
+                    )))
+                }
+                Ok(Msg::Longer) => {
+                    return Err(ApplyError::Advertised(format!(
+                        "the source sent more than the {total} bytes of the signed slot image"
+                    )))
+                }
+                Ok(Msg::Failed(at, e)) => return Err(source_err(at)(e)),
+                Ok(Msg::End) => return Ok(()),
+                Err(_) => {
+                    return Err(mismatch("the payload reader stopped".into()));
+                }
+            }
+        })();
+        // Stops the reader (its sends fail) and ends the hasher's input.
+        drop(full_rx);
+        drop(hash_tx);
+        let hashed = hashing.join().expect("the hashing thread panicked");
+        written?;
+        hashed.map_err(mismatch)
+    })?;
     disk.sync_all().map_err(io(disk_path, "syncing the slot"))?;
 
     // 4. Compare with what was signed.
+    let Hasher {
+        sha,
+        verity,
+        tree_from_payload,
+        tree_from_payload_len,
+        ..
+    } = hasher;
     let (tree, root) = verity.finish().map_err(|e| mismatch(e.to_string()))?;
     let sha256 = hex::encode(sha.finalize());
     if root != v.root_hash {
@@ -419,6 +439,122 @@ pub fn apply(
         root_hash: hex::encode(root),
         delta: None,
     })
+}
+
+/// Buffers between the reader, the writer and the hasher, and their size:
+/// 8 MiB in flight.
+const PIPELINE_BUFFERS: usize = 4;
+const PIPELINE_BUFFER: usize = 2 << 20;
+
+/// What the reading thread hands the writer.
+enum Msg {
+    /// `n` bytes of the payload at offset `at`.
+    Data(u64, Vec<u8>, usize),
+    /// The payload is complete, and the source has no more.
+    End,
+    /// The source ended early.
+    Short,
+    /// The source has more than the payload's size.
+    Longer,
+    /// Reading failed at this offset.
+    Failed(u64, std::io::Error),
+}
+
+/// Reads the source from `pos` to `total` into free buffers and hands
+/// them on, then checks the source ends there.
+fn read_ahead(
+    mut reader: Box<dyn Read + Send + '_>,
+    mut pos: u64,
+    total: u64,
+    free: &mpsc::Receiver<Vec<u8>>,
+    full: &mpsc::SyncSender<Msg>,
+) {
+    while pos < total {
+        let Ok(mut b) = free.recv() else { return };
+        let want = b.len().min((total - pos) as usize);
+        let mut n = 0;
+        while n < want {
+            match reader.read(&mut b[n..want]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if n > 0 {
+                        let _ = full.send(Msg::Data(pos, b, n));
+                    }
+                    let _ = full.send(Msg::Failed(pos + n as u64, e));
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            let _ = full.send(Msg::Short);
+            return;
+        }
+        if full.send(Msg::Data(pos, b, n)).is_err() {
+            return;
+        }
+        pos += n as u64;
+    }
+    // Bounded by the advertised size: more bytes mean another payload.
+    let mut one = [0u8; 1];
+    let _ = full.send(match reader.read(&mut one) {
+        Ok(0) => Msg::End,
+        Ok(_) => Msg::Longer,
+        Err(e) => Msg::Failed(pos, e),
+    });
+}
+
+/// Hashes the payload in order: all of it (SHA-256), its data (the verity
+/// tree it gives), and the tree it carries (compared by digest, not kept:
+/// that saves its size in memory, 8 MiB per GiB of data).
+struct Hasher {
+    sha: Sha256,
+    verity: VerityStream,
+    tree_from_payload: Sha256,
+    tree_from_payload_len: u64,
+    data_size: u64,
+    tree: std::ops::Range<u64>,
+}
+
+impl Hasher {
+    fn new(
+        v: &slot_image::VerifiedSlot,
+        mismatch: impl Fn(String) -> ApplyError,
+    ) -> Result<Self, ApplyError> {
+        let verity = VerityStream::new(v.params.clone()).map_err(|e| mismatch(e.to_string()))?;
+        let tree_start = v.locator.hash_offset + u64::from(v.params.hash_block_size);
+        let tree = tree_start..tree_start + verity.layout().tree_size();
+        Ok(Self {
+            sha: Sha256::new(),
+            verity,
+            tree_from_payload: Sha256::new(),
+            tree_from_payload_len: 0,
+            data_size: v.locator.data_size,
+            tree,
+        })
+    }
+
+    /// The payload's bytes at `pos`, fed in order.
+    fn feed(&mut self, chunk: &[u8], pos: u64) -> Result<(), String> {
+        self.sha.update(chunk);
+        let (a, b) = (pos, pos + chunk.len() as u64);
+        if a < self.data_size {
+            let end = b.min(self.data_size);
+            self.verity
+                .update(&chunk[..(end - a) as usize])
+                .map_err(|e| e.to_string())?;
+        }
+        let (ts, te) = (self.tree.start, self.tree.end);
+        if b > ts && a < te {
+            let from = ts.max(a) - a;
+            let to = te.min(b) - a;
+            self.tree_from_payload
+                .update(&chunk[from as usize..to as usize]);
+            self.tree_from_payload_len += to - from;
+        }
+        Ok(())
+    }
 }
 
 /// What [`check`] established before the disk is touched.

@@ -26,7 +26,7 @@ impl Source for HttpSource {
     fn at(&self) -> &dyn ReadAt {
         self
     }
-    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + '_>> {
+    fn stream(&mut self, offset: u64) -> std::io::Result<Box<dyn Read + Send + '_>> {
         Ok(Box::new(HttpSource::stream(self, offset)?))
     }
 }

@@ -264,21 +264,24 @@ pub fn run() -> anyhow::Result<()> {
 
     say(
         start,
-        "publishing 1.1.0 to the channel (drover publish: payload, manifest, signed metadata)",
+        "publishing 1.0.0 and 1.1.0 to the channel (drover publish: payload, its zstd frames and signed block index, manifest, signed metadata)",
     );
-    print!(
-        "{}",
-        run_quiet(
-            Command::new(bin("drover"))
-                .args(["publish", "--channel", "stable", "--repo"])
-                .arg(&repo)
-                .arg("--image")
-                .arg(&outs[1])
-                .arg("--key")
-                .arg(&key)
-        )?
-    );
-    say(start, "the agent polls every 15 s: it checks the signed metadata, streams 1.1.0 into USR-B while hashing it, flips the priorities and reboots through logind");
+    // 1.0.0 first, as a channel holds it: 1.1.0's frames are cut along it.
+    for out in &outs[..2] {
+        print!(
+            "{}",
+            run_quiet(
+                Command::new(bin("drover"))
+                    .args(["publish", "--channel", "stable", "--repo"])
+                    .arg(&repo)
+                    .arg("--image")
+                    .arg(out)
+                    .arg("--key")
+                    .arg(&key)
+            )?
+        );
+    }
+    say(start, "the agent polls every 15 s: it checks the signed metadata, fetches only the frames of the blocks of 1.1.0 its USR-A lacks (a delta), copies the rest from USR-A, checks every block against the signed verity tree, flips the priorities and reboots through logind");
     show(start, &mut g, "drover-boot: ", t)?;
     show(start, &mut g, "chose USR-B", t)?;
     show(start, &mut g, "every block was checked", t)?;
@@ -293,7 +296,10 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     status(start, &g, "droverctl status on the node")?;
     let log = web.access_log();
-    let fetched: Vec<&str> = log.lines().filter(|l| l.contains("usr.img")).collect();
+    let fetched: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("usr.img") || l.contains("usr.blocks"))
+        .collect();
     say(
         start,
         &format!(
