@@ -16,6 +16,9 @@ use drover_core::verity::{hash_block, VerityParams};
 /// The zstd level frames are compressed at unless the publisher says.
 pub const DEFAULT_LEVEL: i32 = 12;
 
+/// A frame compressed, and the SHA-256 of its bytes.
+type Compressed = (Vec<u8>, [u8; 32]);
+
 /// What [`write`] made.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Written {
@@ -98,7 +101,7 @@ pub fn write(
     // Compress on every core, each thread a share of the frames in order.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = ranges.len().div_ceil(threads).max(1);
-    let compressed: Vec<anyhow::Result<Vec<(Vec<u8>, [u8; 32])>>> = std::thread::scope(|s| {
+    let compressed: Vec<anyhow::Result<Vec<Compressed>>> = std::thread::scope(|s| {
         let handles: Vec<_> = ranges
             .chunks(per)
             .map(|part| {

@@ -107,6 +107,9 @@ enum Fill {
     Early,
 }
 
+/// Writes a checked frame's bytes to the slot.
+type WriteFrame<'a> = dyn FnMut(&Frame, &[u8]) -> Result<(), ApplyError> + 'a;
+
 /// The most frames one range request fetches (64 MiB of payload).
 const MAX_RUN: usize = 256;
 
@@ -393,7 +396,7 @@ fn fetch_frames(
     blocks: &mut dyn BlockSource,
     stats: &mut DeltaStats,
     check: &Check<'_>,
-    write: &mut dyn FnMut(&Frame, &[u8]) -> Result<(), ApplyError>,
+    write: &mut WriteFrame<'_>,
 ) -> Result<(), ApplyError> {
     let mismatch = |reason: String| ApplyError::Mismatch {
         slot: check.target,

@@ -212,7 +212,10 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let idle_kib = status_kib(pid, "VmRSS:")?;
 
-    // Drop the page cache's copy of the disk so both runs write for real.
+    // Both runs start from the same state: nothing dirty waiting to be
+    // written back (sealing and publishing wrote 2 GiB just now), the page
+    // cache dropped where this user may.
+    settle();
     let t = Instant::now();
     let out = ctl(&["update", "--json"])?;
     let agent_time = t.elapsed();
@@ -228,6 +231,7 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
     // The peer: the same bytes with curl into dd with O_DIRECT.
     let target = work.join("dd-target.raw");
     File::create(&target)?.set_len(size)?;
+    settle();
     let t = Instant::now();
     let st = Command::new("sh")
         .arg("-c")
@@ -262,8 +266,18 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
         peak_kib as f64 / 1024.0
     );
     let _ = std::fs::remove_file(&target);
-    let _ = std::fs::remove_file(&disk);
+    if std::env::var_os("DROVER_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&disk);
+    }
     Ok(())
+}
+
+/// Writes back everything dirty and drops the page cache (as root; else
+/// only the write-back).
+fn settle() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// A 4 MiB v1 for USR-A.
