@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(back.stored_size(), 30);
 
         let mut bad = file.clone();
-        bad[HEADER + 2] ^= 1;
+        bad[HEADER + 8 + 5] ^= 1; // a byte of frame 0's digest
         assert!(matches!(
             Index::parse_signed(&bad, &trusted),
             Err(IndexError::BadSignature(_))
