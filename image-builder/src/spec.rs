@@ -130,6 +130,15 @@ pub struct DebianSection {
     pub mirror: String,
     /// Packages on top of the minimal base (`linux-image-amd64` is required).
     pub packages: Vec<String>,
+    /// More apt sources, one-line format (`deb URI SUITE COMPONENT…`):
+    /// the suite's updates and security updates.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Exact package versions (`libc6 = "2.36-9+deb12u7"`): apt pins them
+    /// at priority 1001, so they win even over a newer version in the
+    /// sources. For rebuilding an older release, or holding one back.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, String>,
 }
 
 fn default_mirror() -> String {
@@ -400,6 +409,26 @@ impl ImageSpec {
                 ));
             }
         }
+        for (i, src) in self.debian.sources.iter().enumerate() {
+            let words: Vec<&str> = src.split_whitespace().collect();
+            if words.len() < 3 || words[0] != "deb" || src.contains(['\n', '\'', '"']) {
+                return Err(format!(
+                    "at `debian.sources[{i}]`: '{src}' is not a one-line apt source (`deb URI SUITE COMPONENT…`)"
+                ));
+            }
+        }
+        let plain = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.:~_".contains(c))
+        };
+        for (name, version) in &self.debian.versions {
+            if !plain(name) || !plain(version) {
+                return Err(format!(
+                    "at `debian.versions.{name}`: '{name}' = '{version}' is not a package name and version"
+                ));
+            }
+        }
         for (i, f) in self.files.iter().enumerate() {
             if !(f.path.starts_with("/usr/") || f.path.starts_with("/etc/"))
                 || f.path.contains("/../")
@@ -492,6 +521,26 @@ packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linu
         assert_eq!(s.disk.usr_mib, 1024);
         assert!(s.kernel.modules.contains(&"dm-verity".to_string()));
         assert_eq!(s.debian.mirror, "http://deb.debian.org/debian");
+    }
+
+    #[test]
+    fn sources_and_pinned_versions_are_checked() {
+        let with = |extra: &str| GOOD.replace("packages =", &format!("{extra}\npackages ="));
+        let s = ImageSpec::parse(&format!(
+            "{}\n[debian.versions]\nlibc6 = \"2.36-9+deb12u7\"\n",
+            with("sources = [\"deb http://deb.debian.org/debian-security bookworm-security main\"]")
+        ))
+        .unwrap();
+        assert_eq!(s.debian.sources.len(), 1);
+        assert_eq!(s.debian.versions["libc6"], "2.36-9+deb12u7");
+        let e = ImageSpec::parse(&with("sources = [\"http://x bookworm main\"]")).unwrap_err();
+        assert!(e.contains("debian.sources[0]"), "{e}");
+        let e = ImageSpec::parse(&format!("{GOOD}\n[debian.versions]\nlibc6 = \"1 2\"\n"))
+            .unwrap_err();
+        assert!(e.contains("debian.versions.libc6"), "{e}");
+        // The example spec parses.
+        let example = include_str!("../../examples/container-host.toml");
+        assert!(!ImageSpec::parse(example).unwrap().debian.sources.is_empty());
     }
 
     #[test]

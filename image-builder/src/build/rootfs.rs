@@ -223,6 +223,23 @@ fn mmdebstrap(
     lock.unlock()?;
     let logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let arch = private.display();
+    // Pinned versions: an apt preferences file, in place before the first
+    // package is chosen.
+    let mut pins = Vec::new();
+    if !d.versions.is_empty() {
+        let prefs = log.with_extension("preferences");
+        let text: String = d
+            .versions
+            .iter()
+            .map(|(p, v)| format!("Package: {p}\nPin: version {v}\nPin-Priority: 1001\n\n"))
+            .collect();
+        std::fs::write(&prefs, text)?;
+        pins.push("--setup-hook=mkdir -p \"$1\"/etc/apt/preferences.d".to_string());
+        pins.push(format!(
+            "--setup-hook=upload {} /etc/apt/preferences.d/drover-versions",
+            prefs.display()
+        ));
+    }
     let status = Command::new("mmdebstrap")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         // The kernel package would build an initramfs with initramfs-tools;
@@ -245,9 +262,11 @@ fn mmdebstrap(
         .arg(format!(
             "--customize-hook=sync-out /var/cache/apt/archives {arch}"
         ))
+        .args(&pins)
         .arg(&d.suite)
         .arg(target)
         .arg(&d.mirror)
+        .args(&d.sources)
         .stdout(logf.try_clone()?)
         .stderr(logf)
         .status()
