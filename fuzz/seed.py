@@ -66,6 +66,20 @@ fixtures = ROOT / "core/tests/fixtures/ovmf-swtpm"
 add("boot_record", (fixtures / "boot-record.json").read_bytes())
 add("tcg_event_log", (fixtures / "binary_bios_measurements").read_bytes())
 
+# Block indexes (core/src/blocks.rs): three frames, unsigned and with one
+# (wrong) signature; a real one comes from a repository (below).
+def block_index(lens, sigs):
+    body = b"DRVBIX01" + struct.pack("<II", 4096, len(lens))
+    body += struct.pack("<Q", sum(lens)) + bytes(range(32))
+    for n in lens:
+        body += struct.pack("<II", n, max(1, n // 3)) + hashlib.sha256(bytes(n)).digest()
+    body += struct.pack("<I", sigs) + bytes(96 * sigs)
+    return body
+
+
+add("block_index", block_index([8192, 262144, 5000], 0))
+add("block_index", block_index([4096], 1))
+
 # A small disk with Drover's partitions, for the GPT reader.
 with tempfile.TemporaryDirectory() as t:
     disk = Path(t) / "disk.raw"
@@ -107,3 +121,5 @@ if len(sys.argv) > 1:
 if len(sys.argv) > 2:
     for f in (Path(sys.argv[2]) / "channels").glob("*.json"):
         add("channel_metadata", f.read_bytes())
+    for f in sorted((Path(sys.argv[2]) / "releases").glob("*/usr.blocks.idx"))[:2]:
+        add("block_index", f.read_bytes())

@@ -526,17 +526,18 @@ packages = ["systemd", "dbus", "libtss2-esys-3.0.2-0", "libtss2-tctildr0", "linu
     #[test]
     fn sources_and_pinned_versions_are_checked() {
         let with = |extra: &str| GOOD.replace("packages =", &format!("{extra}\npackages ="));
-        let s = ImageSpec::parse(&format!(
+        let s =
+            ImageSpec::parse(&format!(
             "{}\n[debian.versions]\nlibc6 = \"2.36-9+deb12u7\"\n",
             with("sources = [\"deb http://deb.debian.org/debian-security bookworm-security main\"]")
         ))
-        .unwrap();
+            .unwrap();
         assert_eq!(s.debian.sources.len(), 1);
         assert_eq!(s.debian.versions["libc6"], "2.36-9+deb12u7");
         let e = ImageSpec::parse(&with("sources = [\"http://x bookworm main\"]")).unwrap_err();
         assert!(e.contains("debian.sources[0]"), "{e}");
-        let e = ImageSpec::parse(&format!("{GOOD}\n[debian.versions]\nlibc6 = \"1 2\"\n"))
-            .unwrap_err();
+        let e =
+            ImageSpec::parse(&format!("{GOOD}\n[debian.versions]\nlibc6 = \"1 2\"\n")).unwrap_err();
         assert!(e.contains("debian.versions.libc6"), "{e}");
         // The example spec parses.
         let example = include_str!("../../examples/container-host.toml");

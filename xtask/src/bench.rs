@@ -37,7 +37,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             };
             crate::bench_apply::run(mib)
         }
-        _ => bail!("usage: cargo xtask bench verity [--size-mib N] | image | apply [--size-mib N]"),
+        Some("delta") => crate::bench_delta::run(),
+        _ => bail!(
+            "usage: cargo xtask bench verity [--size-mib N] | image | apply [--size-mib N] | delta"
+        ),
     }
 }
 

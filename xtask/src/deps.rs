@@ -29,6 +29,9 @@ const NEEDED: &[(&str, &str)] = &[
     ("pkg-config", "pkg-config"),
     ("nginx", "nginx-light"),
     ("socat", "socat"),
+    // The peer of `cargo xtask bench delta`.
+    ("casync", "casync"),
+    ("curl", "curl"),
     // The reboot lock's store, and certificates for its TLS tests.
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::run;
 
 /// Every target, one per parser of untrusted bytes.
-pub const TARGETS: [&str; 13] = [
+pub const TARGETS: [&str; 14] = [
     "slot_header",
     "manifest",
     "locator_and_slot_reader",
@@ -28,6 +28,7 @@ pub const TARGETS: [&str; 13] = [
     "node_config",
     "agent_config",
     "install_json",
+    "block_index",
 ];
 
 fn root() -> PathBuf {

@@ -5,6 +5,8 @@
 //! * `cargo xtask test`: install them, then run every test of the workspace.
 //! * `cargo xtask bench verity [--size-mib N]`: Drover vs `veritysetup format`.
 //! * `cargo xtask bench apply`: the agent's apply vs `curl | dd`, and its memory.
+//! * `cargo xtask bench delta`: a libc6 + OpenSSL security update as a delta,
+//!   against casync, the full payload and `curl | dd`.
 //! * `cargo xtask fuzz [--seconds N]`: run each fuzz target briefly (nightly).
 //! * `cargo xtask sim [...]`: the fleet in simulation, with real etcd.
 //! * `cargo xtask campaign NAME`: a long campaign whose results go to
@@ -14,6 +16,7 @@
 
 mod bench;
 mod bench_apply;
+mod bench_delta;
 mod crash;
 mod demo;
 mod deps;
@@ -38,6 +41,9 @@ commands:
   bench apply [--size-mib N]
                             drover-agent applying a payload from nginx vs curl | dd oflag=direct;
                             the agent's idle and peak memory
+  bench delta               two builds of the default image a libc6 + OpenSSL security update apart:
+                            the delta's download vs casync's and the full payload's, apply times,
+                            EROFS lz4hc vs uncompressed (about 15 minutes the first time)
   fuzz [--seconds N]        run each cargo-fuzz target for N seconds (default 30; needs nightly)
   sim [--nodes N] [--groups G] [--max-rebooting M] [--rollout-hours H]
       [--canary-percent P --canary-hours H] [--poll-minutes M] [--jitter MINUTES]
