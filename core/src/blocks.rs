@@ -47,6 +47,17 @@ pub const SIGNING_CONTEXT: &[u8] = b"drover block index v1\n";
 /// The block, the unit of comparison: the verity data block.
 pub const BLOCK: u64 = 4096;
 
+/// The first bytes of a delta bundle (`drover delta`): for air-gapped
+/// sites, one file with a release's signed index and the frames a node on
+/// one older release needs.
+///
+/// ```text
+/// magic "DRVDLT01" | index bytes u32 | the signed index
+/// frames held u32 | per frame held: its number u32
+/// the held frames' stored bytes, in frame order
+/// ```
+pub const BUNDLE_MAGIC: &[u8; 8] = b"DRVDLT01";
+
 /// The largest frame: a node lacking one block of it fetches all of it.
 pub const MAX_FRAME: u64 = 256 << 10;
 

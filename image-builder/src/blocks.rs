@@ -30,6 +30,12 @@ pub struct Written {
     pub new_bytes: u64,
     /// Of `usr.blocks`, the frames a node on the previous release fetches.
     pub delta_stored_bytes: u64,
+    /// The index written.
+    #[serde(skip)]
+    pub index: Index,
+    /// Per frame: whether it holds blocks the previous release lacks.
+    #[serde(skip)]
+    pub new_frames: Vec<bool>,
 }
 
 /// The digests, with `params`' salt, of the data blocks of the slot image
@@ -132,6 +138,7 @@ pub fn write(
         File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
     );
     let mut frames = Vec::with_capacity(ranges.len());
+    let mut new_frames = Vec::with_capacity(ranges.len());
     let mut stored = 0u64;
     let mut delta_stored_bytes = 0u64;
     let mut it = ranges.iter();
@@ -139,9 +146,11 @@ pub fn write(
         for (bytes, sha256) in part? {
             let r = it.next().expect("one result per frame");
             out.write_all(&bytes)?;
-            if is_new(r.start / BLOCK) {
+            let new = is_new(r.start / BLOCK);
+            if new {
                 delta_stored_bytes += bytes.len() as u64;
             }
+            new_frames.push(new);
             frames.push(Frame {
                 offset: r.start,
                 len: (r.end - r.start) as u32,
@@ -170,5 +179,7 @@ pub fn write(
         stored_bytes: stored,
         new_bytes,
         delta_stored_bytes,
+        index,
+        new_frames,
     })
 }

@@ -26,6 +26,9 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Add a built release to a signed update channel in a static directory.
     Publish(commands::publish::Args),
+    /// Make a delta bundle (the frames nodes on an older build lack) for
+    /// air-gapped sites.
+    Delta(commands::delta::Args),
     /// Check a node config (os-config) before it goes to a node.
     #[command(subcommand)]
     Config(commands::config::Command),
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Verity(c) => c.run(),
         Command::Inspect(a) => a.run(),
         Command::Publish(a) => a.run(),
+        Command::Delta(a) => a.run(),
         Command::Config(c) => c.run(),
         Command::AttestVerify(a) => a.run(),
     };

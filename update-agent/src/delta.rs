@@ -494,3 +494,176 @@ pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// A delta bundle (`drover delta`, format at
+/// [`drover_core::blocks::BUNDLE_MAGIC`]): the signed index and the frames
+/// a node on one older release lacks, in one file.
+pub struct Bundle {
+    file: File,
+    path: PathBuf,
+    /// The signed index, as stored.
+    pub index_bytes: Vec<u8>,
+    index: Index,
+    /// Frame number → where its stored bytes are in the file.
+    held: HashMap<usize, u64>,
+}
+
+impl Bundle {
+    /// Opens `path` as a bundle; `Ok(None)` when it is not one (a slot
+    /// image, say).
+    pub fn open(path: &Path) -> std::io::Result<Option<Self>> {
+        use std::io::{Seek, SeekFrom};
+        let bad = |m: String| std::io::Error::other(format!("{}: {m}", path.display()));
+        let mut file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut magic = [0u8; 8];
+        if file.read_exact(&mut magic).is_err() || &magic != drover_core::blocks::BUNDLE_MAGIC {
+            return Ok(None);
+        }
+        let mut word = [0u8; 4];
+        file.read_exact(&mut word)?;
+        let n = u64::from(u32::from_le_bytes(word));
+        if n > len {
+            return Err(bad(format!("an index of {n} bytes in a file of {len}")));
+        }
+        let mut index_bytes = vec![0u8; n as usize];
+        file.read_exact(&mut index_bytes)?;
+        let (index, _) = Index::parse_body(&index_bytes).map_err(|e| bad(e.to_string()))?;
+        file.read_exact(&mut word)?;
+        let count = u32::from_le_bytes(word) as usize;
+        if count > index.frames.len() {
+            return Err(bad(format!(
+                "{count} frames held of {} in the release",
+                index.frames.len()
+            )));
+        }
+        let mut numbers = vec![0u8; count * 4];
+        file.read_exact(&mut numbers)?;
+        let mut at = file.stream_position()?;
+        let mut held = HashMap::new();
+        let mut last = None;
+        for c in numbers.chunks_exact(4) {
+            let i = u32::from_le_bytes(c.try_into().expect("4")) as usize;
+            if i >= index.frames.len() || last.is_some_and(|l| i <= l) {
+                return Err(bad(format!("frame number {i} out of order or range")));
+            }
+            last = Some(i);
+            held.insert(i, at);
+            at += u64::from(index.frames[i].stored_len);
+        }
+        if at != len {
+            return Err(bad(format!(
+                "{len} bytes, its frames say {at}: truncated or extended"
+            )));
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let bundle = Self {
+            file,
+            path: path.to_owned(),
+            index_bytes,
+            index,
+            held,
+        };
+        // Every frame held decompresses to the bytes its index entry
+        // hashes to: a damaged bundle is named here, not as a bad manifest.
+        // (The index's signature is checked when it is applied.)
+        for &i in bundle.held.keys() {
+            let plain = bundle.frame(i)?;
+            let f = &bundle.index.frames[i];
+            if plain.len() != f.len as usize
+                || drover_core::blocks::frame_digest(&plain) != f.sha256
+            {
+                return Err(bad(format!(
+                    "frame {i} does not match its digest in the bundle's index: the bundle is damaged"
+                )));
+            }
+        }
+        Ok(Some(bundle))
+    }
+
+    fn missing(&self, i: usize) -> std::io::Error {
+        std::io::Error::other(format!(
+            "{} does not hold frame {i} of the release: it was made for nodes running another release than this disk's",
+            self.path.display()
+        ))
+    }
+
+    /// Frame `i`'s bytes, decompressed.
+    fn frame(&self, i: usize) -> std::io::Result<Vec<u8>> {
+        let at = *self.held.get(&i).ok_or_else(|| self.missing(i))?;
+        let f = &self.index.frames[i];
+        let mut stored = vec![0u8; f.stored_len as usize];
+        self.file.read_exact_at(&mut stored, at)?;
+        let mut plain = Vec::with_capacity(f.len as usize);
+        zstd::bulk::Decompressor::new()?
+            .decompress_to_buffer(&stored, &mut plain)
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "{}: frame {i} does not decompress ({e}): the bundle is damaged",
+                    self.path.display()
+                ))
+            })?;
+        Ok(plain)
+    }
+}
+
+impl drover_core::slot_image::ReadAt for Bundle {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let i = self.index.frame_at(pos).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "beyond the payload")
+            })?;
+            let plain = self.frame(i)?;
+            let from = (pos - self.index.frames[i].offset) as usize;
+            let n = (plain.len() - from).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&plain[from..from + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Source for Bundle {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn size(&self) -> u64 {
+        self.index.payload_size
+    }
+    fn at(&self) -> &dyn drover_core::slot_image::ReadAt {
+        self
+    }
+    fn stream(&mut self, _offset: u64) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        Err(std::io::Error::other(
+            "a delta bundle is applied as a delta, not streamed",
+        ))
+    }
+}
+
+impl BlockSource for Bundle {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+        // The frames of the range, held one after the other.
+        let first = self
+            .index
+            .frames
+            .partition_point(|f| f.stored_offset < range.start);
+        let mut i = first;
+        let mut end = range.start;
+        while end < range.end {
+            if i >= self.index.frames.len() || !self.held.contains_key(&i) {
+                return Err(self.missing(i));
+            }
+            end += u64::from(self.index.frames[i].stored_len);
+            i += 1;
+        }
+        let start = *self.held.get(&first).ok_or_else(|| self.missing(first))?;
+        use std::io::{Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(start))?;
+        Ok(Box::new((&self.file).take(range.end - range.start)))
+    }
+}

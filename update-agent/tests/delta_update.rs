@@ -341,3 +341,73 @@ fn an_interrupted_delta_resumes_and_keeps_what_was_durable() {
     assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
     assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
 }
+
+#[test]
+fn a_delta_bundle_updates_an_air_gapped_node_and_only_the_release_it_was_made_for() {
+    let fx = Fx::new();
+    let (v1, v2) = releases(&fx);
+    for (dir, img) in [("old", &v1), ("new", &v2)] {
+        std::fs::create_dir_all(fx.p(dir)).unwrap();
+        std::fs::copy(img, fx.p(dir).join("usr.img")).unwrap();
+    }
+    let bundle = fx.p("1.1.0.delta");
+    drover_image_builder::commands::delta::Args {
+        from: fx.p("old"),
+        to: fx.p("new"),
+        key: fx.p("release.pem"),
+        image_keys: Vec::new(),
+        out: bundle.clone(),
+        zstd_level: 3,
+        json: false,
+    }
+    .run()
+    .unwrap();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    let payload = std::fs::read(&v2).unwrap();
+    assert!(
+        size * 20 < payload.len() as u64,
+        "a bundle of {size} bytes for 12 changed blocks"
+    );
+
+    // The node running 1.0.0.
+    let disk = fx.disk(&v1);
+    let a_before = slot_bytes(&disk, SlotId::A);
+    let (ok, out) = fx.update(&disk, &bundle, &[]);
+    assert!(ok, "{out}");
+    assert_eq!(report(&out)["version"], "1.1.0");
+    assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
+    assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+
+    // A node running another release lacks blocks the bundle does not hold.
+    let other = fx.payload("v0.img", "0.9.0", 1, 8, &fx.key);
+    let disk = fx.disk(&other);
+    let a_before = slot_bytes(&disk, SlotId::A);
+    let (ok, out) = fx.update(&disk, &bundle, &[]);
+    assert!(
+        !ok && out.contains("made for nodes running another release"),
+        "{out}"
+    );
+    assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+
+    // A flipped byte in the bundle's frames.
+    let mut b = std::fs::read(&bundle).unwrap();
+    let n = b.len();
+    b[n - 100] ^= 0x04;
+    std::fs::write(&bundle, b).unwrap();
+    let disk = fx.disk(&v1);
+    let (ok, out) = fx.update(&disk, &bundle, &[]);
+    assert!(!ok && out.contains("frame"), "{out}");
+    assert_eq!(slot_bytes(&disk, SlotId::A), a_before_of(&v1, &fx));
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+}
+
+/// USR-A of a fresh disk running `img`.
+fn a_before_of(img: &Path, fx: &Fx) -> Vec<u8> {
+    let d = fx.p("fresh.raw");
+    drover_test_support::disk(&d, &drover_test_support::small_layout(16));
+    drover_test_support::write_slot(&d, SlotId::A, img);
+    let _ = fx;
+    slot_bytes(&d, SlotId::A)
+}

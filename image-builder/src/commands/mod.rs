@@ -3,6 +3,7 @@
 pub mod attest_verify;
 pub mod build;
 pub mod config;
+pub mod delta;
 pub mod inspect;
 pub mod keygen;
 pub mod publish;

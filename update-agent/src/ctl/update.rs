@@ -23,8 +23,9 @@ use crate::state::StateFile;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where the release comes from: a published repository (a directory
-    /// with channels/, or its http(s):// URL), a drover build output
-    /// directory, or a usr.img file.
+    /// with channels/, or its http(s):// URL; a delta when it has block
+    /// indexes), a drover build output directory, a usr.img file, or a
+    /// delta bundle made by `drover delta` for the release this disk runs.
     /// Required with --disk; on a node, the agent's configured server when
     /// not given.
     #[arg(long, value_name = "DIR|URL|FILE")]
@@ -140,24 +141,31 @@ impl Args {
                 Repo::Dir(d) if d.is_dir() => d.join("usr.img"),
                 _ => PathBuf::from(&from),
             };
-            let mut src = apply::FileSource::open(&payload)?;
             let target = Target {
                 slots: &mut slots,
                 disk: &mut disk,
                 path: &disk_path,
             };
-            apply::apply(
-                target,
-                &mut src,
-                None,
-                trust,
-                0,
-                apply::Hooks {
-                    progress: &mut progress,
-                    checkpoint: &mut |_| {},
-                    cancel: &cancel,
-                },
-            )
+            let hooks = apply::Hooks {
+                progress: &mut progress,
+                checkpoint: &mut |_| {},
+                cancel: &cancel,
+            };
+            // A delta bundle (`drover delta`), else a slot image.
+            let bundle = crate::delta::Bundle::open(&payload)
+                .with_context(|| format!("reading {}", payload.display()))?;
+            match bundle {
+                Some(mut b) => {
+                    let index = b.index_bytes.clone();
+                    let src =
+                        crate::delta::Bundle::open(&payload)?.context("reopening the bundle")?;
+                    crate::delta::apply(target, &src, &mut b, &index, None, trust, 0, hooks)
+                }
+                None => {
+                    let mut src = apply::FileSource::open(&payload)?;
+                    apply::apply(target, &mut src, None, trust, 0, hooks)
+                }
+            }
             .with_context(|| {
                 format!(
                     "updating {} from {}",
