@@ -38,12 +38,15 @@ use drover_core::SlotId;
 use drover_qemu_tests::web::Nginx;
 
 /// The old release's pinned packages: older Debian builds of libc and
-/// OpenSSL, still in the archive (bookworm-security and bookworm-updates).
+/// OpenSSL still in the archive — libc6 from bookworm-security (the new
+/// release takes bookworm's newer point-release build), OpenSSL from
+/// bookworm (the new release takes bookworm-security's, DSA). OpenSSL
+/// cannot go lower: bookworm's openssh-server needs libssl3 >= 3.0.19.
 pub const OLD_VERSIONS: [(&str, &str); 4] = [
     ("libc6", "2.36-9+deb12u7"),
     ("libc-bin", "2.36-9+deb12u7"),
-    ("libssl3", "3.0.17-1~deb12u2"),
-    ("openssl", "3.0.17-1~deb12u2"),
+    ("libssl3", "3.0.20-1~deb12u2"),
+    ("openssl", "3.0.20-1~deb12u2"),
 ];
 
 const EPOCH: &str = "1700000000";
