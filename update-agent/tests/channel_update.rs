@@ -4,33 +4,13 @@
 //! unbootable.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use drover_core::keys::SigningKey;
 use drover_core::SlotId;
 
 mod common;
 use common::*;
-
-fn droverctl(fx: &Fx, disk: &Path, url: &str, state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_droverctl"));
-    c.args(["update", "--json", "--channel", "stable", "--from", url])
-        .arg("--disk")
-        .arg(disk)
-        .arg("--trust")
-        .arg(fx.p("release.pub.pem"))
-        .arg("--state-dir")
-        .arg(state);
-    c
-}
-
-fn run(mut c: Command) -> (bool, String) {
-    let o = c.output().unwrap();
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&o.stderr));
-    (o.status.success(), s)
-}
 
 #[test]
 fn a_release_from_the_channel_is_streamed_verified_and_chosen() {
@@ -83,28 +63,7 @@ fn a_download_killed_midway_resumes_where_it_was_synced() {
         .spawn()
         .unwrap();
     // Kill it once a resume point is on disk.
-    let t = Instant::now();
-    let durable = loop {
-        let d = std::fs::read(state.join("agent-state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["download"]["durable"].as_u64())
-            .unwrap_or(0);
-        if d > 0 {
-            break d;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before it could be killed"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no resume point appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let durable = kill_once_durable(&mut child, &state);
     assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
     assert_eq!(
         bits(&disk, SlotId::B).0,

@@ -6,8 +6,7 @@
 //! the full payload.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use drover_core::keys::TrustedKeys;
 use drover_core::SlotId;
@@ -65,25 +64,6 @@ fn publish_with_blocks(fx: &Fx, repo: &Path, v1: &Path, v2: &Path) {
         )
         .unwrap();
     }
-}
-
-fn droverctl(fx: &Fx, disk: &Path, from: &str, state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_droverctl"));
-    c.args(["update", "--json", "--channel", "stable", "--from", from])
-        .arg("--disk")
-        .arg(disk)
-        .arg("--trust")
-        .arg(fx.p("release.pub.pem"))
-        .arg("--state-dir")
-        .arg(state);
-    c
-}
-
-fn run(mut c: Command) -> (bool, String) {
-    let o = c.output().unwrap();
-    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&o.stderr));
-    (o.status.success(), s)
 }
 
 fn report(out: &str) -> serde_json::Value {
@@ -278,28 +258,7 @@ fn an_interrupted_delta_resumes_and_keeps_what_was_durable() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    let durable = loop {
-        let d = std::fs::read(state.join("agent-state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["download"]["durable"].as_u64())
-            .unwrap_or(0);
-        if d > 0 {
-            break d;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before it could be killed"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no resume point appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let durable = kill_once_durable(&mut child, &state);
     assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
     assert_eq!(
         bits(&disk, SlotId::B).0,

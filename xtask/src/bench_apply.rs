@@ -229,21 +229,11 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
     let peak_kib = status_kib(pid, "VmHWM:")?;
 
     // The peer: the same bytes with curl into dd with O_DIRECT.
-    let target = work.join("dd-target.raw");
-    File::create(&target)?.set_len(size)?;
-    settle();
-    let t = Instant::now();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "curl -sf '{url}releases/2.0.0/usr.img' | dd of='{}' bs=1M iflag=fullblock oflag=direct conv=notrunc status=none",
-            target.display()
-        ))
-        .status()?;
-    let dd_time = t.elapsed();
-    if !st.success() {
-        bail!("curl | dd failed");
-    }
+    let dd_time = Duration::from_secs_f64(curl_dd(
+        &format!("{url}releases/2.0.0/usr.img"),
+        &work.join("dd-target.raw"),
+        size,
+    )?);
     let mb = size as f64 / (1 << 20) as f64;
     println!("apply {mb:.0} MiB from nginx on loopback into a file-backed slot:");
     println!(
@@ -265,7 +255,6 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
         idle_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0
     );
-    let _ = std::fs::remove_file(&target);
     if std::env::var_os("DROVER_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_file(&disk);
     }
@@ -273,11 +262,34 @@ pub fn run(mib: u64) -> anyhow::Result<()> {
 }
 
 /// Writes back everything dirty and drops the page cache (as root; else
-/// only the write-back).
-fn settle() {
+/// only the write-back), so that a timed run starts from the same state as
+/// the one it is compared with.
+pub fn settle() {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
     std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The peer of the apply benches: `curl URL | dd oflag=direct` into a
+/// `size`-byte file at `target` (removed after), settled first. Seconds.
+pub fn curl_dd(url: &str, target: &Path, size: u64) -> anyhow::Result<f64> {
+    File::create(target)?.set_len(size)?;
+    settle();
+    let t = Instant::now();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -sf '{url}' | dd of='{}' bs=1M iflag=fullblock oflag=direct conv=notrunc status=none",
+            target.display()
+        ))
+        .stdout(Stdio::null())
+        .status()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(target);
+    if !st.success() {
+        bail!("curl | dd failed");
+    }
+    Ok(secs)
 }
 
 /// A 4 MiB v1 for USR-A.

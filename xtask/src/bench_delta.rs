@@ -27,9 +27,8 @@
 //! runs every time. Results go to `target/bench/delta/report.json`.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -147,7 +146,7 @@ fn update(
     state: &Path,
 ) -> anyhow::Result<Update> {
     let _ = std::fs::remove_dir_all(state);
-    settle();
+    crate::bench_apply::settle();
     let from = web.access_log().lines().count();
     let t = Instant::now();
     let text = out(Command::new(rel.join("droverctl"))
@@ -167,12 +166,6 @@ fn update(
         bytes,
         requests,
     })
-}
-
-/// Everything dirty written back, the page cache dropped (as root).
-fn settle() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// The delta of a file-system image pair as `drover publish` frames it:
@@ -302,7 +295,7 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("bench: casync extract, seeded with the old slot image");
     let from = web.access_log().lines().count();
     let target = work.join("casync-out.img");
-    settle();
+    crate::bench_apply::settle();
     let t = Instant::now();
     out(Command::new("casync")
         .arg("extract")
@@ -333,24 +326,11 @@ pub fn run() -> anyhow::Result<()> {
     let full_frames = update(&rel, &web, "delta", &disk, &pub_key, &work.join("state"))?;
 
     eprintln!("bench: curl | dd of the raw payload");
-    let dd_target = work.join("dd.raw");
-    File::create(&dd_target)?.set_len(raw)?;
-    settle();
-    let t = Instant::now();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "curl -sf '{}raw/releases/1.0.1/usr.img' | dd of='{}' bs=1M iflag=fullblock oflag=direct conv=notrunc status=none",
-            web.url(),
-            dd_target.display()
-        ))
-        .stdout(Stdio::null())
-        .status()?;
-    let dd_secs = t.elapsed().as_secs_f64();
-    if !st.success() {
-        bail!("curl | dd failed");
-    }
-    let _ = std::fs::remove_file(&dd_target);
+    let dd_secs = crate::bench_apply::curl_dd(
+        &format!("{}raw/releases/1.0.1/usr.img", web.url()),
+        &work.join("dd.raw"),
+        raw,
+    )?;
     let _ = std::fs::remove_file(&disk);
 
     eprintln!("bench: EROFS with Drover's options and uncompressed, on the same two /usr trees");

@@ -81,6 +81,57 @@ impl Fx {
     }
 }
 
+/// `droverctl update --json --channel stable --from FROM` on `disk`, with
+/// its state in `state`.
+pub fn droverctl(fx: &Fx, disk: &Path, from: &str, state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_droverctl"));
+    c.args(["update", "--json", "--channel", "stable", "--from", from])
+        .arg("--disk")
+        .arg(disk)
+        .arg("--trust")
+        .arg(fx.p("release.pub.pem"))
+        .arg("--state-dir")
+        .arg(state);
+    c
+}
+
+/// Runs `c`: whether it succeeded, and stdout then stderr.
+pub fn run(mut c: Command) -> (bool, String) {
+    let o = c.output().unwrap();
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), s)
+}
+
+/// Waits until the update `child` runs has recorded a durable resume point
+/// in `state`, then kills it; returns the point.
+pub fn kill_once_durable(child: &mut std::process::Child, state: &Path) -> u64 {
+    use std::time::{Duration, Instant};
+    let t = Instant::now();
+    let durable = loop {
+        let d = std::fs::read(state.join("agent-state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["download"]["durable"].as_u64())
+            .unwrap_or(0);
+        if d > 0 {
+            break d;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no resume point appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    durable
+}
+
 pub fn slot_bytes(disk: &Path, slot: SlotId) -> Vec<u8> {
     let (t, _) = PartitionTable::open(disk).unwrap();
     let s = Slots::from_table(t, SlotId::A).unwrap();
