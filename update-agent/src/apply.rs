@@ -89,6 +89,16 @@ pub enum ApplyError {
         /// Bytes in all.
         total: u64,
     },
+    /// A delta would download more than the whole payload (a node with
+    /// almost nothing in common with the release): the caller fetches the
+    /// payload instead.
+    #[error("the delta needs {delta} bytes of frames, the whole payload is {full}")]
+    DeltaLarger {
+        /// Bytes of frames the delta would still fetch.
+        delta: u64,
+        /// The payload's size.
+        full: u64,
+    },
     /// What was written does not match the signed manifest.
     #[error("the payload written to {slot} does not match its signed manifest: {reason}; {slot} stays unbootable")]
     Mismatch {

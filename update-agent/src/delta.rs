@@ -300,6 +300,19 @@ pub fn apply(
         }
     }
 
+    // A delta larger than the payload itself (little in common, frames
+    // that do not compress): the whole payload is cheaper.
+    let to_fetch: u64 = (0..index.frames.len())
+        .filter(|&i| fill[i] == Fill::Fetch)
+        .map(|i| u64::from(index.frames[i].stored_len))
+        .sum();
+    if to_fetch + stats.fetched_bytes > total {
+        return Err(ApplyError::DeltaLarger {
+            delta: to_fetch + stats.fetched_bytes,
+            full: total,
+        });
+    }
+
     // 3c. In payload order: copy, or fetch runs of frames; synced and
     // reported durable every CHECKPOINT_BYTES.
     let mut written = 0u64;

@@ -401,26 +401,44 @@ pub fn apply_release(
         checkpoint: &mut checkpoint,
         cancel: watch.cancel,
     };
+    let Target { slots, disk, path } = target;
     let result = match remote.repo.blocks(remote.client, release) {
         Some((index, mut blocks)) => delta::apply(
-            target,
+            Target { slots, disk, path },
             src.as_ref(),
             blocks.as_mut(),
             &index,
             Some(&advertised),
             trust,
             resume_from,
-            hooks,
+            Hooks {
+                progress: hooks.progress,
+                checkpoint: hooks.checkpoint,
+                cancel: hooks.cancel,
+            },
         )
         .inspect(log_delta),
-        None => apply::apply(
-            target,
-            src.as_mut(),
-            Some(&advertised),
-            trust,
-            resume_from,
-            hooks,
-        ),
+        None => Err(ApplyError::DeltaLarger { delta: 0, full: 0 }),
+    };
+    // No index, or a delta that would cost more: the whole payload.
+    let result = match result {
+        Err(ApplyError::DeltaLarger { delta, full }) => {
+            if delta > 0 {
+                tracing::info!(
+                    "a delta of {} would fetch {delta} bytes, the payload is {full}: downloading the payload",
+                    release.version
+                );
+            }
+            apply::apply(
+                Target { slots, disk, path },
+                src.as_mut(),
+                Some(&advertised),
+                trust,
+                resume_from,
+                hooks,
+            )
+        }
+        other => other,
     };
     if let Some(e) = checkpoint_err {
         tracing::warn!("could not record a resume point: {e:#}");
