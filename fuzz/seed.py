@@ -70,9 +70,11 @@ add("tcg_event_log", (fixtures / "binary_bios_measurements").read_bytes())
 # (wrong) signature; a real one comes from a repository (below).
 def block_index(lens, sigs):
     body = b"DRVBIX01" + struct.pack("<II", 4096, len(lens))
-    body += struct.pack("<Q", sum(lens)) + bytes(range(32))
-    for n in lens:
-        body += struct.pack("<II", n, max(1, n // 3)) + hashlib.sha256(bytes(n)).digest()
+    body += struct.pack("<Q", sum(lens)) + bytes(range(32)) + bytes(32)
+    for i, n in enumerate(lens):
+        source = 8192 * i if i % 2 else 2**64 - 1
+        body += struct.pack("<IIQ", n, max(1, n // 3), source)
+        body += hashlib.sha256(bytes(n)).digest()
     body += struct.pack("<I", sigs) + bytes(96 * sigs)
     return body
 

@@ -17,15 +17,24 @@
 //! them. So every byte written to the slot is covered by something signed.
 //!
 //! The publisher cuts frames where a block changes from "in the previous
-//! release" to "new" (and every [`MAX_FRAME`] bytes): a node one release
-//! behind then fetches exactly the runs of new blocks.
+//! release" to "new", where a run of the previous release's blocks stops
+//! being contiguous there, at the borders of the payload's regions (data,
+//! verity superblock, tree, manifest) and every [`MAX_FRAME`] bytes. A frame
+//! whose blocks the previous release holds in one run names where
+//! (`source`), and the index names that release (`base`, its verity root
+//! hash): a node running it copies such frames straight from its active
+//! slot, checks them against the frame's digest, and computes the tree
+//! itself — it fetches only the new data blocks, the superblock and the
+//! manifest. A node running another release matches blocks by the new
+//! tree's leaves instead (it fetches the tree).
 //!
 //! The file (all integers little-endian):
 //!
 //! ```text
 //! magic "DRVBIX01" | block size u32 (4096) | frames u32
-//! payload size u64 | payload SHA-256 [32]
-//! per frame: bytes u32 | stored bytes u32 | SHA-256 of its bytes [32]
+//! payload size u64 | payload SHA-256 [32] | base root hash [32] (zero: none)
+//! per frame: bytes u32 | stored bytes u32 | source u64 (u64::MAX: none)
+//!            | SHA-256 of its bytes [32]
 //! signatures u32 | per signature: key id [32] | ed25519 [64]
 //! ```
 //!
@@ -62,10 +71,13 @@ pub const BUNDLE_MAGIC: &[u8; 8] = b"DRVDLT01";
 pub const MAX_FRAME: u64 = 256 << 10;
 
 /// The most an index may be: a frame per block of a 16 GiB payload.
-pub const MAX_INDEX_BYTES: u64 = 48 + 40 * (16 << 30) / BLOCK + 4 + 96 * 16;
+pub const MAX_INDEX_BYTES: u64 = HEADER as u64 + FRAME as u64 * (16 << 30) / BLOCK + 4 + 96 * 16;
 
-const HEADER: usize = 8 + 4 + 4 + 8 + 32;
-const FRAME: usize = 40;
+const HEADER: usize = 8 + 4 + 4 + 8 + 32 + 32;
+const FRAME: usize = 48;
+
+/// `source` of a frame the base release does not hold in one run.
+pub const NO_SOURCE: u64 = u64::MAX;
 const SIGNATURE: usize = 96;
 
 /// One frame: a run of the payload's bytes, compressed.
@@ -79,6 +91,9 @@ pub struct Frame {
     pub stored_offset: u64,
     /// The zstd frame's length.
     pub stored_len: u32,
+    /// Where the base release's payload holds the same bytes, or
+    /// [`NO_SOURCE`].
+    pub source: u64,
     /// SHA-256 of the run's (uncompressed) bytes.
     pub sha256: [u8; 32],
 }
@@ -102,6 +117,9 @@ pub struct Index {
     pub payload_size: u64,
     /// The payload's SHA-256.
     pub payload_sha256: [u8; 32],
+    /// The verity root hash of the release the frames' sources are in
+    /// (the channel's previous one), or zeros.
+    pub base: [u8; 32],
     /// The frames, in payload order, covering it exactly.
     pub frames: Vec<Frame>,
 }
@@ -172,9 +190,11 @@ impl Index {
         v.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
         v.extend_from_slice(&self.payload_size.to_le_bytes());
         v.extend_from_slice(&self.payload_sha256);
+        v.extend_from_slice(&self.base);
         for f in &self.frames {
             v.extend_from_slice(&f.len.to_le_bytes());
             v.extend_from_slice(&f.stored_len.to_le_bytes());
+            v.extend_from_slice(&f.source.to_le_bytes());
             v.extend_from_slice(&f.sha256);
         }
         v
@@ -208,6 +228,7 @@ impl Index {
         let count = r.u32()? as usize;
         let payload_size = r.u64()?;
         let payload_sha256 = r.digest()?;
+        let base = r.digest()?;
         if r.0.len() / FRAME < count {
             return Err(malformed(format!(
                 "{count} frames announced, fewer present"
@@ -218,6 +239,7 @@ impl Index {
         for i in 0..count {
             let len = r.u32()?;
             let stored_len = r.u32()?;
+            let source = r.u64()?;
             let sha256 = r.digest()?;
             if len == 0 || u64::from(len) > MAX_FRAME || stored_len == 0 {
                 return Err(malformed(format!(
@@ -234,11 +256,17 @@ impl Index {
             if offset % BLOCK != 0 {
                 return Err(malformed(format!("frame {i} does not start on a block")));
             }
+            if source != NO_SOURCE
+                && (source % BLOCK != 0 || source.checked_add(u64::from(len)).is_none())
+            {
+                return Err(malformed(format!("frame {i} has source {source}")));
+            }
             frames.push(Frame {
                 offset,
                 len,
                 stored_offset,
                 stored_len,
+                source,
                 sha256,
             });
             offset += u64::from(len);
@@ -253,6 +281,7 @@ impl Index {
             Self {
                 payload_size,
                 payload_sha256,
+                base,
                 frames,
             },
             r.0,
@@ -290,22 +319,18 @@ impl Index {
     }
 }
 
-/// Cuts a payload into frames: a frame ends where `is_new` changes between
-/// one block and the next, at [`MAX_FRAME`] bytes, and at the end. Returns
-/// the frames' payload ranges.
-pub fn cut(payload_size: u64, is_new: impl Fn(u64) -> bool) -> Vec<std::ops::Range<u64>> {
+/// Cuts a payload into frames: a frame starts at block 0, at every block
+/// for which `starts(block)` says so, and after [`MAX_FRAME`] bytes; the
+/// last ends at the end. Returns the frames' payload ranges.
+pub fn cut(payload_size: u64, starts: impl Fn(u64) -> bool) -> Vec<std::ops::Range<u64>> {
     let mut out = Vec::new();
     let mut start = 0u64;
-    let mut class = None;
-    let mut pos = 0u64;
+    let mut pos = BLOCK.min(payload_size);
     while pos < payload_size {
-        let c = is_new(pos / BLOCK);
-        let end_here = pos > start && (class != Some(c) || pos - start >= MAX_FRAME);
-        if end_here {
+        if starts(pos / BLOCK) || pos - start >= MAX_FRAME {
             out.push(start..pos);
             start = pos;
         }
-        class = Some(c);
         pos = (pos + BLOCK).min(payload_size);
     }
     if payload_size > start {
@@ -324,11 +349,12 @@ mod tests {
     use super::*;
 
     fn index() -> Index {
-        let ranges = cut(5 * BLOCK + 100, |b| b == 2 || b == 3);
+        let ranges = cut(5 * BLOCK + 100, |b| b == 2 || b == 4);
         let mut stored = 0;
         Index {
             payload_size: 5 * BLOCK + 100,
             payload_sha256: [7; 32],
+            base: [3; 32],
             frames: ranges
                 .iter()
                 .map(|r| {
@@ -337,6 +363,7 @@ mod tests {
                         len: (r.end - r.start) as u32,
                         stored_offset: stored,
                         stored_len: 10,
+                        source: if r.start == 0 { 8192 } else { NO_SOURCE },
                         sha256: [1; 32],
                     };
                     stored += 10;
@@ -347,8 +374,8 @@ mod tests {
     }
 
     #[test]
-    fn frames_end_where_new_blocks_begin_and_end() {
-        let r = cut(5 * BLOCK + 100, |b| b == 2 || b == 3);
+    fn frames_start_where_asked_and_every_max_frame() {
+        let r = cut(5 * BLOCK + 100, |b| b == 2 || b == 4);
         assert_eq!(
             r,
             vec![
@@ -377,7 +404,7 @@ mod tests {
         assert_eq!(back.stored_size(), 30);
 
         let mut bad = file.clone();
-        bad[HEADER + 8 + 5] ^= 1; // a byte of frame 0's digest
+        bad[HEADER + 16 + 5] ^= 1; // a byte of frame 0's digest
         assert!(matches!(
             Index::parse_signed(&bad, &trusted),
             Err(IndexError::BadSignature(_))

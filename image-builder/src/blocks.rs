@@ -1,7 +1,7 @@
 //! Writing a payload's frames (`usr.blocks`) and signed block index
 //! (`usr.blocks.idx`): see [`drover_core::blocks`] for the format and why.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -28,44 +28,59 @@ pub struct Written {
     pub stored_bytes: u64,
     /// Payload bytes not found in the previous release.
     pub new_bytes: u64,
-    /// Of `usr.blocks`, the frames a node on the previous release fetches.
+    /// Of `usr.blocks`, the frames a node on the previous release fetches
+    /// (no source there; not the tree, which it computes).
     pub delta_stored_bytes: u64,
     /// The index written.
     #[serde(skip)]
     pub index: Index,
-    /// Per frame: whether it holds blocks the previous release lacks.
+    /// Per frame: whether a node on the previous release fetches it.
     #[serde(skip)]
     pub new_frames: Vec<bool>,
 }
 
-/// The digests, with `params`' salt, of the data blocks of the slot image
-/// `prev` (the previous release's payload): what a node running it has.
-fn blocks_of(
-    prev: &Path,
-    params: &VerityParams,
-    trusted: &TrustedKeys,
-) -> anyhow::Result<HashSet<[u8; 32]>> {
+/// The previous release as the new one sees it: its verity root hash and
+/// the digests (with the new release's salt) of its data blocks.
+struct Base {
+    root: [u8; 32],
+    leaves: Vec<[u8; 32]>,
+    first: HashMap<[u8; 32], u64>,
+}
+
+/// The digests, with `salt`, of the data blocks of `file` up to `size`.
+fn data_leaves(file: &File, size: u64, salt: &[u8]) -> anyhow::Result<Vec<[u8; 32]>> {
+    let mut out = Vec::with_capacity((size / BLOCK) as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = buf.len().min((size - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos)?;
+        out.extend(buf[..n].chunks(BLOCK as usize).map(|b| hash_block(salt, b)));
+        pos += n as u64;
+    }
+    Ok(out)
+}
+
+fn base_of(prev: &Path, params: &VerityParams, trusted: &TrustedKeys) -> anyhow::Result<Base> {
     let f = File::open(prev).with_context(|| format!("opening {}", prev.display()))?;
     let size = f.metadata()?.len();
     let v = slot_image::open_verified(&f, size, prev, trusted)?;
-    let mut set = HashSet::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < v.locator.data_size {
-        let n = buf.len().min((v.locator.data_size - pos) as usize);
-        f.read_exact_at(&mut buf[..n], pos)?;
-        for b in buf[..n].chunks(BLOCK as usize) {
-            set.insert(hash_block(&params.salt, b));
-        }
-        pos += n as u64;
+    let leaves = data_leaves(&f, v.locator.data_size, &params.salt)?;
+    let mut first = HashMap::with_capacity(leaves.len());
+    for (i, l) in leaves.iter().enumerate() {
+        first.entry(*l).or_insert(i as u64);
     }
-    Ok(set)
+    Ok(Base {
+        root: v.root_hash,
+        leaves,
+        first,
+    })
 }
 
 /// Writes `dir/usr.blocks` and `dir/usr.blocks.idx` for `payload`, its
-/// frames cut along the blocks `prev` (the channel's previous release)
-/// lacks, compressed at zstd `level` on every core, the index signed with
-/// `key`. `payload_sha256` is the hex SHA-256 the channel advertises.
+/// frames cut along what `prev` (the channel's previous release) holds and
+/// naming where, compressed at zstd `level` on every core, the index signed
+/// with `key`. `payload_sha256` is the hex SHA-256 the channel advertises.
 pub fn write(
     payload: &Path,
     payload_sha256: &str,
@@ -79,28 +94,61 @@ pub fn write(
     let size = f.metadata()?.len();
     let v = slot_image::open_verified(&f, size, payload, trusted)?;
     let data_size = v.locator.data_size;
-    let old = match prev {
-        Some(p) => Some(blocks_of(p, &v.params, trusted)?),
+    let base = match prev {
+        Some(p) => Some(base_of(p, &v.params, trusted)?),
         None => None,
     };
-    // Data blocks are new unless the previous release has them; the hash
-    // area and the manifest always are.
-    let is_new = |block: u64| -> bool {
-        let Some(old) = &old else { return true };
-        let at = block * BLOCK;
-        if at + BLOCK > data_size {
+    // Where the base holds each data block: the block after the previous
+    // block's source when it matches there (runs stay runs, repeated
+    // content does not scatter them), else its first occurrence.
+    let leaves = data_leaves(&f, data_size, &v.params.salt)?;
+    let mut source: Vec<Option<u64>> = Vec::with_capacity(leaves.len());
+    if let Some(b) = &base {
+        for (i, l) in leaves.iter().enumerate() {
+            let next = i
+                .checked_sub(1)
+                .and_then(|p| source[p])
+                .map(|s| s + 1)
+                .filter(|&s| b.leaves.get(s as usize) == Some(l));
+            source.push(next.or_else(|| b.first.get(l).copied()));
+        }
+    } else {
+        source.resize(leaves.len(), None);
+    }
+    // Region borders: data | superblock | tree | manifest.
+    let layout = drover_core::verity::TreeLayout::new(&v.params)?;
+    let tree_start = v.locator.hash_offset + u64::from(v.params.hash_block_size);
+    let tree_end = tree_start + layout.tree_size();
+    let borders = [
+        v.locator.hash_offset,
+        tree_start,
+        tree_end,
+        v.locator.manifest_offset,
+    ]
+    .map(|b| b.div_ceil(BLOCK));
+    let data_blocks = leaves.len();
+    let src = |b: u64| source.get(b as usize).copied().flatten();
+    let starts = |b: u64| {
+        if borders.contains(&b) {
             return true;
         }
-        let mut b = vec![0u8; BLOCK as usize];
-        if f.read_exact_at(&mut b, at).is_err() {
-            return true;
+        if b as usize >= data_blocks {
+            return false;
         }
-        !old.contains(&hash_block(&v.params.salt, &b))
+        match (src(b - 1), src(b)) {
+            (Some(p), Some(s)) => s != p + 1,
+            (p, s) => p.is_some() != s.is_some(),
+        }
     };
-    let ranges = blocks::cut(size, is_new);
+    let ranges = blocks::cut(size, starts);
+    // What a node on the base fetches: frames with no source, but not the
+    // tree, which it computes.
+    let fetched_by_base = |r: &std::ops::Range<u64>| {
+        src(r.start / BLOCK).is_none() && !(r.start >= tree_start && r.end <= tree_end)
+    };
     let new_bytes: u64 = ranges
         .iter()
-        .filter(|r| is_new(r.start / BLOCK))
+        .filter(|r| r.start >= data_size || src(r.start / BLOCK).is_none())
         .map(|r| r.end - r.start)
         .sum();
 
@@ -146,7 +194,7 @@ pub fn write(
         for (bytes, sha256) in part? {
             let r = it.next().expect("one result per frame");
             out.write_all(&bytes)?;
-            let new = is_new(r.start / BLOCK);
+            let new = fetched_by_base(r);
             if new {
                 delta_stored_bytes += bytes.len() as u64;
             }
@@ -156,6 +204,7 @@ pub fn write(
                 len: (r.end - r.start) as u32,
                 stored_offset: stored,
                 stored_len: bytes.len() as u32,
+                source: src(r.start / BLOCK).map_or(blocks::NO_SOURCE, |s| s * BLOCK),
                 sha256,
             });
             stored += bytes.len() as u64;
@@ -171,6 +220,7 @@ pub fn write(
     let index = Index {
         payload_size: size,
         payload_sha256: sha,
+        base: base.as_ref().map_or([0; 32], |b| b.root),
         frames,
     };
     crate::commands::write_atomic(&dir.join("usr.blocks.idx"), &index.sign(&[key]), 0o644)?;

@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use drover_core::blocks::{Frame, Index, BLOCK};
 use drover_core::http::HttpSource;
-use drover_core::verity::{checked_leaves, hash_block, TreeLayout};
+use drover_core::verity::{checked_leaves, hash_block, TreeLayout, VerityStream};
 
 use crate::apply::{
     check, finish, Advertised, ApplyError, ApplyReport, Checked, Hooks, Source, Target, Trust,
@@ -92,6 +92,11 @@ pub struct DeltaStats {
     pub kept_bytes: u64,
     /// The compressed full payload (all of `usr.blocks`).
     pub full_stored_bytes: u64,
+    /// The node ran the index's base release: frames copied by their
+    /// source, the tree computed here rather than fetched.
+    pub base: bool,
+    /// Payload bytes computed here (the tree).
+    pub computed_bytes: u64,
 }
 
 /// How a frame is filled.
@@ -105,6 +110,10 @@ enum Fill {
     Fetch,
     /// Downloaded before the rest (the tree).
     Early,
+    /// On the base release: copied from the active slot at its source.
+    Source,
+    /// On the base release: the tree, computed from the data written.
+    Compute,
 }
 
 /// Writes a checked frame's bytes to the slot.
@@ -206,97 +215,127 @@ pub fn apply(
         }
     }
 
-    // 3a. The tree, fetched (or kept) first and checked against the root
-    // hash: its leaves say what every data block must be.
-    let tree_frames: Vec<usize> = (0..index.frames.len())
-        .filter(|&i| {
-            let r = index.frames[i].range();
-            r.start < tree_range.end && r.end > tree_range.start
-        })
-        .collect();
-    for &i in &tree_frames {
-        if fill[i] != Fill::Kept {
-            fill[i] = Fill::Early;
-        }
-    }
-    let early: Vec<usize> = tree_frames
-        .iter()
-        .copied()
-        .filter(|&i| fill[i] == Fill::Early)
-        .collect();
-    let check = Check {
-        leaves: &[],
-        salt: &params.salt,
-        data_size,
-        target,
-    };
-    fetch_frames(
-        &index,
-        &early,
-        blocks,
-        &mut stats,
-        &check,
-        &mut |f, bytes| {
-            disk.write_all_at(bytes, st.offset + f.offset)
-                .map_err(io("writing the slot"))
-        },
-    )?;
-    let mut tree = vec![0u8; layout.tree_size() as usize];
-    disk.read_exact_at(&mut tree, st.offset + tree_range.start)
-        .map_err(io("reading the tree back"))?;
-    let leaves = checked_leaves(&tree, &params, &v.root_hash).map_err(|e| {
-        mismatch(format!(
-            "the verity tree from the block index does not hold: {e}"
-        ))
-    })?;
-    drop(tree);
-
-    // 3b. What the active slot has: its data blocks hashed with the new
-    // salt, matched against the leaves still needed.
-    let mut want: HashMap<[u8; 32], u64> = HashMap::new();
-    for (i, f) in index.frames.iter().enumerate() {
-        if fill[i] != Fill::Fetch || f.range().end > data_size {
-            continue;
-        }
-        for b in f.range().step_by(BLOCK as usize) {
-            want.entry(leaves[(b / BLOCK) as usize]).or_insert(u64::MAX);
-        }
-    }
+    // A node running the index's base release copies frames by their
+    // source and computes the tree; any other matches blocks by the new
+    // tree's leaves, which it fetches first.
     let active = slots.get(slots.active());
-    if let Ok(a) = drover_core::slot_image::read_header(
+    let active_root = drover_core::slot_image::open_verified(
         &drover_core::slot_image::Window {
             file: &*disk,
             offset: active.offset,
         },
         active.size,
         disk_path,
-    ) {
-        let mut chunk = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        let end = a.locator.data_size.min(active.size);
-        while pos < end && !want.is_empty() {
-            let n = chunk.len().min((end - pos) as usize);
-            disk.read_exact_at(&mut chunk[..n], active.offset + pos)
-                .map_err(io("reading the active slot"))?;
-            for (k, b) in chunk[..n].chunks_exact(BLOCK as usize).enumerate() {
-                if let Some(at) = want.get_mut(&hash_block(&params.salt, b)) {
-                    if *at == u64::MAX {
-                        *at = pos + k as u64 * BLOCK;
+        trust.keys,
+    )
+    .ok()
+    .map(|a| a.root_hash);
+    stats.base = index.base != [0; 32] && active_root == Some(index.base);
+    let mut leaves = Vec::new();
+    let mut want: HashMap<[u8; 32], u64> = HashMap::new();
+    if stats.base {
+        for (i, f) in index.frames.iter().enumerate() {
+            if fill[i] != Fill::Fetch {
+                continue;
+            }
+            let r = f.range();
+            if r.start >= tree_range.start && r.end <= tree_range.end {
+                fill[i] = Fill::Compute;
+            } else if f.source != drover_core::blocks::NO_SOURCE && r.end <= data_size {
+                fill[i] = Fill::Source;
+            }
+        }
+    } else {
+        // 3a. The tree, fetched (or kept) first and checked against the root
+        // hash: its leaves say what every data block must be.
+        let tree_frames: Vec<usize> = (0..index.frames.len())
+            .filter(|&i| {
+                let r = index.frames[i].range();
+                r.start < tree_range.end && r.end > tree_range.start
+            })
+            .collect();
+        for &i in &tree_frames {
+            if fill[i] != Fill::Kept {
+                fill[i] = Fill::Early;
+            }
+        }
+        let early: Vec<usize> = tree_frames
+            .iter()
+            .copied()
+            .filter(|&i| fill[i] == Fill::Early)
+            .collect();
+        let check = Check {
+            leaves: &[],
+            salt: &params.salt,
+            data_size,
+            target,
+        };
+        fetch_frames(
+            &index,
+            &early,
+            blocks,
+            &mut stats,
+            &check,
+            &mut |f, bytes| {
+                disk.write_all_at(bytes, st.offset + f.offset)
+                    .map_err(io("writing the slot"))
+            },
+        )?;
+        let mut tree = vec![0u8; layout.tree_size() as usize];
+        disk.read_exact_at(&mut tree, st.offset + tree_range.start)
+            .map_err(io("reading the tree back"))?;
+        leaves = checked_leaves(&tree, &params, &v.root_hash).map_err(|e| {
+            mismatch(format!(
+                "the verity tree from the block index does not hold: {e}"
+            ))
+        })?;
+        drop(tree);
+
+        // 3b. What the active slot has: its data blocks hashed with the new
+        // salt, matched against the leaves still needed.
+        for (i, f) in index.frames.iter().enumerate() {
+            if fill[i] != Fill::Fetch || f.range().end > data_size {
+                continue;
+            }
+            for b in f.range().step_by(BLOCK as usize) {
+                want.entry(leaves[(b / BLOCK) as usize]).or_insert(u64::MAX);
+            }
+        }
+        if let Ok(a) = drover_core::slot_image::read_header(
+            &drover_core::slot_image::Window {
+                file: &*disk,
+                offset: active.offset,
+            },
+            active.size,
+            disk_path,
+        ) {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut pos = 0u64;
+            let end = a.locator.data_size.min(active.size);
+            while pos < end && !want.is_empty() {
+                let n = chunk.len().min((end - pos) as usize);
+                disk.read_exact_at(&mut chunk[..n], active.offset + pos)
+                    .map_err(io("reading the active slot"))?;
+                for (k, b) in chunk[..n].chunks_exact(BLOCK as usize).enumerate() {
+                    if let Some(at) = want.get_mut(&hash_block(&params.salt, b)) {
+                        if *at == u64::MAX {
+                            *at = pos + k as u64 * BLOCK;
+                        }
                     }
                 }
+                pos += n as u64;
             }
-            pos += n as u64;
         }
-    }
-    for (i, f) in index.frames.iter().enumerate() {
-        if fill[i] == Fill::Fetch
-            && f.range().end <= data_size
-            && f.range().step_by(BLOCK as usize).all(|b| {
-                want.get(&leaves[(b / BLOCK) as usize])
-                    .is_some_and(|&a| a != u64::MAX)
-            })
-        {
-            fill[i] = Fill::Copy;
+        for (i, f) in index.frames.iter().enumerate() {
+            if fill[i] == Fill::Fetch
+                && f.range().end <= data_size
+                && f.range().step_by(BLOCK as usize).all(|b| {
+                    want.get(&leaves[(b / BLOCK) as usize])
+                        .is_some_and(|&a| a != u64::MAX)
+                })
+            {
+                fill[i] = Fill::Copy;
+            }
         }
     }
 
@@ -317,6 +356,23 @@ pub fn apply(
     // reported durable every CHECKPOINT_BYTES.
     let mut written = 0u64;
     let mut last_sync = 0u64;
+    // On the base release, the data as written, in order: the tree.
+    let mut verity = stats
+        .base
+        .then(|| VerityStream::new(params.clone()))
+        .transpose()
+        .map_err(|e| mismatch(e.to_string()))?;
+    let mut tree: Option<Vec<u8>> = None;
+    let feed = |verity: &mut Option<VerityStream>, f: &Frame, bytes: &[u8]| {
+        if let Some(vs) = verity.as_mut() {
+            if f.offset < data_size {
+                let n = (data_size - f.offset).min(bytes.len() as u64) as usize;
+                vs.update(&bytes[..n])
+                    .map_err(|e| mismatch(e.to_string()))?;
+            }
+        }
+        Ok::<(), ApplyError>(())
+    };
     let mut i = 0;
     while i < index.frames.len() {
         if hooks.cancel.load(Ordering::Relaxed) {
@@ -328,7 +384,62 @@ pub fn apply(
         }
         let f = &index.frames[i];
         match fill[i] {
-            Fill::Kept | Fill::Early => i += 1,
+            Fill::Early => i += 1,
+            Fill::Kept => {
+                if verity.is_some() && f.offset < data_size {
+                    let mut bytes = vec![0u8; f.len as usize];
+                    disk.read_exact_at(&mut bytes, st.offset + f.offset)
+                        .map_err(io("reading back the slot to resume"))?;
+                    feed(&mut verity, f, &bytes)?;
+                }
+                i += 1;
+            }
+            Fill::Source => {
+                let mut bytes = vec![0u8; f.len as usize];
+                disk.read_exact_at(&mut bytes, active.offset + f.source)
+                    .map_err(io("reading the active slot"))?;
+                if drover_core::blocks::frame_digest(&bytes) != f.sha256 {
+                    // The base release, but not these bytes (a damaged
+                    // block): fetched instead.
+                    fill[i] = Fill::Fetch;
+                    continue;
+                }
+                disk.write_all_at(&bytes, st.offset + f.offset)
+                    .map_err(io("writing the slot"))?;
+                feed(&mut verity, f, &bytes)?;
+                stats.copied_bytes += u64::from(f.len);
+                written += u64::from(f.len);
+                i += 1;
+            }
+            Fill::Compute => {
+                if tree.is_none() {
+                    let vs = verity.take().ok_or_else(|| {
+                        mismatch("the tree is computed from data not fed in order".into())
+                    })?;
+                    let (t, root) = vs.finish().map_err(|e| mismatch(e.to_string()))?;
+                    if root != v.root_hash {
+                        return Err(mismatch(format!(
+                            "the data written hashes to root {}, the signed manifest says {}",
+                            hex::encode(root),
+                            hex::encode(v.root_hash)
+                        )));
+                    }
+                    tree = Some(t);
+                }
+                let t = tree.as_ref().expect("computed above");
+                let from = (f.offset - tree_range.start) as usize;
+                let bytes = &t[from..from + f.len as usize];
+                if drover_core::blocks::frame_digest(bytes) != f.sha256 {
+                    return Err(mismatch(format!(
+                        "frame {i} (the tree) is not the tree of the data: the block index and the manifest disagree"
+                    )));
+                }
+                disk.write_all_at(bytes, st.offset + f.offset)
+                    .map_err(io("writing the slot"))?;
+                stats.computed_bytes += u64::from(f.len);
+                written += u64::from(f.len);
+                i += 1;
+            }
             Fill::Copy => {
                 let mut block = vec![0u8; BLOCK as usize];
                 for b in f.range().step_by(BLOCK as usize) {
@@ -366,7 +477,8 @@ pub fn apply(
                 };
                 fetch_frames(&index, &run, blocks, &mut stats, &check, &mut |f, bytes| {
                     disk.write_all_at(bytes, st.offset + f.offset)
-                        .map_err(io("writing the slot"))
+                        .map_err(io("writing the slot"))?;
+                    feed(&mut verity, f, bytes)
                 })?;
                 written += run
                     .iter()
@@ -381,6 +493,20 @@ pub fn apply(
             disk.sync_data().map_err(io("syncing the slot"))?;
             (hooks.checkpoint)(done);
             last_sync = written;
+        }
+    }
+    // On the base release the data was checked by the root hash it gives,
+    // and the tree written is the one computed; with an index that
+    // fetched the tree instead, both are checked here.
+    if let Some(vs) = verity.take() {
+        let (t, root) = vs.finish().map_err(|e| mismatch(e.to_string()))?;
+        let mut on_disk = vec![0u8; t.len()];
+        disk.read_exact_at(&mut on_disk, st.offset + tree_range.start)
+            .map_err(io("reading the tree back"))?;
+        if root != v.root_hash || on_disk != t {
+            return Err(mismatch(
+                "the data and tree written do not give the signed root hash".into(),
+            ));
         }
     }
     disk.sync_all().map_err(io("syncing the slot"))?;

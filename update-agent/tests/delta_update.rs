@@ -99,9 +99,11 @@ fn a_delta_fetches_only_the_new_blocks_over_http_and_from_a_directory() {
     let (ok, out) = run(droverctl(&fx, &disk, &web.url(), &fx.p("state")));
     assert!(ok, "{out}");
     let r = report(&out);
-    eprintln!("{out}");
     assert_eq!(r["version"], "1.1.0");
     let d = &r["delta"];
+    // The node runs the index's base: no tree fetched, it is computed.
+    assert_eq!(d["base"], true, "{out}");
+    assert!(d["computed-bytes"].as_u64().unwrap() > 0, "{out}");
     assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
     assert_eq!(slot_bytes(&disk, SlotId::A), a_before);
     assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
@@ -205,7 +207,6 @@ fn tampered_frames_and_a_foreign_index_are_refused_and_lose_nothing() {
         let a_before = slot_bytes(&disk, SlotId::A);
         let (ok, out) = run(droverctl(&fx, &disk, &web.url(), &fx.p("state-x")));
         assert!(!ok, "{name}: accepted\n{out}");
-        eprintln!("{name}: {out}");
         assert!(out.contains(want), "{name}: {out}");
         assert_eq!(slot_bytes(&disk, SlotId::A), a_before, "{name}");
         assert_eq!(
@@ -243,17 +244,47 @@ fn without_an_index_the_whole_payload_is_downloaded() {
 #[test]
 fn an_interrupted_delta_resumes_and_keeps_what_was_durable() {
     let fx = Fx::new();
-    // A full install through the frames: nothing of 1.1.0 is on the disk.
-    let v1 = fx.payload("v1.img", "1.0.0", 1, 4, &fx.key);
+    // A full install through the frames: the node runs 0.9.0, not the
+    // index's base (1.0.0), and nothing of 1.1.0 is on its disk; it matches
+    // blocks by the new tree's leaves.
+    let v0 = fx.payload("v0.img", "0.9.0", 1, 4, &fx.key);
+    let v1 = fx.payload("v1.img", "1.0.0", 1, 6, &fx.key);
     let v2 = fx.payload("v2.img", "1.1.0", 1, 100, &fx.key);
+    interrupted_and_resumed(&fx, &v0, &v1, &v2, false);
+}
+
+#[test]
+fn an_interrupted_delta_from_the_base_release_resumes_too() {
+    let fx = Fx::new();
+    // 1.1.0 keeps 1.0.0's first 40 MiB and has 60 MiB of new data: the node
+    // runs the index's base, copies by source and computes the tree, and
+    // on the second attempt reads back and hashes what it keeps.
+    let fs = fx.p("v1.fs");
+    fake_fs(&fs, 100 << 20, Fill::Random(7));
+    let v1 = fx.p("v1.img");
+    std::fs::copy(&fs, &v1).unwrap();
+    seal_release(&v1, release_input("1.0.0", 1, vec![7; 32]), &[&fx.key]).unwrap();
+    let fresh = fx.p("fresh.fs");
+    fake_fs(&fresh, 100 << 20, Fill::Random(8));
+    let mut data = std::fs::read(&fs).unwrap();
+    data[40 << 20..].copy_from_slice(&std::fs::read(&fresh).unwrap()[40 << 20..]);
+    let v2 = fx.p("v2.img");
+    std::fs::write(&v2, data).unwrap();
+    seal_release(&v2, release_input("1.1.0", 1, vec![9; 32]), &[&fx.key]).unwrap();
+    interrupted_and_resumed(&fx, &v1, &v1, &v2, true);
+}
+
+/// `running` on the node, `v1` then `v2` in the channel: an update to v2
+/// killed once durable, then resumed.
+fn interrupted_and_resumed(fx: &Fx, running: &Path, v1: &Path, v2: &Path, base: bool) {
     let repo = fx.p("repo");
-    publish_with_blocks(&fx, &repo, &v1, &v2);
+    publish_with_blocks(fx, &repo, v1, v2);
     // 25 MiB/s: the 100 MiB payload takes four seconds.
     let web = Nginx::serve(&repo, Some("25m"));
-    let disk = fx.disk_with(&v1, 128);
+    let disk = fx.disk_with(running, 128);
     let a_before = slot_bytes(&disk, SlotId::A);
     let state = fx.p("state");
-    let mut child = droverctl(&fx, &disk, &web.url(), &state)
+    let mut child = droverctl(fx, &disk, &web.url(), &state)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -267,9 +298,10 @@ fn an_interrupted_delta_resumes_and_keeps_what_was_durable() {
     );
     let before = block_requests(&web.access_log()).len();
 
-    let (ok, out) = run(droverctl(&fx, &disk, &web.url(), &state));
+    let (ok, out) = run(droverctl(fx, &disk, &web.url(), &state));
     assert!(ok, "{out}");
     let d = &report(&out)["delta"];
+    assert_eq!(d["base"], base, "{out}");
     let kept = d["kept-bytes"].as_u64().unwrap();
     assert!(kept >= durable, "kept {kept} of {durable} durable: {out}");
     // The second attempt's first data request starts past the durable frames.
@@ -296,7 +328,7 @@ fn an_interrupted_delta_resumes_and_keeps_what_was_durable() {
         !starts.is_empty() && starts.iter().all(|&s| s >= first_needed),
         "after the resume, frames below the durable point were fetched again: {starts:?} (they end at stored byte {first_needed})\n{log}"
     );
-    let payload = std::fs::read(&v2).unwrap();
+    let payload = std::fs::read(v2).unwrap();
     assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
     assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
 }
@@ -369,4 +401,27 @@ fn a_before_of(img: &Path, fx: &Fx) -> Vec<u8> {
     drover_test_support::write_slot(&d, SlotId::A, img);
     let _ = fx;
     slot_bytes(&d, SlotId::A)
+}
+
+#[test]
+fn a_node_on_another_release_matches_its_blocks_by_the_new_tree() {
+    let fx = Fx::new();
+    let (v1, v2) = releases(&fx);
+    // A hotfix build of 1.0.0 (three blocks differ): not the index's base.
+    let hotfix = derived(&fx, "v1b.img", "1.0.0-1", &fx.p("v1.fs"), 3);
+    let repo = fx.p("repo");
+    publish_with_blocks(&fx, &repo, &v1, &v2);
+    let full = std::fs::metadata(repo.join("releases/1.1.0/usr.blocks"))
+        .unwrap()
+        .len();
+    let web = Nginx::serve(&repo, None);
+    let disk = fx.disk(&hotfix);
+    let (ok, out) = run(droverctl(&fx, &disk, &web.url(), &fx.p("state")));
+    assert!(ok, "{out}");
+    let d = &report(&out)["delta"];
+    assert_eq!(d["base"], false, "{out}");
+    let fetched = d["fetched-bytes"].as_u64().unwrap();
+    assert!(fetched * 5 < full, "fetched {fetched} of {full}: {out}");
+    let payload = std::fs::read(&v2).unwrap();
+    assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
 }
