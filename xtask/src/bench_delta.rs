@@ -178,7 +178,7 @@ fn frame_delta(old: &Path, new: &Path, level: i32) -> anyhow::Result<(u64, u64, 
         let s = (blk * BLOCK) as usize;
         !have.contains(&b[s..(s + BLOCK as usize).min(b.len())])
     };
-    let ranges = blocks::cut(b.len() as u64, is_new);
+    let ranges = blocks::cut(b.len() as u64, |blk| is_new(blk) != is_new(blk - 1));
     let mut c = zstd::bulk::Compressor::new(level)?;
     let (mut new_blocks, mut delta, mut full) = (0u64, 0u64, 0u64);
     for r in &ranges {
