@@ -19,7 +19,7 @@ pub const DEFAULT_LEVEL: i32 = 12;
 /// A frame compressed, and the SHA-256 of its bytes.
 type Compressed = (Vec<u8>, [u8; 32]);
 
-/// What [`write`] made.
+/// What [`write()`] made.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Written {
     /// Frames.
