@@ -116,9 +116,10 @@ pub fn write(
         source.resize(leaves.len(), None);
     }
     // Region borders: data | superblock | tree | manifest.
-    let layout = drover_core::verity::TreeLayout::new(&v.params)?;
-    let tree_start = v.locator.hash_offset + u64::from(v.params.hash_block_size);
-    let tree_end = tree_start + layout.tree_size();
+    let std::ops::Range {
+        start: tree_start,
+        end: tree_end,
+    } = v.tree_range()?;
     let borders = [
         v.locator.hash_offset,
         tree_start,

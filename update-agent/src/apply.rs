@@ -533,8 +533,7 @@ impl Hasher {
         mismatch: impl Fn(String) -> ApplyError,
     ) -> Result<Self, ApplyError> {
         let verity = VerityStream::new(v.params.clone()).map_err(|e| mismatch(e.to_string()))?;
-        let tree_start = v.locator.hash_offset + u64::from(v.params.hash_block_size);
-        let tree = tree_start..tree_start + verity.layout().tree_size();
+        let tree = v.tree_range().map_err(|e| mismatch(e.to_string()))?;
         Ok(Self {
             sha: Sha256::new(),
             verity,

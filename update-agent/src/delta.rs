@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use drover_core::blocks::{Frame, Index, BLOCK};
 use drover_core::http::HttpSource;
-use drover_core::verity::{checked_leaves, hash_block, TreeLayout, VerityStream};
+use drover_core::verity::{checked_leaves, hash_block, VerityStream};
 
 use crate::apply::{
     check, finish, Advertised, ApplyError, ApplyReport, Checked, Hooks, Source, Target, Trust,
@@ -41,14 +41,14 @@ pub trait BlockSource {
     /// For messages: a path or URL.
     fn name(&self) -> String;
     /// The stored bytes `range` of `usr.blocks`, exactly.
-    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>>;
+    fn fetch(&self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>>;
 }
 
 impl BlockSource for HttpSource {
     fn name(&self) -> String {
         self.url().to_string()
     }
-    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+    fn fetch(&self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
         Ok(Box::new(self.stream_range(range)?))
     }
 }
@@ -67,10 +67,32 @@ impl BlockSource for FileBlocks {
     fn name(&self) -> String {
         self.path.display().to_string()
     }
-    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
-        use std::io::{Seek, SeekFrom};
-        self.file.seek(SeekFrom::Start(self.base + range.start))?;
-        Ok(Box::new((&self.file).take(range.end - range.start)))
+    fn fetch(&self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(ReadAtRange {
+            file: &self.file,
+            pos: self.base + range.start,
+            end: self.base + range.end,
+        }))
+    }
+}
+
+/// `file`'s bytes `pos..end`, read at their offsets (no shared file
+/// position, so one open file serves every reader).
+struct ReadAtRange<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAtRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.end.saturating_sub(self.pos) as usize);
+        if n == 0 {
+            return Ok(0);
+        }
+        let k = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
     }
 }
 
@@ -140,7 +162,7 @@ struct Check<'a> {
 pub fn apply(
     target: Target<'_>,
     src: &dyn Source,
-    blocks: &mut dyn BlockSource,
+    blocks: &dyn BlockSource,
     index: &[u8],
     advertised: Option<&Advertised>,
     trust: Trust<'_>,
@@ -185,9 +207,7 @@ pub fn apply(
     };
     let params = v.params.clone();
     let data_size = v.locator.data_size;
-    let layout = TreeLayout::new(&params).map_err(|e| mismatch(e.to_string()))?;
-    let tree_start = v.locator.hash_offset + params.hash_block_size as u64;
-    let tree_range = tree_start..tree_start + layout.tree_size();
+    let tree_range = v.tree_range().map_err(|e| mismatch(e.to_string()))?;
     let mut stats = DeltaStats {
         frames: index.frames.len(),
         full_stored_bytes: index.stored_size(),
@@ -281,7 +301,7 @@ pub fn apply(
                     .map_err(io("writing the slot"))
             },
         )?;
-        let mut tree = vec![0u8; layout.tree_size() as usize];
+        let mut tree = vec![0u8; (tree_range.end - tree_range.start) as usize];
         disk.read_exact_at(&mut tree, st.offset + tree_range.start)
             .map_err(io("reading the tree back"))?;
         leaves = checked_leaves(&tree, &params, &v.root_hash).map_err(|e| {
@@ -532,7 +552,7 @@ pub fn apply(
 fn fetch_frames(
     index: &Index,
     which: &[usize],
-    blocks: &mut dyn BlockSource,
+    blocks: &dyn BlockSource,
     stats: &mut DeltaStats,
     check: &Check<'_>,
     write: &mut WriteFrame<'_>,
@@ -651,7 +671,7 @@ impl Bundle {
     /// Opens `path` as a bundle; `Ok(None)` when it is not one (a slot
     /// image, say).
     pub fn open(path: &Path) -> std::io::Result<Option<Self>> {
-        use std::io::{Seek, SeekFrom};
+        use std::io::Seek;
         let bad = |m: String| std::io::Error::other(format!("{}: {m}", path.display()));
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
@@ -695,7 +715,6 @@ impl Bundle {
                 "{len} bytes, its frames say {at}: truncated or extended"
             )));
         }
-        file.seek(SeekFrom::Start(0))?;
         let bundle = Self {
             file,
             path: path.to_owned(),
@@ -785,7 +804,7 @@ impl BlockSource for Bundle {
     fn name(&self) -> String {
         self.path.display().to_string()
     }
-    fn fetch(&mut self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
+    fn fetch(&self, range: std::ops::Range<u64>) -> std::io::Result<Box<dyn Read + '_>> {
         // The frames of the range, held one after the other.
         let first = self
             .index
@@ -801,8 +820,10 @@ impl BlockSource for Bundle {
             i += 1;
         }
         let start = *self.held.get(&first).ok_or_else(|| self.missing(first))?;
-        use std::io::{Seek, SeekFrom};
-        self.file.seek(SeekFrom::Start(start))?;
-        Ok(Box::new((&self.file).take(range.end - range.start)))
+        Ok(Box::new(ReadAtRange {
+            file: &self.file,
+            pos: start,
+            end: start + (range.end - range.start),
+        }))
     }
 }

@@ -403,10 +403,10 @@ pub fn apply_release(
     };
     let Target { slots, disk, path } = target;
     let result = match remote.repo.blocks(remote.client, release) {
-        Some((index, mut blocks)) => delta::apply(
+        Some((index, blocks)) => delta::apply(
             Target { slots, disk, path },
             src.as_ref(),
-            blocks.as_mut(),
+            blocks.as_ref(),
             &index,
             Some(&advertised),
             trust,

@@ -59,6 +59,17 @@ pub struct VerifiedSlot {
     pub image_size: u64,
 }
 
+impl VerifiedSlot {
+    /// Where the verity hash tree lies in the slot image: after the
+    /// superblock's block at the hash offset, as long as the parameters'
+    /// tree is.
+    pub fn tree_range(&self) -> Result<std::ops::Range<u64>, verity::VerityError> {
+        let layout = verity::TreeLayout::new(&self.params)?;
+        let start = self.locator.hash_offset + u64::from(self.params.hash_block_size);
+        Ok(start..start + layout.tree_size())
+    }
+}
+
 /// Reads a slot image and verifies its manifest signature and the
 /// consistency of locator and manifest. Does not read the data.
 pub fn open_verified<R: ReadAt + ?Sized>(

@@ -155,11 +155,9 @@ impl Args {
             let bundle = crate::delta::Bundle::open(&payload)
                 .with_context(|| format!("reading {}", payload.display()))?;
             match bundle {
-                Some(mut b) => {
-                    let index = b.index_bytes.clone();
-                    let src =
-                        crate::delta::Bundle::open(&payload)?.context("reopening the bundle")?;
-                    crate::delta::apply(target, &src, &mut b, &index, None, trust, 0, hooks)
+                // One bundle serves as the header's source and the frames'.
+                Some(b) => {
+                    crate::delta::apply(target, &b, &b, &b.index_bytes, None, trust, 0, hooks)
                 }
                 None => {
                     let mut src = apply::FileSource::open(&payload)?;
