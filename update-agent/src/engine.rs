@@ -402,44 +402,48 @@ pub fn apply_release(
         cancel: watch.cancel,
     };
     let Target { slots, disk, path } = target;
-    let result = match remote.repo.blocks(remote.client, release) {
-        Some((index, blocks)) => delta::apply(
-            Target { slots, disk, path },
-            src.as_ref(),
-            blocks.as_ref(),
-            &index,
-            Some(&advertised),
-            trust,
-            resume_from,
-            Hooks {
-                progress: hooks.progress,
-                checkpoint: hooks.checkpoint,
-                cancel: hooks.cancel,
-            },
-        )
-        .inspect(log_delta),
-        None => Err(ApplyError::DeltaLarger { delta: 0, full: 0 }),
-    };
-    // No index, or a delta that would cost more: the whole payload.
-    let result = match result {
-        Err(ApplyError::DeltaLarger { delta, full }) => {
-            if delta > 0 {
-                tracing::info!(
-                    "a delta of {} would fetch {delta} bytes, the payload is {full}: downloading the payload",
-                    release.version
-                );
-            }
-            apply::apply(
+    // The delta when there is an index (None: no index, the payload).
+    let delta = remote
+        .repo
+        .blocks(remote.client, release)
+        .map(|(index, blocks)| {
+            delta::apply(
                 Target { slots, disk, path },
-                src.as_mut(),
+                src.as_ref(),
+                blocks.as_ref(),
+                &index,
                 Some(&advertised),
                 trust,
                 resume_from,
-                hooks,
+                Hooks {
+                    progress: hooks.progress,
+                    checkpoint: hooks.checkpoint,
+                    cancel: hooks.cancel,
+                },
             )
+            .inspect(log_delta)
+        });
+    // No index, or a delta that would cost more: the whole payload.
+    let result = match delta {
+        Some(Err(ApplyError::DeltaLarger { delta, full })) => {
+            tracing::info!(
+                "a delta of {} would fetch {delta} bytes, the payload is {full}: downloading the payload",
+                release.version
+            );
+            None
         }
         other => other,
-    };
+    }
+    .unwrap_or_else(|| {
+        apply::apply(
+            Target { slots, disk, path },
+            src.as_mut(),
+            Some(&advertised),
+            trust,
+            resume_from,
+            hooks,
+        )
+    });
     if let Some(e) = checkpoint_err {
         tracing::warn!("could not record a resume point: {e:#}");
     }
