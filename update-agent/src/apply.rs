@@ -99,6 +99,10 @@ pub enum ApplyError {
         /// The payload's size.
         full: u64,
     },
+    /// The release is for other software (another OS name or
+    /// architecture) than the node runs, though signed by a trusted key.
+    #[error("wrong software: {0}; refusing it")]
+    WrongSoftware(String),
     /// What was written does not match the signed manifest.
     #[error("the payload written to {slot} does not match its signed manifest: {reason}; {slot} stays unbootable")]
     Mismatch {
@@ -621,6 +625,15 @@ pub(crate) fn check(
         }
     }
     if let Some(running) = running_manifest(slots, disk, disk_path, trusted) {
+        if m.os.name != running.os.name {
+            return Err(ApplyError::WrongSoftware(format!(
+                "{} {} is for OS '{}', this node runs '{}'",
+                name_path.display(),
+                m.os.version,
+                m.os.name,
+                running.os.name
+            )));
+        }
         if m.os.security_version < running.os.security_version && !policy.allow_security_downgrade {
             return Err(ApplyError::SecurityDowngrade {
                 version: m.os.version.clone(),
@@ -670,6 +683,13 @@ pub(crate) fn finish(
             reason: "reading the slot back gives another manifest".into(),
         });
     }
+    // Every byte outside data and tree (which the root hash covers) must be
+    // what the manifest implies: a superblock with another salt, or bytes
+    // hidden in the envelope's padding, never become bootable.
+    slot_image::check_canonical(&w, disk_path, &back).map_err(|e| ApplyError::Mismatch {
+        slot: target,
+        reason: format!("{e}"),
+    })?;
     slots.mark_valid(1)?;
     slots.write(disk)?;
     slots.upgrade()?;

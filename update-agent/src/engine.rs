@@ -50,7 +50,8 @@ impl Repo {
             ),
             Repo::Dir(dir) => {
                 let p = channel::channel_path(dir, name);
-                std::fs::read(&p).with_context(|| format!("reading channel {}", p.display()))
+                delta::read_bounded(&p, CHANNEL_LIMIT)
+                    .with_context(|| format!("reading channel {}", p.display()))
             }
         }
     }

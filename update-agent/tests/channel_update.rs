@@ -207,3 +207,41 @@ fn every_bad_channel_or_payload_is_refused_and_loses_nothing() {
         assert_eq!((prio, tries), (0, 0), "{}: USR-B is bootable", case.name);
     }
 }
+
+/// A channel read from a directory (a USB stick) is bounded as one read
+/// over HTTP is: an oversized channel file, or one that is a link to an
+/// endless source, is refused without reading it all.
+#[test]
+fn a_channel_in_a_directory_is_bounded_like_one_over_http() {
+    let fx = Fx::new();
+    let v1 = fx.payload("v1.img", "1.0.0", 5, 4, &fx.key);
+    let good = fx.payload("v2.img", "1.1.0", 5, 6, &fx.key);
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 2] = [
+        ("an 8 MiB channel file", |p| {
+            let mut b = std::fs::read(p).unwrap();
+            b.resize(8 << 20, b' ');
+            std::fs::write(p, b).unwrap();
+        }),
+        ("a channel file linked to /dev/zero", |p| {
+            std::fs::remove_file(p).unwrap();
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+        }),
+    ];
+    for (i, (what, make)) in cases.iter().enumerate() {
+        let repo = fx.p(&format!("repo{i}"));
+        publish(&repo, "stable", &[&good], &fx.key, |_| {});
+        make(&repo.join("channels/stable.json"));
+        let disk = fx.disk(&v1);
+        let a_before = slot_bytes(&disk, SlotId::A);
+        let state = fx.p(&format!("state{i}"));
+        let (ok, out) = run(droverctl(&fx, &disk, repo.to_str().unwrap(), &state));
+        assert!(!ok, "{what}: accepted:\n{out}");
+        assert!(
+            out.contains("is more than the 4194304 bytes it may be"),
+            "{what}: {out}"
+        );
+        assert_eq!(slot_bytes(&disk, SlotId::A), a_before, "{what}");
+        assert_eq!(bits(&disk, SlotId::B).0, 0, "{what}");
+    }
+}

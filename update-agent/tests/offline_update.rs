@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use drover_core::keys::SigningKey;
 use drover_core::SlotId;
+use drover_test_support::{fake_fs, release_input, seal_release, Fill};
 
 mod common;
 use common::*;
@@ -84,6 +85,37 @@ fn bad_payloads_are_refused_and_lose_nothing() {
         "security downgrade",
         old,
         "below the running security version 3",
+    ));
+
+    // Signed by the trusted key, but for another OS.
+    let foreign = fx.p("foreign.img");
+    fake_fs(&foreign, 5 << 20, Fill::Random(99));
+    let mut input = release_input("2.0.0", 3, vec![7; 32]);
+    input.os.name = "otheros".into();
+    seal_release(&foreign, input, &[&fx.key]).unwrap();
+    cases.push((
+        "another OS name",
+        foreign,
+        "is for OS 'otheros', this node runs 'drover'",
+    ));
+
+    // Bytes outside data and tree that the manifest signature does not
+    // cover by itself: the superblock's salt (the data is 5 MiB, the
+    // superblock follows it, the salt at its byte 88) and the envelope's
+    // padding (the image's last byte).
+    let salted = fx.p("salted.img");
+    let mut b = good_bytes.clone();
+    b[(5 << 20) + 88] ^= 1;
+    std::fs::write(&salted, &b).unwrap();
+    cases.push(("superblock salt byte", salted, "verity superblock"));
+    let padded = fx.p("padded.img");
+    let mut b = good_bytes.clone();
+    *b.last_mut().unwrap() = 0x55;
+    std::fs::write(&padded, &b).unwrap();
+    cases.push((
+        "a byte in the envelope's padding",
+        padded,
+        "envelope holds bytes",
     ));
 
     let big = fx.payload("big.img", "2.0.0", 3, 17, &fx.key);

@@ -57,7 +57,9 @@ mod open;
 mod seal;
 
 pub use format::{Locator, Signature, SignedManifest, VerifiedManifest};
-pub use open::{open_verified, read_header, verify_data, SlotHeader, VerifiedSlot};
+pub use open::{
+    check_canonical, open_verified, read_header, verify_data, SlotHeader, VerifiedSlot,
+};
 pub use seal::{derived_uuid, seal, SealInput};
 
 /// Errors reading, checking or sealing a slot image.

@@ -108,6 +108,68 @@ pub fn open_verified<R: ReadAt + ?Sized>(
     })
 }
 
+/// Checks that every byte of a verified slot image outside its data and
+/// tree (both covered by the root hash) is exactly what its signed
+/// manifest implies: the verity superblock's block (parameters, salt and
+/// the UUID `seal` derives from them, zeros after), zeros between the
+/// tree and the envelope, and the envelope as `seal` writes it (no bytes
+/// in its padding). With this and a verity check, every byte of
+/// `0..image_size` is covered by what was verified.
+pub fn check_canonical<R: ReadAt + ?Sized>(
+    src: &R,
+    path: &Path,
+    slot: &VerifiedSlot,
+) -> Result<(), SlotImageError> {
+    let malformed = |reason: String| SlotImageError::Malformed {
+        path: path.to_owned(),
+        reason,
+    };
+    let read = |offset: u64, len: u64| -> Result<Vec<u8>, SlotImageError> {
+        let mut b = vec![0u8; len as usize];
+        src.read_exact_at(&mut b, offset)
+            .map_err(|_| malformed(format!("cannot read {len} bytes at {offset}")))?;
+        Ok(b)
+    };
+    let l = &slot.locator;
+    let block = u64::from(slot.params.hash_block_size);
+    let mut want = vec![0u8; block as usize];
+    let sb = verity::Superblock {
+        params: slot.params.clone(),
+        uuid: super::seal::derived_uuid(&slot.params.salt, l.data_size),
+    };
+    want[..verity::SUPERBLOCK_SIZE].copy_from_slice(&sb.to_bytes());
+    if read(l.hash_offset, block)? != want {
+        return Err(malformed(
+            "the verity superblock's block differs from the one the signed manifest implies".into(),
+        ));
+    }
+    let tree = slot
+        .tree_range()
+        .map_err(|e| malformed(format!("verity parameters: {e}")))?;
+    if tree.end > l.manifest_offset {
+        return Err(malformed(format!(
+            "the verity tree ends at {} past the manifest at {}",
+            tree.end, l.manifest_offset
+        )));
+    }
+    if read(tree.end, l.manifest_offset - tree.end)?
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return Err(malformed(
+            "the bytes between the verity tree and the manifest are not zero".into(),
+        ));
+    }
+    let header = read_header(src, slot.image_size, path)?;
+    let envelope = header.signed.to_envelope();
+    if read(l.manifest_offset, envelope.len() as u64)? != envelope {
+        return Err(malformed(
+            "the manifest envelope holds bytes its signed content does not account for".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Full verity check of a verified slot that lives at `offset` of `file`
 /// (0 for a payload file, the partition offset in a disk image).
 pub fn verify_data(
