@@ -71,6 +71,87 @@ pub struct Release {
     pub manifest_sha256: String,
     /// The rollout plan.
     pub rollout: Rollout,
+    /// Where its frames and block index lie, with their signed sizes, when
+    /// the channel says so (a TUF channel: the names carry the digests).
+    /// Absent: beside the payload, as `usr.blocks` and `usr.blocks.idx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<BlockFiles>,
+}
+
+/// A release's frames and block index, as a TUF channel lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlockFiles {
+    /// The block index, relative like [`Release::payload`].
+    pub index: String,
+    /// Its exact size.
+    pub index_size: u64,
+    /// Its SHA-256, hex.
+    pub index_sha256: String,
+    /// The frames, relative like [`Release::payload`].
+    pub data: String,
+    /// Their exact size.
+    pub data_size: u64,
+}
+
+/// What a TUF channel's targets metadata says of a release, in the
+/// `custom` object of its payload target under the key [`TUF_CUSTOM_KEY`]
+/// (the other files of the release are targets of their own, named here).
+/// Unknown fields are ignored; a [`ReleaseInfo::format`] above
+/// [`FORMAT`] is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReleaseInfo {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The channel the release was published to (a release copied into
+    /// another channel's repository is wrong software there).
+    pub channel: String,
+    /// OS name, as in the slot's signed manifest (`drover`).
+    pub os: String,
+    /// CPU architecture, as Rust names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// OS version.
+    pub version: String,
+    /// Security version.
+    pub security_version: u64,
+    /// The dm-verity root hash of the slot's signed manifest, hex.
+    pub root_hash: String,
+    /// The rollout plan.
+    pub rollout: Rollout,
+    /// The target name of the signed manifest.
+    pub manifest: String,
+    /// The target name of the frames, when published with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<String>,
+    /// The target name of the block index, when published with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_index: Option<String>,
+}
+
+/// The key of [`ReleaseInfo`] in a payload target's `custom` object.
+pub const TUF_CUSTOM_KEY: &str = "drover";
+
+/// Where a TUF channel's metadata lies in a repository (`tuf/NAME/metadata`),
+/// relative to its root.
+pub fn tuf_metadata_dir(name: &str) -> String {
+    format!("tuf/{name}/metadata")
+}
+
+/// Where a TUF channel's targets lie (`tuf/NAME/targets`), relative to
+/// the repository root.
+pub fn tuf_targets_dir(name: &str) -> String {
+    format!("tuf/{name}/targets")
+}
+
+/// The file name under which a consistent-snapshot TUF repository stores a
+/// target: its SHA-256 (hex) before the last path component
+/// (`releases/2.0.0/HASH.usr.img`), as the TUF specification has it.
+pub fn tuf_target_file(name: &str, sha256_hex: &str) -> String {
+    match name.rsplit_once('/') {
+        Some((dir, base)) => format!("{dir}/{sha256_hex}.{base}"),
+        None => format!("{sha256_hex}.{name}"),
+    }
 }
 
 /// A rollout in waves: a node takes part once `start + wave × hours` has
@@ -328,6 +409,7 @@ mod tests {
                 root_hash: "11".repeat(32),
                 manifest: "releases/1.1.0/manifest.json".into(),
                 manifest_sha256: "22".repeat(32),
+                blocks: None,
                 rollout: Rollout {
                     canary: None,
                     start: 1000,

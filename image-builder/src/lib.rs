@@ -8,3 +8,4 @@ pub mod commands;
 pub mod install;
 pub mod media;
 pub mod spec;
+pub mod tuf;

@@ -26,6 +26,10 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Add a built release to a signed update channel in a static directory.
     Publish(commands::publish::Args),
+    /// The update channel as a TUF repository: init, refresh, rotate-key,
+    /// show.
+    #[command(subcommand)]
+    Channel(commands::channel::Command),
     /// Make a delta bundle (the frames nodes on an older build lack) for
     /// air-gapped sites.
     Delta(commands::delta::Args),
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => a.run(),
         Command::Publish(a) => a.run(),
         Command::Delta(a) => a.run(),
+        Command::Channel(c) => c.run(),
         Command::Config(c) => c.run(),
         Command::AttestVerify(a) => a.run(),
     };

@@ -510,6 +510,7 @@ mod tests {
             root_hash: "11".repeat(32),
             manifest: format!("releases/{version}/manifest"),
             manifest_sha256: "22".repeat(32),
+            blocks: None,
             rollout,
         }
     }

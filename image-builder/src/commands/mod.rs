@@ -2,6 +2,7 @@
 
 pub mod attest_verify;
 pub mod build;
+pub mod channel;
 pub mod config;
 pub mod delta;
 pub mod inspect;

@@ -20,6 +20,16 @@ use sha2::{Digest as _, Sha256};
 /// new expiry, signed with the key. Serve DIR with any static web server
 /// that answers range requests (nodes resume downloads with them).
 ///
+/// With --tuf-keys, the release also goes to the channel's TUF repository
+/// (`drover channel init` made it): its files become targets (under
+/// `DIR/tuf/NAME/targets/`, hard links named by their SHA-256), the
+/// payload's custom metadata carries version, security version, root hash,
+/// OS name, architecture, channel and rollout, and new targets, snapshot
+/// and timestamp metadata are signed with the keys of that directory.
+/// Nodes whose image carries the channel's TUF root follow only that;
+/// older nodes keep following the format-1 file `channels/NAME.json`,
+/// which is written as before (their last update in it brings the root).
+///
 /// An existing channel must verify with the same key. Republishing a
 /// version with different bytes is refused; republishing the same bytes
 /// only re-signs (a new sequence and expiry: run it before the metadata
@@ -61,6 +71,17 @@ pub struct Args {
     /// and compressed full updates download): 1 (fast) to 22 (small).
     #[arg(long, default_value_t = crate::blocks::DEFAULT_LEVEL, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
+    /// The channel's TUF key directory (targets, snapshot and timestamp
+    /// keys): publish to its TUF repository too.
+    #[arg(long, value_name = "DIR")]
+    pub tuf_keys: Option<PathBuf>,
+    /// The architecture the release is for, in the TUF custom metadata.
+    #[arg(long, default_value = std::env::consts::ARCH, value_name = "ARCH")]
+    pub arch: String,
+    /// The TUF timestamp expires this many hours from now (re-sign it
+    /// with `drover channel refresh`).
+    #[arg(long, default_value_t = crate::tuf::Expiries::default().timestamp_hours, value_name = "N")]
+    pub timestamp_expires_hours: u32,
     /// Publish the payload only, without frames and block index: every
     /// node downloads the whole uncompressed payload.
     #[arg(long)]
@@ -180,6 +201,7 @@ impl Args {
                     root_hash: hex::encode(v.root_hash),
                     manifest: format!("{rel_dir}/manifest.json"),
                     manifest_sha256: hex::encode(Sha256::digest(&manifest_bytes)),
+                    blocks: None,
                     rollout: Rollout {
                         start: now,
                         hours: self.rollout_hours,
@@ -201,6 +223,17 @@ impl Args {
         let signed = SignedChannel::sign(&meta, &[&key]);
         std::fs::create_dir_all(chan_path.parent().expect("has a parent"))?;
         crate::commands::write_atomic(&chan_path, &signed.to_bytes(), 0o644)?;
+        let tuf = match &self.tuf_keys {
+            Some(keys) => {
+                let r = meta
+                    .releases
+                    .iter()
+                    .find(|r| r.version == version)
+                    .expect("the release was just added");
+                Some(self.publish_tuf(keys, r, &m.os.name)?)
+            }
+            None => None,
+        };
 
         if self.json {
             println!(
@@ -214,6 +247,7 @@ impl Args {
                     "sha256": sha256,
                     "path": chan_path,
                     "blocks": blocks,
+                    "tuf": tuf,
                 })
             );
         } else {
@@ -226,6 +260,15 @@ impl Args {
                 self.expires_days,
                 self.rollout_hours
             );
+            if let Some(t) = &tuf {
+                println!(
+                    "  TUF: targets version {}, snapshot {}, timestamp {} (expires in {} h)",
+                    t.targets_version,
+                    t.snapshot_version,
+                    t.timestamp_version,
+                    self.timestamp_expires_hours
+                );
+            }
             if let Some(b) = &blocks {
                 println!(
                     "  {} frames, {} bytes compressed ({:.1} % of the payload); a node on the previous release fetches {} bytes",
@@ -237,5 +280,72 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    /// Adds release `r`'s files to the channel's TUF repository.
+    fn publish_tuf(
+        &self,
+        keys: &std::path::Path,
+        r: &Release,
+        os: &str,
+    ) -> anyhow::Result<crate::tuf::Published> {
+        let rel_dir = r
+            .payload
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default();
+        let target = |file: &str| -> anyhow::Result<Option<crate::tuf::NewTarget>> {
+            let path = self.repo.join(&rel_dir).join(file);
+            if !path.is_file() {
+                return Ok(None);
+            }
+            let (length, sha) = crate::build::sha256_file(&path)?;
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(&sha, &mut sha256)?;
+            Ok(Some(crate::tuf::NewTarget {
+                name: format!("{rel_dir}/{file}"),
+                file: path,
+                length,
+                sha256,
+                custom: Default::default(),
+            }))
+        };
+        let manifest = target("manifest.json")?.context("the release has no manifest.json")?;
+        let blocks = target("usr.blocks")?;
+        let index = target("usr.blocks.idx")?;
+        let mut payload = target("usr.img")?.context("the release has no usr.img")?;
+        let info = channel::ReleaseInfo {
+            format: channel::FORMAT,
+            channel: self.channel.clone(),
+            os: os.to_string(),
+            arch: self.arch.clone(),
+            version: r.version.clone(),
+            security_version: r.security_version,
+            root_hash: r.root_hash.clone(),
+            rollout: r.rollout,
+            manifest: manifest.name.clone(),
+            blocks: blocks.as_ref().map(|b| b.name.clone()),
+            block_index: index.as_ref().map(|b| b.name.clone()),
+        };
+        payload.custom.insert(
+            channel::TUF_CUSTOM_KEY.to_string(),
+            serde_json::to_value(&info)?,
+        );
+        let all: Vec<crate::tuf::NewTarget> = [Some(payload), Some(manifest), blocks, index]
+            .into_iter()
+            .flatten()
+            .collect();
+        crate::tuf::add_targets(
+            &self.repo,
+            &self.channel,
+            keys,
+            &all,
+            crate::tuf::Expiries {
+                targets_days: self.expires_days,
+                snapshot_days: self.expires_days,
+                timestamp_hours: self.timestamp_expires_hours,
+                ..Default::default()
+            },
+        )
     }
 }

@@ -181,6 +181,7 @@ pub fn publish(
             root_hash: m.verity.root_hash.clone(),
             manifest: format!("{rel}/manifest.json"),
             manifest_sha256: hex::encode(Sha256::digest(&h.signed.bytes)),
+            blocks: None,
             rollout: Rollout {
                 canary: None,
                 start: channel::now(),

@@ -511,6 +511,7 @@ pub fn run(args: Args) -> anyhow::Result<Report> {
             root_hash: String::new(),
             manifest: String::new(),
             manifest_sha256: String::new(),
+            blocks: None,
             rollout,
         }],
     };
