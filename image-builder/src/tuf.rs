@@ -500,10 +500,8 @@ pub fn add_targets(
             .targets
             .join(channel::tuf_target_file(&t.name, &hex::encode(t.sha256)));
         std::fs::create_dir_all(to.parent().expect("has a parent"))?;
-        if !to.exists() {
-            if std::fs::hard_link(&t.file, &to).is_err() {
-                drover_core::durable::copy(&t.file, &to, 0o644)?;
-            }
+        if !to.exists() && std::fs::hard_link(&t.file, &to).is_err() {
+            drover_core::durable::copy(&t.file, &to, 0o644)?;
         }
     }
     block_on(async {
