@@ -9,6 +9,11 @@
 /// `/usr`): the agent's default, the installer's default.
 pub const SYSTEM_KEYS: &str = "/usr/lib/drover/keys";
 
+/// The trusted TUF roots of the channels a node may follow
+/// (`CHANNEL.root.json`), in the verified `/usr`: a channel with one here
+/// is read as a TUF repository, and only so.
+pub const TUF_ROOTS: &str = "/usr/lib/drover/tuf";
+
 /// The image's SBOM files (SPDX and CycloneDX), in the verified `/usr`.
 pub const SBOM_DIR: &str = "/usr/share/drover";
 

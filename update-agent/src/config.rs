@@ -44,6 +44,10 @@ pub struct Config {
     /// Trusted public keys (PEM files or directories of them).
     #[serde(default = "default_keys")]
     pub trusted_keys: Vec<PathBuf>,
+    /// Where the trusted TUF roots of channels are (`CHANNEL.root.json`;
+    /// a channel without one is read in the format-1 channel file).
+    #[serde(default = "default_tuf_roots")]
+    pub tuf_roots: PathBuf,
     /// Where the agent keeps its state.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -89,6 +93,9 @@ fn yes() -> bool {
 }
 fn default_keys() -> Vec<PathBuf> {
     vec![PathBuf::from(drover_core::paths::SYSTEM_KEYS)]
+}
+fn default_tuf_roots() -> PathBuf {
+    PathBuf::from(drover_core::paths::TUF_ROOTS)
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/drover")

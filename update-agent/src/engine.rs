@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use drover_core::channel::{self, compare_versions, Metadata, Release, Rollout, SignedChannel};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use crate::apply::{
     self, Advertised, ApplyError, ApplyReport, FileSource, Hooks, Policy, Source, Target, Trust,
@@ -64,13 +65,41 @@ impl Repo {
         client: &reqwest::blocking::Client,
         r: &Release,
     ) -> Option<(Vec<u8>, Box<dyn BlockSource>)> {
-        let idx = delta::sibling(&r.payload, "usr.blocks.idx");
-        let data = delta::sibling(&r.payload, "usr.blocks");
-        let limit = delta::index_limit(r.size);
+        // A TUF channel names the files and signs their sizes and the
+        // index's digest; a format-1 channel has them beside the payload.
+        let (idx, data, limit, signed) = match &r.blocks {
+            Some(b) => (
+                b.index.clone(),
+                b.data.clone(),
+                b.index_size,
+                Some((b.index_size, b.index_sha256.as_str(), b.data_size)),
+            ),
+            None => (
+                delta::sibling(&r.payload, "usr.blocks.idx"),
+                delta::sibling(&r.payload, "usr.blocks"),
+                delta::index_limit(r.size),
+                None,
+            ),
+        };
+        let check_signed = |bytes: &[u8], ix: &Index| -> anyhow::Result<()> {
+            if let Some((size, sha, data_size)) = signed {
+                if bytes.len() as u64 != size || hex::encode(Sha256::digest(bytes)) != sha {
+                    bail!("the block index is not the one the channel signed");
+                }
+                if ix.stored_size() != data_size {
+                    bail!(
+                        "the block index says {} bytes of frames, the channel {data_size}",
+                        ix.stored_size()
+                    );
+                }
+            }
+            Ok(())
+        };
         let got: anyhow::Result<(Vec<u8>, Box<dyn BlockSource>)> = (|| match self {
             Repo::Url(base) => {
                 let bytes = source::get_small(client, &source::join(base, &idx), limit)?;
                 let (ix, _) = Index::parse_body(&bytes)?;
+                check_signed(&bytes, &ix)?;
                 let blocks =
                     HttpSource::new(client.clone(), &source::join(base, &data), ix.stored_size())?;
                 Ok((bytes, Box::new(blocks) as Box<dyn BlockSource>))
@@ -80,6 +109,7 @@ impl Repo {
                 let bytes = delta::read_bounded(&p, limit)
                     .with_context(|| format!("reading {}", p.display()))?;
                 let (ix, _) = Index::parse_body(&bytes)?;
+                check_signed(&bytes, &ix)?;
                 let path = dir.join(&data);
                 let file = std::fs::File::open(&path)
                     .with_context(|| format!("opening {}", path.display()))?;
@@ -150,6 +180,10 @@ pub struct Remote<'a> {
     pub repo: &'a Repo,
     /// The HTTP client (timeouts, proxies).
     pub client: &'a reqwest::blocking::Client,
+    /// The channel's trusted TUF root (built into the image): the channel
+    /// is read as a TUF repository, and only so. None: the format-1
+    /// channel file, checked with the trusted keys.
+    pub tuf_root: Option<&'a [u8]>,
 }
 
 /// Progress reports and the stop button of one apply.
@@ -169,6 +203,9 @@ pub struct Node {
     pub security_version: u64,
     /// `/etc/machine-id`, for the rollout wave.
     pub machine_id: String,
+    /// Running OS name (the signed manifest's): a TUF channel's releases
+    /// for another OS are wrong software here.
+    pub os: String,
 }
 
 /// What a check found.
@@ -272,6 +309,29 @@ pub fn check(
     node: &Node,
     ignore_rollout: bool,
 ) -> anyhow::Result<Check> {
+    let now = channel::now();
+    if let Some(root) = remote.tuf_root {
+        // TUF: expiry, rollback and freshness are the client's (what it
+        // must remember lives in the state directory's tuf/CHANNEL/).
+        let offer = crate::tuf::load(
+            remote.repo,
+            remote.client,
+            channel_name,
+            root,
+            &state.dir().join("tuf").join(channel_name),
+            &node.os,
+        )?;
+        for (version, why) in &offer.foreign {
+            tracing::info!("passing over {version} in channel {channel_name}: {why}");
+        }
+        let st = state.update(|s| {
+            s.last_check = Some(now);
+            s.clone()
+        })?;
+        let mut check = pick(&offer.meta, &st, node, trust.policy, ignore_rollout, now)?;
+        check.skipped.extend(offer.foreign);
+        return Ok(check);
+    }
     let bytes = remote.repo.channel_bytes(remote.client, channel_name)?;
     let signed = SignedChannel::from_bytes(&bytes)?;
     let (meta, _key) = signed.verify(trust.keys)?;
@@ -281,7 +341,6 @@ pub fn check(
             meta.channel
         );
     }
-    let now = channel::now();
     let st = state.load()?;
     channel::check_fresh(&meta, now, st.sequence.get(channel_name).copied())?;
     state.update(|s| {
@@ -539,6 +598,7 @@ mod tests {
             version: version.into(),
             security_version,
             machine_id: "0123456789abcdef0123456789abcdef".into(),
+            os: "drover".into(),
         }
     }
 

@@ -33,3 +33,4 @@ pub mod source;
 pub mod state;
 pub mod strategy;
 pub mod tpm;
+pub mod tuf;

@@ -110,6 +110,11 @@ impl StateFile {
         }
     }
 
+    /// The directory the state file is in (other state lives beside it).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Reads the state; a missing file is the empty state.
     pub fn load(&self) -> anyhow::Result<State> {
         match std::fs::read(&self.path) {

@@ -172,6 +172,16 @@ impl Agent {
         s.failures += 1;
     }
 
+    /// The channel's trusted TUF root, when the image has one for it.
+    fn tuf_root(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let p = crate::tuf::root_path(&self.cfg.tuf_roots, &self.cfg.channel);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
     fn node(&self) -> anyhow::Result<Node> {
         let f = File::open(&self.disk)?;
         let slots = slots_of(&self.disk, &f, self.booted.slot)?;
@@ -181,6 +191,7 @@ impl Agent {
             version: m.os.version,
             security_version: m.os.security_version,
             machine_id: self.machine_id.clone(),
+            os: m.os.name,
         })
     }
 
@@ -216,9 +227,11 @@ impl Agent {
         let r = (|| {
             let client = self.http()?;
             let repo = Repo::parse(&server);
+            let tuf_root = self.tuf_root()?;
             let remote = Remote {
                 repo: &repo,
                 client: &client,
+                tuf_root: tuf_root.as_deref(),
             };
             engine::check(
                 remote,
@@ -354,9 +367,11 @@ impl Agent {
             let mut f = open_locked(&self.disk)?;
             let mut slots = slots_of(&self.disk, &f, self.booted.slot)?;
             let mut last = 0u64;
+            let tuf_root = self.tuf_root()?;
             let remote = Remote {
                 repo: &repo,
                 client: &client,
+                tuf_root: tuf_root.as_deref(),
             };
             let target = Target {
                 slots: &mut slots,

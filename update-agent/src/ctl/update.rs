@@ -44,6 +44,11 @@ pub struct Args {
     /// Trusted public key (PEM) or directory of keys; repeatable (offline).
     #[arg(long = "trust", value_name = "KEY", requires = "disk")]
     pub trust: Vec<PathBuf>,
+    /// The channel's trusted TUF root metadata (what the image carries in
+    /// /usr/lib/drover/tuf/CHANNEL.root.json): read the channel as a TUF
+    /// repository (offline; the agent finds its root itself).
+    #[arg(long, value_name = "FILE", requires = "disk")]
+    pub tuf_root: Option<PathBuf>,
     /// Accept a release whose security version is below the running one.
     #[arg(long)]
     pub allow_security_downgrade: bool,
@@ -91,7 +96,7 @@ impl Args {
         let repo = Repo::parse(&from);
         let is_repo = match &repo {
             Repo::Url(_) => true,
-            Repo::Dir(d) => d.join("channels").is_dir(),
+            Repo::Dir(d) => d.join("channels").is_dir() || d.join("tuf").is_dir(),
         };
         let report = if is_repo {
             let state = StateFile::in_dir(&self.state_dir);
@@ -101,11 +106,19 @@ impl Args {
                 version: running.os.version.clone(),
                 security_version: running.os.security_version,
                 machine_id: String::new(),
+                os: running.os.name.clone(),
             };
             let client = crate::source::client(crate::source::STALL_TIMEOUT)?;
+            let tuf_root = match &self.tuf_root {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            };
             let remote = Remote {
                 repo: &repo,
                 client: &client,
+                tuf_root: tuf_root.as_deref(),
             };
             let check = engine::check(remote, &self.channel, trust, &state, &node, true)
                 .with_context(|| format!("checking channel {} at {}", self.channel, from))?;

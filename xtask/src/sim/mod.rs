@@ -393,6 +393,7 @@ impl Node {
                     },
                     security_version: 1,
                     machine_id: self.machine_id.clone(),
+                    os: "drover".into(),
                 };
                 let check = engine::pick(meta, &self.state, &node, Policy::default(), false, now)?;
                 if let Verdict::Available { version } = &check.verdict {

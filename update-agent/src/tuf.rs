@@ -1,0 +1,329 @@
+//! Following a TUF channel: `tough`'s client (the TUF specification's
+//! client workflow: the root chain walked version by version, then
+//! timestamp, snapshot and targets, each checked for threshold signatures,
+//! expiry, rollback against what this node stored, and the sizes and
+//! hashes the role above gives) over a transport of ours that reads HTTP
+//! and directories with a hard size bound.
+//!
+//! What the client verified becomes the [`Metadata`] the rest of the agent
+//! works with: one [`Release`] per payload target whose custom metadata
+//! ([`ReleaseInfo`]) names this node's channel, OS and architecture, with
+//! the payload's, frames' and block index's consistent names, lengths and
+//! SHA-256 as TUF signed them. The payload is then streamed, resumed and
+//! checked against those as before.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use drover_core::channel::{
+    self, BlockFiles, Metadata, Release, ReleaseInfo, FORMAT, TUF_CUSTOM_KEY,
+};
+use tough::{
+    Bytes, ExpirationEnforcement, Limits, RepositoryLoader, TargetName, Transport, TransportError,
+    TransportErrorKind, TransportStream,
+};
+use url::Url;
+
+use crate::engine::Repo;
+
+/// No metadata file is read past this many bytes, whatever a server or
+/// a directory offers (the endless-data attack); `tough`'s per-role limits
+/// ([`LIMITS`]) are below it.
+const READ_LIMIT: u64 = 16 << 20;
+
+/// Per-role size limits where the role above does not give the size
+/// (root, timestamp; targets when the snapshot omits it).
+const LIMITS: Limits = Limits {
+    max_root_size: 512 << 10,
+    max_targets_size: 8 << 20,
+    max_timestamp_size: 64 << 10,
+    max_snapshot_size: 1 << 20,
+    max_root_updates: 1024,
+};
+
+/// The CPU architecture releases must be for, as Rust names it.
+pub const ARCH: &str = std::env::consts::ARCH;
+
+/// Where a node's TUF root for `channel` is (`DIR/CHANNEL.root.json`).
+pub fn root_path(dir: &Path, channel: &str) -> PathBuf {
+    dir.join(format!("{channel}.root.json"))
+}
+
+/// The transport: `http(s)://` through the agent's client, `file://`
+/// from a directory, both bounded by [`READ_LIMIT`]; a missing file is
+/// `FileNotFound` (how the client learns there is no newer root).
+#[derive(Clone, Debug)]
+struct Bounded {
+    client: reqwest::blocking::Client,
+}
+
+fn read_all(client: &reqwest::blocking::Client, url: &Url) -> Result<Vec<u8>, TransportError> {
+    use std::io::Read as _;
+    let err = |kind, e: String| TransportError::new_with_cause(kind, url.as_str(), e);
+    match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|()| TransportError::new(TransportErrorKind::Other, url.as_str()))?;
+            crate::delta::read_bounded(&path, READ_LIMIT).map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                    TransportErrorKind::FileNotFound
+                } else {
+                    TransportErrorKind::Other
+                };
+                err(kind, e.to_string())
+            })
+        }
+        "http" | "https" => {
+            let resp = client
+                .get(url.as_str())
+                .send()
+                .map_err(|e| err(TransportErrorKind::Other, e.to_string()))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN
+            {
+                return Err(err(TransportErrorKind::FileNotFound, status.to_string()));
+            }
+            if !status.is_success() {
+                return Err(err(TransportErrorKind::Other, status.to_string()));
+            }
+            let mut out = Vec::new();
+            resp.take(READ_LIMIT + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| err(TransportErrorKind::Other, e.to_string()))?;
+            if out.len() as u64 > READ_LIMIT {
+                return Err(err(
+                    TransportErrorKind::Other,
+                    format!("more than {READ_LIMIT} bytes"),
+                ));
+            }
+            Ok(out)
+        }
+        _ => Err(TransportError::new(
+            TransportErrorKind::UnsupportedUrlScheme,
+            url.as_str(),
+        )),
+    }
+}
+
+#[tough::async_trait]
+impl Transport for Bounded {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        // The blocking client must not run on the runtime's thread.
+        let client = self.client.clone();
+        let bytes = std::thread::spawn(move || read_all(&client, &url))
+            .join()
+            .expect("the fetch thread does not panic")?;
+        Ok(Box::pin(futures_util::stream::once(async move {
+            Ok(Bytes::from(bytes))
+        })))
+    }
+}
+
+/// What a TUF channel offers this node.
+#[derive(Debug)]
+pub struct Offer {
+    /// The channel as the agent's check reads it: the releases for this
+    /// node, `sequence` the timestamp's version, `expires-at` the earliest
+    /// expiry of the four roles.
+    pub meta: Metadata,
+    /// Releases passed over, with why (another OS, architecture or
+    /// channel; a format this agent does not know).
+    pub foreign: Vec<(String, String)>,
+}
+
+/// The base URL of a directory of `repo`, with a trailing slash.
+fn base_url(repo: &Repo, rel: &str) -> anyhow::Result<Url> {
+    match repo {
+        Repo::Url(base) => {
+            let mut s = drover_core::http::join(base, rel);
+            s.push('/');
+            Url::parse(&s).with_context(|| format!("'{s}' is not a URL"))
+        }
+        Repo::Dir(dir) => {
+            let abs = std::path::absolute(dir.join(rel))?;
+            Url::from_directory_path(&abs)
+                .map_err(|()| anyhow::anyhow!("{} cannot be a file URL", abs.display()))
+        }
+    }
+}
+
+/// The trusted root to start from: the newest of the one built into the
+/// image and the one this node stored after walking the chain before
+/// (both were verified; the stored one is ignored when it does not parse).
+fn start_root(built_in: &[u8], datastore: &Path) -> Vec<u8> {
+    let version = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|v| v["signed"]["version"].as_u64())
+    };
+    match std::fs::read(datastore.join("root.json")) {
+        Ok(stored) if version(&stored) > version(built_in) => stored,
+        _ => built_in.to_vec(),
+    }
+}
+
+/// Loads and verifies channel `name` of `repo` from the trusted root
+/// `root`, keeping what TUF says a client must remember (the newest root,
+/// timestamp, snapshot and targets) in `datastore`; returns the releases
+/// for a node running `os` on [`ARCH`].
+pub fn load(
+    repo: &Repo,
+    client: &reqwest::blocking::Client,
+    name: &str,
+    root: &[u8],
+    datastore: &Path,
+    os: &str,
+) -> anyhow::Result<Offer> {
+    std::fs::create_dir_all(datastore)
+        .with_context(|| format!("creating {}", datastore.display()))?;
+    let metadata_url = base_url(repo, &channel::tuf_metadata_dir(name))?;
+    let targets_rel = channel::tuf_targets_dir(name);
+    let start = start_root(root, datastore);
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(
+            RepositoryLoader::new(&start, metadata_url.clone(), base_url(repo, &targets_rel)?)
+                .transport(Bounded {
+                    client: client.clone(),
+                })
+                .limits(LIMITS)
+                .datastore(datastore)
+                .expiration_enforcement(ExpirationEnforcement::Safe)
+                .load(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}", chain(&e)))
+        .with_context(|| {
+            format!("the TUF metadata of channel {name} at {metadata_url} was refused")
+        })?;
+
+    let expires = [
+        loaded.root().signed.expires,
+        loaded.timestamp().signed.expires,
+        loaded.snapshot().signed.expires,
+        loaded.targets().signed.expires,
+    ]
+    .into_iter()
+    .min()
+    .expect("four roles");
+    let file_of = |target: &str| -> Option<(String, u64, String)> {
+        let t = loaded
+            .targets()
+            .signed
+            .find_target(&TargetName::new(target).ok()?, false)
+            .ok()?;
+        let sha = hex::encode(t.hashes.sha256.as_ref());
+        Some((
+            format!("{targets_rel}/{}", channel::tuf_target_file(target, &sha)),
+            t.length,
+            sha,
+        ))
+    };
+    let mut releases = Vec::new();
+    let mut foreign = Vec::new();
+    for (tname, t) in loaded.all_targets() {
+        let Some(custom) = t.custom.get(TUF_CUSTOM_KEY) else {
+            continue;
+        };
+        let target = tname.raw().to_string();
+        let info: ReleaseInfo = match serde_json::from_value(custom.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                foreign.push((target, format!("its release metadata does not parse: {e}")));
+                continue;
+            }
+        };
+        let wrong = if info.format > FORMAT {
+            Some(format!(
+                "release format {} is newer than this agent's {FORMAT}",
+                info.format
+            ))
+        } else if info.channel != name {
+            Some(format!(
+                "wrong software: published to channel '{}', not '{name}'",
+                info.channel
+            ))
+        } else if info.os != os {
+            Some(format!(
+                "wrong software: for OS '{}', this node runs '{os}'",
+                info.os
+            ))
+        } else if info.arch != ARCH {
+            Some(format!(
+                "wrong software: for architecture '{}', this node is '{ARCH}'",
+                info.arch
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = wrong {
+            foreign.push((info.version.clone(), why));
+            continue;
+        }
+        let Some((payload, size, sha256)) = file_of(&target) else {
+            continue;
+        };
+        let Some((manifest, _, manifest_sha256)) = file_of(&info.manifest) else {
+            foreign.push((
+                info.version.clone(),
+                format!("its manifest target {} is not listed", info.manifest),
+            ));
+            continue;
+        };
+        let blocks = match (&info.blocks, &info.block_index) {
+            (Some(b), Some(i)) => match (file_of(b), file_of(i)) {
+                (Some((data, data_size, _)), Some((index, index_size, index_sha256))) => {
+                    Some(BlockFiles {
+                        index,
+                        index_size,
+                        index_sha256,
+                        data,
+                        data_size,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        releases.push(Release {
+            version: info.version,
+            security_version: info.security_version,
+            payload,
+            size,
+            sha256,
+            root_hash: info.root_hash,
+            manifest,
+            manifest_sha256,
+            rollout: info.rollout,
+            blocks,
+        });
+    }
+    releases.sort_by(|a, b| channel::compare_versions(&a.version, &b.version));
+    Ok(Offer {
+        meta: Metadata {
+            format: FORMAT,
+            channel: name.to_string(),
+            sequence: loaded.timestamp().signed.version.get(),
+            issued_at: 0,
+            expires_at: expires.as_second().max(0) as u64,
+            releases,
+        },
+        foreign,
+    })
+}
+
+/// An error and its causes on one line (`tough`'s errors nest the reason).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
