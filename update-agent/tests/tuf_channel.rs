@@ -6,6 +6,7 @@
 //! unbootable.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use drover_core::SlotId;
 use drover_image_builder::tuf::{self, Expiries, Role};
@@ -71,6 +72,11 @@ impl Chan {
         };
         edit(&mut a);
         a.run().unwrap();
+    }
+
+    /// `drover publish --tuf-keys` of `payload` to channel `name`.
+    fn publish_to(&self, payload: &Path, name: &str) {
+        self.publish(payload, |a| a.channel = name.into());
     }
 
     /// droverctl update from `from` (URL or directory) with the image's root.
@@ -256,6 +262,482 @@ fn a_node_that_missed_every_rotation_still_updates() {
 fn tuf_key_id(pem: &Path) -> String {
     let key = drover_core::keys::SigningKey::load(pem).unwrap();
     let public = hex::encode(key.public_key().as_bytes());
+    let canonical =
+        format!(r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#);
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+/// Copies a directory tree (hard links are not kept: the copy is the
+/// attacker's).
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Root metadata `signed` (JSON) signed by `keys`: the canonical form is
+/// serde_json's compact output of a `Value` (maps sorted), as TUF's OLPC
+/// canonical JSON is for this metadata. An attacker's tool; a control
+/// below checks that a threshold of signatures made so is accepted.
+fn sign_root(signed: &serde_json::Value, keys: &[&drover_core::keys::SigningKey]) -> Vec<u8> {
+    let canonical = serde_json::to_vec(signed).unwrap();
+    let signatures: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            let public = hex::encode(k.public_key().as_bytes());
+            let id_src = format!(
+                r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#
+            );
+            use sha2::Digest as _;
+            serde_json::json!({
+                "keyid": hex::encode(sha2::Sha256::digest(id_src.as_bytes())),
+                "sig": hex::encode(k.sign(&canonical)),
+            })
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({"signed": signed, "signatures": signatures}))
+        .unwrap()
+}
+
+fn root_keys(c: &Chan) -> Vec<drover_core::keys::SigningKey> {
+    (1..=3)
+        .map(|i| drover_core::keys::SigningKey::load(c.keys.join(format!("root-{i}.pem"))).unwrap())
+        .collect()
+}
+
+/// Root version 2 made from version 1 by `edit`, signed by `keys`.
+fn forged_root(
+    c: &Chan,
+    keys: &[&drover_core::keys::SigningKey],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Vec<u8> {
+    let v1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.metadata().join("1.root.json")).unwrap()).unwrap();
+    let mut signed = v1["signed"].clone();
+    signed["version"] = 2.into();
+    edit(&mut signed);
+    sign_root(&signed, keys)
+}
+
+/// What an attacker does, after the node checked the channel once while
+/// it held only 1.0.0; returns the directory nginx then serves.
+type Spoil = Box<dyn Fn(&Chan, &Path) -> PathBuf>;
+
+#[test]
+fn every_tuf_attack_is_refused_and_loses_nothing() {
+    let cases: Vec<(&str, &str, Spoil)> = vec![
+        (
+            "arbitrary installation: another signed payload in the target's place",
+            "does not match the signed channel metadata",
+            Box::new(|c, v2| {
+                c.publish(v2, |a| a.no_blocks = true);
+                // Signed by the image key, same version and size, other bytes.
+                let other = c.fx.p("other.img");
+                drover_test_support::fake_fs(&other, 5 << 20, drover_test_support::Fill::Random(77));
+                drover_test_support::seal_release(
+                    &other,
+                    drover_test_support::release_input("1.1.0", 1, vec![7; 32]),
+                    &[&c.fx.key],
+                )
+                .unwrap();
+                assert_eq!(
+                    std::fs::metadata(&other).unwrap().len(),
+                    std::fs::metadata(v2).unwrap().len()
+                );
+                let dir = c.repo.join("tuf/stable/targets/releases/1.1.0");
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.to_string_lossy().ends_with(".usr.img") {
+                        std::fs::remove_file(&p).unwrap();
+                        std::fs::copy(&other, &p).unwrap();
+                    }
+                }
+                c.repo.clone()
+            }),
+        ),
+        (
+            "arbitrary installation: a frame of the delta altered",
+            "does not match its digest in the signed block index",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                let dir = c.repo.join("tuf/stable/targets/releases/1.1.0");
+                for e in std::fs::read_dir(&dir).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.to_string_lossy().ends_with(".usr.blocks") {
+                        let mut b = std::fs::read(&p).unwrap();
+                        std::fs::remove_file(&p).unwrap();
+                        let n = b.len();
+                        b[n - 100] ^= 0x40;
+                        std::fs::write(&p, b).unwrap();
+                    }
+                }
+                c.repo.clone()
+            }),
+        ),
+        (
+            "endless data: a 20 MiB timestamp",
+            "timestamp.json': more than 16777216 bytes",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                std::fs::write(c.metadata().join("timestamp.json"), vec![b' '; 20 << 20])
+                    .unwrap();
+                c.repo.clone()
+            }),
+        ),
+        (
+            "endless data: targets metadata grown to 20 MiB",
+            "3.targets.json': more than 16777216 bytes",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                let p = c.metadata().join("3.targets.json");
+                let mut b = std::fs::read(&p).unwrap();
+                b.resize(20 << 20, b' ');
+                std::fs::write(p, b).unwrap();
+                c.repo.clone()
+            }),
+        ),
+        (
+            "indefinite freeze: the timestamp expired",
+            "timestamp metadata is expired",
+            Box::new(|c, v2| {
+                c.publish(v2, |a| a.timestamp_expires_hours = 0);
+                std::thread::sleep(std::time::Duration::from_millis(1100));
+                c.repo.clone()
+            }),
+        ),
+        (
+            "rollback: a mirror replays the metadata from before 1.0.0",
+            "Found version 1 of timestamp metadata when we had previously fetched version 2",
+            Box::new(|c, _| {
+                let mirror = c.fx.p("mirror");
+                std::fs::create_dir_all(mirror.join("tuf/stable")).unwrap();
+                copy_tree(
+                    &c.fx.p("metadata-at-init"),
+                    &mirror.join("tuf/stable/metadata"),
+                );
+                mirror
+            }),
+        ),
+        (
+            "mix-and-match: the targets of another snapshot under this one's name",
+            "Hash mismatch",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                std::fs::copy(
+                    c.metadata().join("2.targets.json"),
+                    c.metadata().join("3.targets.json"),
+                )
+                .unwrap();
+                c.repo.clone()
+            }),
+        ),
+        (
+            "malicious mirror: the snapshot lists another targets version",
+            "Hash mismatch for",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                let p = c.metadata().join("3.snapshot.json");
+                let s = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("\"version\": 3", "\"version\": 9");
+                std::fs::write(p, s).unwrap();
+                c.repo.clone()
+            }),
+        ),
+        (
+            "key compromise below the threshold: one root key signs a root with the attacker's targets key",
+            "Signature threshold of 2 not met for role root (1 valid signatures)",
+            Box::new(|c, v2| {
+                c.publish(v2, |_| {});
+                let keys = root_keys(c);
+                let attacker = drover_core::keys::SigningKey::generate().unwrap().0;
+                let root = forged_root(c, &[&keys[0]], |s| {
+                    let public = hex::encode(attacker.public_key().as_bytes());
+                    let id = tuf_key_id_of(&attacker);
+                    s["keys"][&id] = serde_json::json!({
+                        "keytype": "ed25519", "scheme": "ed25519",
+                        "keyval": {"public": public}
+                    });
+                    s["roles"]["targets"]["keyids"] = serde_json::json!([id]);
+                });
+                std::fs::write(c.metadata().join("2.root.json"), root).unwrap();
+                c.repo.clone()
+            }),
+        ),
+    ];
+    for (name, want, spoil) in cases {
+        let c = Chan::new();
+        copy_tree(&c.metadata(), &c.fx.p("metadata-at-init"));
+        let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+        let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+        c.publish(&v1, |_| {});
+        let disk = c.fx.disk(&v1);
+        let state = c.fx.p("state");
+        {
+            let web = Nginx::serve(&c.repo, None);
+            let (ok, out) = c.update(&disk, &web.url(), &state);
+            assert!(ok && out.contains("up-to-date"), "{name}: priming: {out}");
+        }
+        let serve = spoil(&c, &v2);
+        let a_before = slot_bytes(&disk, SlotId::A);
+        let web = Nginx::serve(&serve, None);
+        let (ok, out) = c.update(&disk, &web.url(), &state);
+        assert!(!ok, "{name}: accepted:\n{out}");
+        assert!(out.contains(want), "{name}: wanted '{want}' in:\n{out}");
+        assert_untouched(name, &disk, &a_before);
+    }
+}
+
+/// The forged roots above are refused for their signatures, not for how
+/// they were made: the same forgery with a threshold of root keys (2 of
+/// 3) is accepted, and so is what it lists.
+#[test]
+fn a_root_signed_by_a_threshold_of_keys_is_accepted() {
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    c.publish(&v2, |_| {});
+    let keys = root_keys(&c);
+    let root = forged_root(&c, &[&keys[0], &keys[2]], |s| {
+        s["roles"]["root"]["threshold"] = 2.into();
+    });
+    std::fs::write(c.metadata().join("2.root.json"), root).unwrap();
+    let disk = c.fx.disk(&v1);
+    let state = c.fx.p("state");
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
+    assert!(ok, "{out}");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("tuf/stable/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["signed"]["version"], 2);
+}
+
+/// Fast-forward: a leaked timestamp key signs a timestamp far ahead; the
+/// node takes it (it is validly signed) and then refuses the real, lower
+/// one — until the channel rotates the timestamp key, which makes the
+/// node forget the timestamp and snapshot it had (the specification's
+/// step 5.3.11) and follow the channel again.
+#[test]
+fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    // The attacker's mirror: the channel as it is, with the timestamp
+    // re-signed many versions ahead by the leaked key.
+    let mirror = c.fx.p("mirror");
+    copy_tree(&c.repo, &mirror);
+    for _ in 0..20 {
+        tuf::refresh(&mirror, "stable", &c.keys, false, Expiries::default()).unwrap();
+    }
+    let disk = c.fx.disk(&v1);
+    let state = c.fx.p("state");
+    let (ok, out) = c.update(&disk, mirror.to_str().unwrap(), &state);
+    assert!(ok && out.contains("up-to-date"), "{out}");
+
+    // The real channel publishes 1.1.0: refused as a rollback.
+    c.publish(&v2, |_| {});
+    let a_before = slot_bytes(&disk, SlotId::A);
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "Found version 3 of timestamp metadata when we had previously fetched version 22"
+        ),
+        "{out}"
+    );
+    assert_untouched("fast-forward", &disk, &a_before);
+
+    // Recovery: the timestamp key is rotated.
+    tuf::rotate_key(
+        &c.repo,
+        "stable",
+        &c.keys,
+        Role::Timestamp,
+        None,
+        Expiries::default(),
+    )
+    .unwrap();
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
+    assert!(ok, "{out}");
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+}
+
+/// Wrong software: releases for another architecture, OS or channel,
+/// validly signed, are passed over with the reason; a payload whose
+/// metadata claims this OS but whose signed manifest is another's is
+/// refused when applied.
+#[test]
+fn wrong_software_is_passed_over_or_refused() {
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    c.publish(&v2, |a| a.arch = "riscv64".into());
+    let disk = c.fx.disk(&v1);
+    let state = c.fx.p("state");
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
+    assert!(ok, "{out}");
+    assert!(out.contains("up-to-date"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "wrong software: for architecture 'riscv64', this node is '{}'",
+            std::env::consts::ARCH
+        )),
+        "{out}"
+    );
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+
+    // Another channel's metadata (same keys) served as this channel's.
+    let beta = c.fx.p("beta-repo");
+    tuf::init(&beta, "beta", &c.keys, 3, 2, Expiries::default()).unwrap();
+    let b = Chan {
+        fx: Fx::new(),
+        repo: beta.clone(),
+        keys: c.keys.clone(),
+        root: c.root.clone(),
+    };
+    std::fs::copy(c.fx.p("release.pem"), b.fx.p("release.pem")).unwrap();
+    let v3 = c.fx.payload("v3.img", "1.2.0", 1, 5, &c.fx.key);
+    b.publish_to(&v3, "beta");
+    let mirror = c.fx.p("mirror");
+    std::fs::create_dir_all(mirror.join("tuf")).unwrap();
+    copy_tree(&beta.join("tuf/beta"), &mirror.join("tuf/stable"));
+    let disk = c.fx.disk(&v1);
+    let (ok, out) = c.update(&disk, mirror.to_str().unwrap(), &c.fx.p("state-2"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("wrong software: published to channel 'beta', not 'stable'"),
+        "{out}"
+    );
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+
+    // A payload of another OS: passed over as such when its metadata says
+    // so (drover publish takes the OS from the signed manifest) ...
+    let foreign = c.fx.p("foreign.img");
+    drover_test_support::fake_fs(&foreign, 5 << 20, drover_test_support::Fill::Random(5));
+    let mut input = drover_test_support::release_input("1.3.0", 1, vec![7; 32]);
+    input.os.name = "otheros".into();
+    drover_test_support::seal_release(&foreign, input, &[&c.fx.key]).unwrap();
+    c.publish(&foreign, |_| {});
+    let disk = c.fx.disk(&v1);
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &c.fx.p("state-3"));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("wrong software: for OS 'otheros', this node runs 'drover'"),
+        "{out}"
+    );
+    assert_eq!(bits(&disk, SlotId::B).0, 0);
+
+    // ... and refused when applied when its metadata lies (signed by a
+    // targets key that says "drover" of it).
+    let rel = c.repo.join("releases/1.4.0");
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::copy(&foreign, rel.join("usr.img")).unwrap();
+    std::fs::write(rel.join("manifest.json"), b"{}").unwrap();
+    let file = |n: &str| {
+        let p = rel.join(n);
+        let b = std::fs::read(&p).unwrap();
+        use sha2::Digest as _;
+        (
+            p,
+            b.len() as u64,
+            <[u8; 32]>::from(sha2::Sha256::digest(&b)),
+        )
+    };
+    let (payload, length, sha256) = file("usr.img");
+    let (mfile, mlength, msha) = file("manifest.json");
+    let f = std::fs::File::open(&foreign).unwrap();
+    let size = f.metadata().unwrap().len();
+    let v = drover_core::slot_image::open_verified(
+        &f,
+        size,
+        &foreign,
+        &drover_core::keys::TrustedKeys::new(vec![c.fx.key.public_key()]),
+    )
+    .unwrap();
+    let info = drover_core::channel::ReleaseInfo {
+        format: 1,
+        channel: "stable".into(),
+        os: "drover".into(),
+        arch: std::env::consts::ARCH.into(),
+        version: "1.4.0".into(),
+        security_version: 1,
+        root_hash: hex::encode(v.root_hash),
+        rollout: drover_core::channel::Rollout {
+            start: 0,
+            hours: 0,
+            canary: None,
+        },
+        manifest: "releases/1.4.0/manifest.json".into(),
+        blocks: None,
+        block_index: None,
+    };
+    tuf::add_targets(
+        &c.repo,
+        "stable",
+        &c.keys,
+        &[
+            tuf::NewTarget {
+                name: "releases/1.4.0/usr.img".into(),
+                file: payload,
+                length,
+                sha256,
+                custom: [("drover".to_string(), serde_json::to_value(&info).unwrap())]
+                    .into_iter()
+                    .collect(),
+            },
+            tuf::NewTarget {
+                name: "releases/1.4.0/manifest.json".into(),
+                file: mfile,
+                length: mlength,
+                sha256: msha,
+                custom: Default::default(),
+            },
+        ],
+        Expiries::default(),
+    )
+    .unwrap();
+    let disk = c.fx.disk(&v1);
+    let a_before = slot_bytes(&disk, SlotId::A);
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &c.fx.p("state-4"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("1.3.0 is for OS 'otheros', this node runs 'drover'"),
+        "{out}"
+    );
+    assert_untouched("foreign OS", &disk, &a_before);
+}
+
+/// A root version 2 that never ends (a link to /dev/zero on a USB stick)
+/// is read no further than the bound: the walk of the root chain stops at
+/// it as at a missing file (the specification's step 5.3.3, as tough has
+/// it), and the node goes on with the root it trusts.
+#[test]
+fn an_endless_root_from_a_directory_is_cut_off() {
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    c.publish(&v2, |_| {});
+    std::os::unix::fs::symlink("/dev/zero", c.metadata().join("2.root.json")).unwrap();
+    let disk = c.fx.disk(&v1);
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &c.fx.p("state"));
+    assert!(ok, "{out}");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.fx.p("state/tuf/stable/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["signed"]["version"], 1);
+}
+
+fn tuf_key_id_of(k: &drover_core::keys::SigningKey) -> String {
+    let public = hex::encode(k.public_key().as_bytes());
     let canonical =
         format!(r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#);
     use sha2::Digest as _;
