@@ -64,6 +64,11 @@ pub struct AgentSection {
     pub poll_interval_secs: Option<u64>,
     /// Seconds a new slot may take to reach boot-complete.target.
     pub boot_complete_timeout_secs: Option<u64>,
+    /// The channel's trusted TUF root metadata (`drover channel init`
+    /// prints where it is; relative to the spec), installed as
+    /// `/usr/lib/drover/tuf/CHANNEL.root.json`: the agent then reads the
+    /// channel as a TUF repository, and only so.
+    pub tuf_root: Option<PathBuf>,
 }
 
 impl Default for AgentSection {
@@ -75,6 +80,7 @@ impl Default for AgentSection {
             reboot_strategy: Strategy::default(),
             poll_interval_secs: None,
             boot_complete_timeout_secs: None,
+            tuf_root: None,
         }
     }
 }
@@ -345,6 +351,9 @@ impl ImageSpec {
             if let Some(s) = &mut f.source {
                 *s = base.join(&*s);
             }
+        }
+        if let Some(r) = &mut spec.agent.tuf_root {
+            *r = base.join(&*r);
         }
         Ok(spec)
     }

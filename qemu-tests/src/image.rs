@@ -71,6 +71,9 @@ link = "../drover-test-report.service"
 [agent]
 server = "http://10.0.2.100/"
 channel = "stable"
+# The channel is a TUF repository (the test keys' root, made once beside
+# test.pem): the agent follows it and nothing else.
+tuf-root = "@TUF_ROOT@"
 poll-interval-secs = 15
 # Generous: nothing in the tests waits for this timeout (a failing health
 # check reboots at once, a panic reboots by itself), and two TCG guests
@@ -154,7 +157,22 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// The spec of release `version`, with `extra` TOML (more `[[files]]`)
 /// added.
 pub fn spec(version: &str, extra: &str) -> String {
-    SPEC.replace("@VERSION@", version).replace("@EXTRA@", extra)
+    SPEC.replace("@VERSION@", version)
+        .replace("@EXTRA@", extra)
+        .replace("@TUF_ROOT@", &tuf_root().to_string_lossy())
+}
+
+/// The TUF root the test images trust for channel `stable`: version 1 of
+/// a channel made with the test TUF keys ([`tuf_keys`]), once, beside the
+/// test signing key.
+pub fn tuf_root() -> PathBuf {
+    target_dir().join("tmp/drover-qemu-image/tuf-root.json")
+}
+
+/// The test channel's TUF keys (root keys 2 of 3, targets, snapshot,
+/// timestamp).
+pub fn tuf_keys() -> PathBuf {
+    target_dir().join("tmp/drover-qemu-image/tuf-keys")
 }
 
 /// The shared test image (1.0.0, a whole disk), built on first use.
@@ -248,6 +266,22 @@ pub fn publish_full(repo: &Path, build_dir: &Path) {
 
 fn publish_with(repo: &Path, build_dir: &Path, extra: &[&str]) {
     let (sec, _) = keys();
+    if !repo.join("tuf/stable/metadata/1.root.json").is_file() {
+        // A channel of the test TUF keys: its own root version 1, whose
+        // keys are those of the root the images carry.
+        let o = Command::new(drover_binary())
+            .args(["channel", "init", "--channel", "stable", "--repo"])
+            .arg(repo)
+            .arg("--keys")
+            .arg(tuf_keys())
+            .output()
+            .expect("running drover channel init");
+        assert!(
+            o.status.success(),
+            "drover channel init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let o = Command::new(drover_binary())
         .args(["publish", "--channel", "stable", "--repo"])
         .arg(repo)
@@ -255,6 +289,8 @@ fn publish_with(repo: &Path, build_dir: &Path, extra: &[&str]) {
         .arg(build_dir)
         .arg("--key")
         .arg(sec)
+        .arg("--tuf-keys")
+        .arg(tuf_keys())
         .args(extra)
         .output()
         .expect("running drover publish");
@@ -331,6 +367,17 @@ fn build(name: &str, spec_text: &str, kind: Kind) -> anyhow::Result<PathBuf> {
                 .arg("--public")
                 .arg(&public))?;
         }
+        if !nonempty(&tuf_root()) {
+            let template = base.join("tuf-template");
+            let _ = std::fs::remove_dir_all(&template);
+            let _ = std::fs::remove_dir_all(tuf_keys());
+            run(Command::new(&drover)
+                .args(["channel", "init", "--channel", "stable", "--repo"])
+                .arg(&template)
+                .arg("--keys")
+                .arg(tuf_keys()))?;
+            std::fs::copy(template.join("tuf/stable/metadata/1.root.json"), tuf_root())?;
+        }
     }
 
     let mut h = Sha256::new();
@@ -345,6 +392,7 @@ fn build(name: &str, spec_text: &str, kind: Kind) -> anyhow::Result<PathBuf> {
         h.update(std::fs::read(bins.join(b))?);
     }
     h.update(std::fs::read(&public)?);
+    h.update(std::fs::read(tuf_root())?);
     let rootfs = base.join("rootfs");
     if from_rootfs {
         // Built from the test image's tree: rebuilt when that is.

@@ -91,7 +91,7 @@ impl Drop for Nginx {
 pub fn first_stream_after(log: &str, from: usize) -> Option<u64> {
     log.lines()
         .skip(from)
-        .filter(|l| l.starts_with("GET ") && l.contains("/usr.img"))
+        .filter(|l| l.starts_with("GET ") && l.contains("usr.img HTTP/"))
         .find_map(|l| {
             let range = l.split_whitespace().nth(4)?;
             if range == "-" {
@@ -111,8 +111,8 @@ mod tests {
 
     #[test]
     fn the_first_stream_is_the_first_open_range_after_the_line() {
-        let log = "GET /channels/stable.json HTTP/1.1 200 - 1124\n\
-                   GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=0- 1000\n\
+        let log = "GET /tuf/stable/metadata/timestamp.json HTTP/1.1 200 - 611\n\
+                   GET /tuf/stable/targets/releases/2.0.0/0123.usr.img HTTP/1.1 206 bytes=0- 1000\n\
                    GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=355123200-355123223 24\n\
                    GET /releases/2.0.0/usr.img HTTP/1.1 206 bytes=67108864- 1000\n";
         assert_eq!(first_stream_after(log, 0), Some(0));

@@ -44,9 +44,10 @@ path = "/usr/lib/systemd/system/boot-complete.target.requires/drover-test-health
 link = "../drover-test-health.service"
 "#;
 
-/// Requests for `version`'s payload in nginx's access log.
+/// Requests for `version`'s files (payload, frames, index: TUF targets
+/// named by their digests) in nginx's access log.
 fn payload_requests(web: &Nginx, version: &str) -> usize {
-    let needle = format!("releases/{version}/usr.img");
+    let needle = format!("/targets/releases/{version}/");
     web.access_log()
         .lines()
         .filter(|l| l.contains(&needle))

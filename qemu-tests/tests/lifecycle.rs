@@ -1,6 +1,7 @@
 //! The life cycle (issue 6): v1 boots with the agent pointed at a channel
 //! served by nginx on the host's loopback (the guest reaches it only
-//! through QEMU user networking); v2 is published (after v1, as a channel
+//! through QEMU user networking), a TUF repository whose root the image
+//! carries (issue 18); v2 is published (after v1, as a channel
 //! holds them); the agent fetches only the frames of the blocks v1 lacks
 //! (a delta: nginx's log shows ranges of `usr.blocks`, no stream of the
 //! payload), writes USR-B, flips and reboots; the machine comes up on v2 and marks it
@@ -37,13 +38,33 @@ fn update_over_the_channel_then_manual_rollback() {
         g.fail(&format!("v2 did not reach multi-user: {line}"));
     }
     let log = web.access_log();
-    // The header of the payload by small range reads, then frames only.
+    // The channel is read as a TUF repository (the image carries its
+    // root), never as the format-1 file beside it.
+    for want in [
+        "GET /tuf/stable/metadata/2.root.json HTTP/1.1 404",
+        "GET /tuf/stable/metadata/timestamp.json HTTP/1.1 200",
+    ] {
+        if !log.contains(want) {
+            g.fail(&format!("no '{want}' in nginx's log:\n{log}"));
+        }
+    }
+    if log.contains("/channels/") {
+        g.fail(&format!("the format-1 channel file was read:\n{log}"));
+    }
+    // The header of the payload by small range reads, then frames only
+    // (TUF targets, named by their digests).
+    let release = "/tuf/stable/targets/releases/2.0.0/";
     let stream = log
         .lines()
-        .any(|l| l.contains("/releases/2.0.0/usr.img ") && l.contains("bytes=0- "));
+        .any(|l| l.contains(release) && l.contains(".usr.img HTTP/") && l.contains("bytes=0- "));
     let fetched: u64 = log
         .lines()
-        .filter(|l| l.starts_with("GET /releases/2.0.0/usr.blocks ") && l.contains(" 206 bytes="))
+        .filter(|l| {
+            l.starts_with("GET ")
+                && l.contains(release)
+                && l.contains(".usr.blocks HTTP/")
+                && l.contains(" 206 bytes=")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     let full = std::fs::metadata(repo.join("releases/2.0.0/usr.blocks"))

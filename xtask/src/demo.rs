@@ -135,6 +135,30 @@ pub fn run() -> anyhow::Result<()> {
         ),
     );
 
+    // The channel is a TUF repository: its keys (root 2 of 3, targets,
+    // snapshot, timestamp) and the root the image carries, made once.
+    let tuf_keys = dir.join("tuf-keys");
+    let tuf_root = dir.join("tuf-root.json");
+    if !tuf_root.is_file() {
+        let template = dir.join("tuf-template");
+        let _ = std::fs::remove_dir_all(&template);
+        run_quiet(
+            Command::new(bin("drover"))
+                .args(["channel", "init", "--channel", "stable", "--repo"])
+                .arg(&template)
+                .arg("--keys")
+                .arg(&tuf_keys),
+        )?;
+        std::fs::copy(template.join("tuf/stable/metadata/1.root.json"), &tuf_root)?;
+    }
+    say(
+        start,
+        &format!(
+            "TUF channel keys {} (root keys 2 of 3, targets, snapshot, timestamp); the image carries the root",
+            tuf_keys.display()
+        ),
+    );
+
     let spec = std::fs::read_to_string(root.join("examples/container-host.toml"))?;
     // The demo's node: the agent follows the channel at 10.0.2.100 (QEMU
     // forwards it to nginx on the host's loopback), networkd brings up the
@@ -147,8 +171,15 @@ pub fn run() -> anyhow::Result<()> {
         .replace(
             "# server = \"https://updates.example.com/drover/\"",
             "server = \"http://10.0.2.100/\"\npoll-interval-secs = 15",
+        )
+        .replace(
+            "# tuf-root = \"keys/stable.root.json\"",
+            &format!("tuf-root = \"{}\"", tuf_root.display()),
         ) + DEMO_SPEC_EXTRA;
-    if !spec.contains("server = \"http://10.0.2.100/\"") || !spec.contains("qemu-guest-agent") {
+    if !spec.contains("server = \"http://10.0.2.100/\"")
+        || !spec.contains("qemu-guest-agent")
+        || !spec.contains("tuf-root = \"/")
+    {
         bail!(
             "examples/container-host.toml changed: the demo cannot point its agent at the channel"
         );
@@ -264,8 +295,15 @@ pub fn run() -> anyhow::Result<()> {
 
     say(
         start,
-        "publishing 1.0.0 and 1.1.0 to the channel (drover publish: payload, its zstd frames and signed block index, manifest, signed metadata)",
+        "publishing 1.0.0 and 1.1.0 to the channel (drover channel init, then drover publish --tuf-keys: payload, its zstd frames and signed block index, manifest as TUF targets; targets, snapshot and timestamp metadata)",
     );
+    run_quiet(
+        Command::new(bin("drover"))
+            .args(["channel", "init", "--channel", "stable", "--repo"])
+            .arg(&repo)
+            .arg("--keys")
+            .arg(&tuf_keys),
+    )?;
     // 1.0.0 first, as a channel holds it: 1.1.0's frames are cut along it.
     for out in &outs[..2] {
         print!(
@@ -278,10 +316,12 @@ pub fn run() -> anyhow::Result<()> {
                     .arg(out)
                     .arg("--key")
                     .arg(&key)
+                    .arg("--tuf-keys")
+                    .arg(&tuf_keys)
             )?
         );
     }
-    say(start, "the agent polls every 15 s: it checks the signed metadata, fetches only the frames of the blocks of 1.1.0 its USR-A lacks (a delta), copies the rest from USR-A, checks every block against the signed verity tree, flips the priorities and reboots through logind");
+    say(start, "the agent polls every 15 s: it walks the TUF metadata from the root its image carries (root, timestamp, snapshot, targets), fetches only the frames of the blocks of 1.1.0 its USR-A lacks (a delta), copies the rest from USR-A, checks every block against the signed verity tree, flips the priorities and reboots through logind");
     show(start, &mut g, "drover-boot: ", t)?;
     show(start, &mut g, "chose USR-B", t)?;
     show(start, &mut g, "every block was checked", t)?;

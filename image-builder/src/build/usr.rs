@@ -266,6 +266,24 @@ pub fn prepare(
             spec.agent.defaults_toml().as_bytes(),
             0o644,
         )?;
+        if let Some(src) = &spec.agent.tuf_root {
+            let bytes = std::fs::read(src)
+                .with_context(|| format!("reading agent.tuf-root {}", src.display()))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).ok().unwrap_or_default();
+            if v["signed"]["_type"] != "root" {
+                bail!(
+                    "agent.tuf-root {} is not TUF root metadata (drover channel init writes it as tuf/CHANNEL/metadata/1.root.json)",
+                    src.display()
+                );
+            }
+            let dir = drover_core::paths::TUF_ROOTS.trim_start_matches("/usr/");
+            write_file(
+                &usr.join(dir)
+                    .join(format!("{}.root.json", spec.agent.channel)),
+                &bytes,
+                0o644,
+            )?;
+        }
     }
 
     // The kubelet's unit, beside containerd (inert until the node config
