@@ -330,10 +330,12 @@ type Spoil = Box<dyn Fn(&Chan, &Path) -> PathBuf>;
 
 #[test]
 fn every_tuf_attack_is_refused_and_loses_nothing() {
-    let cases: Vec<(&str, &str, Spoil)> = vec![
+    let cases: Vec<(&str, &str, &str, &[&str], Spoil)> = vec![
         (
             "arbitrary installation: another signed payload in the target's place",
             "does not match the signed channel metadata",
+            "LengthOrHashMismatchError",
+            &["releases/1.1.0/usr.img"],
             Box::new(|c, v2| {
                 c.publish(v2, |a| a.no_blocks = true);
                 // Signed by the image key, same version and size, other bytes.
@@ -363,6 +365,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "arbitrary installation: a frame of the delta altered",
             "does not match its digest in the signed block index",
+            "LengthOrHashMismatchError",
+            &["releases/1.1.0/usr.blocks"],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 let dir = c.repo.join("tuf/stable/targets/releases/1.1.0");
@@ -382,6 +386,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "endless data: a 20 MiB timestamp",
             "timestamp.json': more than 16777216 bytes",
+            "DownloadLengthMismatchError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 std::fs::write(c.metadata().join("timestamp.json"), vec![b' '; 20 << 20])
@@ -392,6 +398,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "endless data: targets metadata grown to 20 MiB",
             "3.targets.json': more than 16777216 bytes",
+            "DownloadLengthMismatchError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 let p = c.metadata().join("3.targets.json");
@@ -404,6 +412,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "indefinite freeze: the timestamp expired",
             "timestamp metadata is expired",
+            "ExpiredMetadataError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |a| a.timestamp_expires_hours = 0);
                 std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -413,6 +423,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "rollback: a mirror replays the metadata from before 1.0.0",
             "Found version 1 of timestamp metadata when we had previously fetched version 2",
+            "BadVersionNumberError",
+            &[],
             Box::new(|c, _| {
                 let mirror = c.fx.p("mirror");
                 std::fs::create_dir_all(mirror.join("tuf/stable")).unwrap();
@@ -426,6 +438,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "mix-and-match: the targets of another snapshot under this one's name",
             "Hash mismatch",
+            "LengthOrHashMismatchError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 std::fs::copy(
@@ -439,6 +453,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "malicious mirror: the snapshot lists another targets version",
             "Hash mismatch for",
+            "LengthOrHashMismatchError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 let p = c.metadata().join("3.snapshot.json");
@@ -452,6 +468,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         (
             "key compromise below the threshold: one root key signs a root with the attacker's targets key",
             "Signature threshold of 2 not met for role root (1 valid signatures)",
+            "UnsignedMetadataError",
+            &[],
             Box::new(|c, v2| {
                 c.publish(v2, |_| {});
                 let keys = root_keys(c);
@@ -470,7 +488,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
             }),
         ),
     ];
-    for (name, want, spoil) in cases {
+    let python = python_tuf();
+    for (name, want, py_error, py_targets, spoil) in cases {
         let c = Chan::new();
         copy_tree(&c.metadata(), &c.fx.p("metadata-at-init"));
         let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
@@ -482,6 +501,8 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
             let web = Nginx::serve(&c.repo, None);
             let (ok, out) = c.update(&disk, &web.url(), &state);
             assert!(ok && out.contains("up-to-date"), "{name}: priming: {out}");
+            let r = python_client(&python, &c, &web.url(), &[]);
+            assert_eq!(r["ok"], true, "{name}: python-tuf priming: {r}");
         }
         let serve = spoil(&c, &v2);
         let a_before = slot_bytes(&disk, SlotId::A);
@@ -490,7 +511,105 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
         assert!(!ok, "{name}: accepted:\n{out}");
         assert!(out.contains(want), "{name}: wanted '{want}' in:\n{out}");
         assert_untouched(name, &disk, &a_before);
+        // The second opinion, from the same trusted state.
+        let r = python_client(&python, &c, &web.url(), py_targets);
+        assert_eq!(r["ok"], false, "{name}: python-tuf accepted it: {r}");
+        let err = r["error"].as_str().unwrap_or_default();
+        assert!(
+            err.starts_with(py_error),
+            "{name}: python-tuf refused it with '{err}', not {py_error}"
+        );
     }
+}
+
+/// python-tuf (the TUF reference implementation, from PyPI) in a virtual
+/// environment made once per target directory.
+fn python_tuf() -> PathBuf {
+    drover_test_support::python_venv(Path::new(env!("CARGO_TARGET_TMPDIR")), &["tuf==6.0.0"])
+}
+
+/// Runs python-tuf's `ngclient` (tests/data/python_tuf_client.py) against
+/// the channel at `url`, from the image's root and the client state in
+/// the channel's `py/` directory, downloading `targets`; its JSON verdict.
+fn python_client(python: &Path, c: &Chan, url: &str, targets: &[&str]) -> serde_json::Value {
+    let o = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/python_tuf_client.py"
+        ))
+        .arg(&c.root)
+        .arg(format!("{url}/tuf/stable/metadata/"))
+        .arg(format!("{url}/tuf/stable/targets/"))
+        .arg(c.fx.p("py"))
+        .args(targets)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "python-tuf printed no verdict ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// The second opinion on what drover publishes: python-tuf refreshes a
+/// channel that went through key rotations (targets key, a lost root key
+/// replaced, 2 of 3) from root version 1 and downloads every file of the
+/// newest release, each as `drover publish` wrote it.
+#[test]
+fn python_tuf_follows_what_drover_publishes() {
+    let python = python_tuf();
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    tuf::rotate_key(
+        &c.repo,
+        "stable",
+        &c.keys,
+        Role::Targets,
+        None,
+        Expiries::default(),
+    )
+    .unwrap();
+    let lost = tuf::show(&c.repo, "stable").unwrap().roles["root"].keys[1].clone();
+    for e in std::fs::read_dir(&c.keys).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "pem") && tuf_key_id(&p) == lost {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    tuf::rotate_key(
+        &c.repo,
+        "stable",
+        &c.keys,
+        Role::Root,
+        Some(&lost[..8]),
+        Expiries::default(),
+    )
+    .unwrap();
+    c.publish(&v2, |_| {});
+    let web = Nginx::serve(&c.repo, None);
+    let names = [
+        "releases/1.1.0/usr.img",
+        "releases/1.1.0/usr.blocks",
+        "releases/1.1.0/usr.blocks.idx",
+        "releases/1.1.0/manifest.json",
+    ];
+    let r = python_client(&python, &c, &web.url(), &names);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["root"], 3, "{r}");
+    for n in names {
+        let file = c.repo.join(n);
+        use sha2::Digest as _;
+        let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()));
+        assert_eq!(r["targets"][n]["downloaded"], sha.as_str(), "{n}: {r}");
+    }
+    let info = &r["targets"]["releases/1.1.0/usr.img"]["custom"]["drover"];
+    assert_eq!(info["version"], "1.1.0", "{r}");
+    assert_eq!(info["os"], "drover", "{r}");
+    assert_eq!(info["block-index"], "releases/1.1.0/usr.blocks.idx", "{r}");
 }
 
 /// The forged roots above are refused for their signatures, not for how
@@ -742,4 +861,43 @@ fn tuf_key_id_of(k: &drover_core::keys::SigningKey) -> String {
         format!(r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#);
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+}
+
+/// Migration: a node whose image has no TUF root takes its last update
+/// from the format-1 channel file that `drover publish` still writes; the
+/// release it boots carries the root (here: `--tuf-root`, as the image's
+/// `/usr/lib/drover/tuf/stable.root.json`), and from then on it follows
+/// the TUF repository alone.
+#[test]
+fn a_node_moves_from_the_format_1_channel_to_tuf() {
+    let c = Chan::new();
+    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+    let v3 = c.fx.payload("v3.img", "1.2.0", 1, 5, &c.fx.key);
+    c.publish(&v1, |_| {});
+    c.publish(&v2, |_| {});
+
+    // The old node: no root, the format-1 file.
+    let web = Nginx::serve(&c.repo, None);
+    let disk = c.fx.disk(&v1);
+    let (ok, out) = run(droverctl(&c.fx, &disk, &web.url(), &c.fx.p("state-old")));
+    assert!(ok, "{out}");
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+    let log = web.access_log();
+    assert!(
+        log.contains("GET /channels/stable.json HTTP/1.1 200"),
+        "{log}"
+    );
+    assert!(!log.contains("/tuf/"), "{log}");
+
+    // On 1.1.0, whose image carries the root: TUF only.
+    c.publish(&v3, |_| {});
+    std::fs::remove_dir_all(c.repo.join("channels")).unwrap();
+    let web = Nginx::serve(&c.repo, None);
+    let disk = c.fx.disk(&v2);
+    let (ok, out) = c.update(&disk, &web.url(), &c.fx.p("state-new"));
+    assert!(ok, "{out}");
+    assert!(out.contains("\"version\":\"1.2.0\""), "{out}");
+    let log = web.access_log();
+    assert!(!log.contains("/channels/"), "{log}");
 }
