@@ -74,6 +74,40 @@ impl Chan {
         a.run().unwrap();
     }
 
+    /// A channel with 1.0.0 published, and 1.1.0 (not yet published).
+    fn with_releases() -> (Chan, PathBuf, PathBuf) {
+        let c = Chan::new();
+        let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
+        let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
+        c.publish(&v1, |_| {});
+        (c, v1, v2)
+    }
+
+    /// `drover channel rotate-key ROLE` with the channel's key directory.
+    fn rotate(&self, role: Role, retire: Option<&str>) -> tuf::Rotated {
+        tuf::rotate_key(
+            &self.repo,
+            "stable",
+            &self.keys,
+            role,
+            retire,
+            Expiries::default(),
+        )
+        .unwrap()
+    }
+
+    /// Deletes the key file whose TUF key id is `id` (a lost key).
+    fn lose_key(&self, id: &str) {
+        for e in std::fs::read_dir(&self.keys).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "pem")
+                && tuf_key_id_of(&drover_core::keys::SigningKey::load(&p).unwrap()) == id
+            {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+
     /// `drover publish --tuf-keys` of `payload` to channel `name`.
     fn publish_to(&self, payload: &Path, name: &str) {
         self.publish(payload, |a| a.channel = name.into());
@@ -104,10 +138,7 @@ fn assert_untouched(what: &str, disk: &Path, a_before: &[u8]) {
 
 #[test]
 fn a_node_follows_the_tuf_channel_over_http_and_from_a_directory() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |_| {});
     // Only the TUF repository is read: without the format-1 channel file
     // the update still happens.
@@ -158,56 +189,18 @@ fn a_node_follows_the_tuf_channel_over_http_and_from_a_directory() {
 
 #[test]
 fn a_node_that_missed_every_rotation_still_updates() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     // The targets key is replaced (leaked, or routine).
-    let r = tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Targets,
-        None,
-        Expiries::default(),
-    )
-    .unwrap();
+    let r = c.rotate(Role::Targets, None);
     assert_eq!(r.root_version, 2);
     // One of the three root keys is lost; 2 of 3 sign a root without it.
     let show = tuf::show(&c.repo, "stable").unwrap();
     let lost = show.roles["root"].keys[2].clone();
-    let lost_file = std::fs::read_dir(&c.keys)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("root-")
-                && tuf_key_id(p) == lost
-        })
-        .unwrap();
-    std::fs::remove_file(&lost_file).unwrap();
-    let r = tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Root,
-        Some(&lost[..12]),
-        Expiries::default(),
-    )
-    .unwrap();
+    c.lose_key(&lost);
+    let r = c.rotate(Role::Root, Some(&lost[..12]));
     assert_eq!(r.root_version, 3);
     // And the timestamp key too.
-    tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Timestamp,
-        None,
-        Expiries::default(),
-    )
-    .unwrap();
+    c.rotate(Role::Timestamp, None);
     c.publish(&v2, |_| {});
     let show = tuf::show(&c.repo, "stable").unwrap();
     assert_eq!(show.roles["root"].version, 4);
@@ -255,17 +248,6 @@ fn a_node_that_missed_every_rotation_still_updates() {
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("needs 2 signatures"), "{e:#}");
-}
-
-/// The TUF key id of a key file: SHA-256 of the canonical JSON of its
-/// public key, as `drover channel show` lists it.
-fn tuf_key_id(pem: &Path) -> String {
-    let key = drover_core::keys::SigningKey::load(pem).unwrap();
-    let public = hex::encode(key.public_key().as_bytes());
-    let canonical =
-        format!(r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#);
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
 }
 
 /// Copies a directory tree (hard links are not kept: the copy is the
@@ -560,35 +542,11 @@ fn python_client(python: &Path, c: &Chan, url: &str, targets: &[&str]) -> serde_
 #[test]
 fn python_tuf_follows_what_drover_publishes() {
     let python = python_tuf();
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
-    tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Targets,
-        None,
-        Expiries::default(),
-    )
-    .unwrap();
+    let (c, _v1, v2) = Chan::with_releases();
+    c.rotate(Role::Targets, None);
     let lost = tuf::show(&c.repo, "stable").unwrap().roles["root"].keys[1].clone();
-    for e in std::fs::read_dir(&c.keys).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "pem") && tuf_key_id(&p) == lost {
-            std::fs::remove_file(p).unwrap();
-        }
-    }
-    tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Root,
-        Some(&lost[..8]),
-        Expiries::default(),
-    )
-    .unwrap();
+    c.lose_key(&lost);
+    c.rotate(Role::Root, Some(&lost[..8]));
     c.publish(&v2, |_| {});
     let web = Nginx::serve(&c.repo, None);
     let names = [
@@ -617,10 +575,7 @@ fn python_tuf_follows_what_drover_publishes() {
 /// 3) is accepted, and so is what it lists.
 #[test]
 fn a_root_signed_by_a_threshold_of_keys_is_accepted() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |_| {});
     let keys = root_keys(&c);
     let root = forged_root(&c, &[&keys[0], &keys[2]], |s| {
@@ -644,10 +599,7 @@ fn a_root_signed_by_a_threshold_of_keys_is_accepted() {
 /// step 5.3.11) and follow the channel again.
 #[test]
 fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     // The attacker's mirror: the channel as it is, with the timestamp
     // re-signed many versions ahead by the leaked key.
     let mirror = c.fx.p("mirror");
@@ -674,15 +626,7 @@ fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
     assert_untouched("fast-forward", &disk, &a_before);
 
     // Recovery: the timestamp key is rotated.
-    tuf::rotate_key(
-        &c.repo,
-        "stable",
-        &c.keys,
-        Role::Timestamp,
-        None,
-        Expiries::default(),
-    )
-    .unwrap();
+    c.rotate(Role::Timestamp, None);
     let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
     assert!(ok, "{out}");
     assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
@@ -694,10 +638,7 @@ fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
 /// refused when applied.
 #[test]
 fn wrong_software_is_passed_over_or_refused() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |a| a.arch = "riscv64".into());
     let disk = c.fx.disk(&v1);
     let state = c.fx.p("state");
@@ -840,10 +781,7 @@ fn wrong_software_is_passed_over_or_refused() {
 /// it), and the node goes on with the root it trusts.
 #[test]
 fn an_endless_root_from_a_directory_is_cut_off() {
-    let c = Chan::new();
-    let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
-    let v2 = c.fx.payload("v2.img", "1.1.0", 1, 5, &c.fx.key);
-    c.publish(&v1, |_| {});
+    let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |_| {});
     std::os::unix::fs::symlink("/dev/zero", c.metadata().join("2.root.json")).unwrap();
     let disk = c.fx.disk(&v1);
