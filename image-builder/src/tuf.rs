@@ -742,7 +742,7 @@ pub fn rotate_key(
         std::fs::remove_file(&fresh)?;
     }
     ensure_key(&fresh)?;
-    block_on(async {
+    let signed = block_on(async {
         let new_key = key_file(&fresh).await?;
         let mut root = old.signed.clone();
         root.version = nz(version + 1);
@@ -810,7 +810,12 @@ pub fn rotate_key(
         }
         std::fs::rename(&fresh, &new_path)?;
         anyhow::Ok(())
-    })?;
+    });
+    if signed.is_err() {
+        // Nothing was rotated: the key made for it goes.
+        let _ = std::fs::remove_file(&fresh);
+    }
+    signed?;
     if role != Role::Root {
         // The role's metadata must carry the new key's signature now.
         add_targets(repo, name, keys_dir, &[], exp)?;

@@ -154,3 +154,83 @@ fn config_check_lists_the_actions_and_names_a_bad_key() {
         "{err}"
     );
 }
+
+/// `drover channel` as an operator runs it: init (keys with private modes,
+/// root 2 of 3), show, refresh, rotate-key; bad input refused with the
+/// reason and nothing written.
+#[test]
+fn channel_commands_make_show_refresh_and_rotate_a_tuf_channel() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, keys) = (dir.path().join("repo"), dir.path().join("keys"));
+    let at = ["--repo", s(&repo), "--channel", "stable"];
+    let with = |cmd: &[&str], more: &[&str]| -> Vec<String> {
+        cmd.iter()
+            .chain(at.iter())
+            .chain(more.iter())
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        drover(&a)
+    };
+    let (ok, out, err) = run(with(&["channel", "init"], &["--keys", s(&keys), "--json"]));
+    assert!(ok, "{err}");
+    let init: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(init["keys"]["root"].as_array().unwrap().len(), 3);
+    for k in std::fs::read_dir(&keys).unwrap() {
+        let m = k.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+    }
+    // A second init is refused and changes nothing.
+    let root1 = std::fs::read(repo.join("tuf/stable/metadata/1.root.json")).unwrap();
+    let (ok, _, err) = run(with(&["channel", "init"], &["--keys", s(&keys)]));
+    assert!(!ok && err.contains("is a TUF repository already"), "{err}");
+    assert_eq!(
+        std::fs::read(repo.join("tuf/stable/metadata/1.root.json")).unwrap(),
+        root1
+    );
+
+    let show = || -> serde_json::Value {
+        let (ok, out, err) = run(with(&["channel", "show"], &["--json"]));
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let v = show();
+    assert_eq!(v["roles"]["root"]["threshold"], 2);
+    assert_eq!(v["roles"]["timestamp"]["version"], 1);
+
+    let (ok, _, err) = run(with(
+        &["channel", "refresh"],
+        &["--keys", s(&keys), "--json"],
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(show()["roles"]["timestamp"]["version"], 2);
+
+    let old = v["roles"]["targets"]["keys"][0].clone();
+    let (ok, out, err) = run(with(
+        &["channel", "rotate-key", "targets"],
+        &["--keys", s(&keys), "--json"],
+    ));
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["root-version"], 2);
+    assert_eq!(r["retired"], old);
+    let v = show();
+    assert_ne!(v["roles"]["targets"]["keys"][0], old);
+    assert_eq!(v["roles"]["root"]["version"], 2);
+
+    // A root key to retire must be named, and named unambiguously.
+    let (ok, _, err) = run(with(
+        &["channel", "rotate-key", "root"],
+        &["--keys", s(&keys)],
+    ));
+    assert!(!ok && err.contains("needs --retire KEY_ID"), "{err}");
+    let (ok, _, err) = run(with(
+        &["channel", "rotate-key", "root"],
+        &["--keys", s(&keys), "--retire", "0000000000"],
+    ));
+    assert!(!ok && err.contains("no root key id starts with"), "{err}");
+    assert!(!repo.join("tuf/stable/metadata/3.root.json").exists());
+}

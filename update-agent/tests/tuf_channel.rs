@@ -248,6 +248,10 @@ fn a_node_that_missed_every_rotation_still_updates() {
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("needs 2 signatures"), "{e:#}");
+    assert!(
+        std::fs::read_dir(&one).unwrap().count() == 1,
+        "a failed rotation leaves no key behind"
+    );
 }
 
 /// Copies a directory tree (hard links are not kept: the copy is the

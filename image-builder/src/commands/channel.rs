@@ -157,6 +157,20 @@ pub struct ShowArgs {
     pub json: bool,
 }
 
+/// Prints `value` as one line of JSON, or the text `text` makes.
+fn emit(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
 impl Command {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<()> {
@@ -170,17 +184,15 @@ impl Command {
                     a.root_threshold,
                     (&a.expiry).into(),
                 )?;
-                if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
+                emit(a.json, &r, || {
+                    format!(
                         "channel {} is a TUF repository in {}\n  trusted root for the image: {}\n  keys: {}",
                         a.at.channel,
                         r.metadata.display(),
                         r.root.display(),
                         a.keys.display()
-                    );
-                }
+                    )
+                })?;
             }
             Command::Refresh(a) => {
                 let r = tuf::refresh(
@@ -190,17 +202,15 @@ impl Command {
                     a.snapshot,
                     (&a.expiry).into(),
                 )?;
-                if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
+                emit(a.json, &r, || {
+                    format!(
                         "channel {}: timestamp version {}, snapshot version {}; the timestamp expires in {} h",
                         a.at.channel,
                         r.timestamp_version,
                         r.snapshot_version,
                         a.expiry.timestamp_expires_hours
-                    );
-                }
+                    )
+                })?;
             }
             Command::RotateKey(a) => {
                 let r = tuf::rotate_key(
@@ -211,17 +221,15 @@ impl Command {
                     a.retire.as_deref(),
                     (&a.expiry).into(),
                 )?;
-                if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
+                emit(a.json, &r, || {
+                    format!(
                         "channel {}: root version {} lists {} instead of key {}",
                         a.at.channel,
                         r.root_version,
                         r.new_key.display(),
                         r.retired
-                    );
-                }
+                    )
+                })?;
             }
             Command::Show(a) => {
                 let s = tuf::show(&a.at.repo, &a.at.channel)?;
