@@ -451,6 +451,55 @@ async fn role_keys(root: &Root, role: RoleType, keys_dir: &Path) -> anyhow::Resu
         .collect())
 }
 
+/// Checks that the stored metadata is what this channel's keys signed,
+/// by root version `v` (a repository edited on disk is not re-signed).
+fn verify_raw(dirs: &ChannelDirs, raw: &Raw, v: u64) -> anyhow::Result<()> {
+    let check = root_of(&dirs.metadata.join(format!("{v}.root.json")))?.signed;
+    check
+        .verify_role(&raw.timestamp)
+        .and_then(|()| check.verify_role(&raw.snapshot))
+        .and_then(|()| check.verify_role(&raw.targets))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the channel's metadata in {} does not verify with root version {v} ({e}): refusing to sign on top of it",
+                dirs.metadata.display()
+            )
+        })
+}
+
+/// The targets, snapshot and timestamp keys of `keys_dir` that `root`
+/// lists; an error names a role without one.
+async fn online_keys(root: &Root, keys_dir: &Path) -> anyhow::Result<Vec<KeyFile>> {
+    let mut keys = Vec::new();
+    for role in [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
+        let found = role_keys(root, role, keys_dir).await?;
+        if found.is_empty() {
+            bail!(
+                "{} holds no key the root metadata lists for the {role} role",
+                keys_dir.display()
+            );
+        }
+        keys.extend(found);
+    }
+    Ok(keys)
+}
+
+/// Whether `drover publish --tuf-keys` can sign channel `name` of `repo`
+/// with the keys of `keys_dir`: checked before anything is written.
+pub fn check_publishable(repo: &Path, name: &str, keys_dir: &Path) -> anyhow::Result<()> {
+    let dirs = ChannelDirs::new(repo, name);
+    if !dirs.exists() {
+        bail!(
+            "channel {name} in {} is not a TUF repository: run `drover channel init` first",
+            repo.display()
+        );
+    }
+    let (root_path, newest) = dirs.latest_root()?;
+    verify_raw(&dirs, &read_raw(&dirs)?, newest)?;
+    let root = root_of(&root_path)?.signed;
+    block_on(online_keys(&root, keys_dir)).map(|_| ())
+}
+
 /// One file of a release, to become a target.
 #[derive(Clone, Debug)]
 pub struct NewTarget {
@@ -488,6 +537,20 @@ pub fn add_targets(
     targets: &[NewTarget],
     exp: Expiries,
 ) -> anyhow::Result<Published> {
+    sign_targets(repo, name, keys_dir, targets, exp, false)
+}
+
+/// [`add_targets`]; the metadata as it stands must verify with the newest
+/// root, or (`rotating`: its role keys were just replaced) with the root
+/// before it, or nothing is signed on top of it.
+fn sign_targets(
+    repo: &Path,
+    name: &str,
+    keys_dir: &Path,
+    targets: &[NewTarget],
+    exp: Expiries,
+    rotating: bool,
+) -> anyhow::Result<Published> {
     let dirs = ChannelDirs::new(repo, name);
     if !dirs.exists() {
         bail!(
@@ -509,20 +572,11 @@ pub fn add_targets(
         // role's metadata is still signed by the retired key, which is
         // what this signing replaces. The result is loaded through the
         // client below.
-        let (root_path, _) = dirs.latest_root()?;
+        let (root_path, newest) = dirs.latest_root()?;
         let root = root_of(&root_path)?.signed;
         let raw = read_raw(&dirs)?;
-        let mut keys = Vec::new();
-        for role in [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
-            let found = role_keys(&root, role, keys_dir).await?;
-            if found.is_empty() {
-                bail!(
-                    "{} holds no key the root metadata lists for the {role} role",
-                    keys_dir.display()
-                );
-            }
-            keys.extend(found);
-        }
+        verify_raw(&dirs, &raw, if rotating { newest - 1 } else { newest })?;
+        let keys = online_keys(&root, keys_dir).await?;
         let versions = (
             raw.targets.signed.version.get() + 1,
             raw.snapshot.signed.version.get() + 1,
@@ -818,7 +872,7 @@ pub fn rotate_key(
     signed?;
     if role != Role::Root {
         // The role's metadata must carry the new key's signature now.
-        add_targets(repo, name, keys_dir, &[], exp)?;
+        sign_targets(repo, name, keys_dir, &[], exp, true)?;
     }
     Ok(Rotated {
         root_version: version + 1,

@@ -843,3 +843,56 @@ fn a_node_moves_from_the_format_1_channel_to_tuf() {
     let log = web.access_log();
     assert!(!log.contains("/channels/"), "{log}");
 }
+
+/// The publisher signs only on top of metadata its keys signed: a
+/// repository whose targets were edited on disk (a target added by hand)
+/// is refused, and nothing is written.
+#[test]
+fn publishing_refuses_to_sign_on_top_of_edited_metadata() {
+    let (c, _v1, v2) = Chan::with_releases();
+    let p = c.metadata().join("2.targets.json");
+    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    t["signed"]["targets"]["evil"] = serde_json::json!({
+        "length": 1, "hashes": {"sha256": "00".repeat(32)}
+    });
+    std::fs::write(&p, serde_json::to_vec_pretty(&t).unwrap()).unwrap();
+    let before: Vec<_> = std::fs::read_dir(c.metadata()).unwrap().collect();
+    let format_1 = std::fs::read(c.repo.join("channels/stable.json")).unwrap();
+    let build = c.fx.p("build-edited");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::copy(&v2, build.join("usr.img")).unwrap();
+    let e = drover_image_builder::commands::publish::Args {
+        repo: c.repo.clone(),
+        channel: "stable".into(),
+        image: build,
+        key: c.fx.p("release.pem"),
+        image_keys: vec![],
+        rollout_hours: 0,
+        canary_percent: None,
+        canary_hours: None,
+        expires_days: 30,
+        zstd_level: 3,
+        no_blocks: true,
+        tuf_keys: Some(c.keys.clone()),
+        arch: std::env::consts::ARCH.into(),
+        timestamp_expires_hours: 24,
+        json: true,
+    }
+    .run()
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("does not verify with root version 1"),
+        "{e:#}"
+    );
+    assert_eq!(
+        std::fs::read_dir(c.metadata()).unwrap().count(),
+        before.len()
+    );
+    // Checked before anything was written: not in the format-1 file
+    // either, and no release directory.
+    assert_eq!(
+        std::fs::read(c.repo.join("channels/stable.json")).unwrap(),
+        format_1
+    );
+    assert!(!c.repo.join("releases/1.1.0").exists());
+}

@@ -106,6 +106,11 @@ impl Args {
             );
         }
         let key = SigningKey::load(&self.key)?;
+        if let Some(keys) = &self.tuf_keys {
+            // Before anything is written: a publication lands in both
+            // channel formats or in neither.
+            crate::tuf::check_publishable(&self.repo, &self.channel, keys)?;
+        }
         let mut image_keys: Vec<PublicKey> = vec![key.public_key()];
         for p in &self.image_keys {
             image_keys.push(PublicKey::load(p)?);
