@@ -54,6 +54,7 @@ pub fn choose_and_prepare(
     start: Instant,
 ) -> anyhow::Result<Prepared> {
     let mut refused: Vec<(SlotId, String)> = Vec::new();
+    let floor = security_floor(start);
     loop {
         let (table, mut file) = PartitionTable::open_rw(disk)?;
         let mut slots = Slots::from_table(table, SlotId::A)?;
@@ -89,6 +90,20 @@ pub fn choose_and_prepare(
         let res = drover_core::devices::partition_node(disk, slot.label())
             .with_context(|| format!("no device node for {slot} on {}", disk.display()))
             .and_then(|node| {
+                // Below the TPM's floor: refused like a bad signature, and
+                // the rule runs again without it.
+                let part = Window {
+                    file: &file,
+                    offset: st.offset,
+                };
+                let v = slot_image::open_verified(&part, st.size, disk, keys)?;
+                let (f, overridden) = floor;
+                drover_core::measured::floor::allows(
+                    v.verified.manifest.os.security_version,
+                    f,
+                    overridden,
+                )
+                .map_err(anyhow::Error::msg)?;
                 check_and_prepare(
                     &SlotSource {
                         label: slot.label(),
@@ -121,6 +136,43 @@ pub fn choose_and_prepare(
             }
         }
     }
+}
+
+/// The security-version floor from the TPM (none without a TPM, or when it
+/// holds none), and whether the operator overrides it on the command line
+/// ([`drover_core::measured::floor::OVERRIDE_ARG`]). A TPM that cannot be
+/// read is said on the console and means no floor: the boot goes on.
+fn security_floor(start: Instant) -> (Option<u64>, bool) {
+    use drover_core::measured::floor::OVERRIDE_ARG;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let overridden = cmdline.split_whitespace().any(|w| w == OVERRIDE_ARG);
+    let floor = match drover_core::measured::tpm::device() {
+        None => None,
+        Some(dev) => match crate::tpm::floor(&dev) {
+            Ok(f) => f,
+            Err(e) => {
+                step(
+                    start,
+                    &format!("the TPM's security-version floor could not be read ({e:#}); booting without it"),
+                );
+                None
+            }
+        },
+    };
+    if let Some(f) = floor {
+        step(
+            start,
+            &format!(
+                "security-version floor {f} (TPM){}",
+                if overridden {
+                    format!(", overridden by {OVERRIDE_ARG}")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    (floor, overridden)
 }
 
 /// Where a slot image is read from: a partition of the disk, or (live

@@ -97,3 +97,10 @@ pub fn read_tcti(tcti: TctiNameConf) -> anyhow::Result<Vec<(Bank, Vec<u8>)>> {
     }
     Ok(out)
 }
+
+/// The security-version floor the TPM at `dev` holds
+/// ([`drover_core::measured::floor`]), if any.
+pub fn floor(dev: &Path) -> anyhow::Result<Option<u64>> {
+    let mut ctx = tpm::open_conf(device_tcti(dev)?)?;
+    drover_core::measured::floor::read(&mut ctx).context("reading the floor's NV indices")
+}

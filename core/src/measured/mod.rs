@@ -15,6 +15,8 @@
 //!   signed manifest it carries.
 //! * [`quote`]: TPM quotes checked without a TPM.
 //! * [`attestation`]: the evidence a node sends and the verifier's checks.
+//! * `floor` (feature `tpm`): the security-version floor in a TPM NV
+//!   counter, raised by the agent, enforced by the stage.
 //! * `tpm` (feature `tpm`): opening the TPM and mapping its algorithms to
 //!   PCR banks, for the stage and the agent.
 
@@ -23,6 +25,8 @@ pub mod authenticode;
 pub mod bootcheck;
 pub mod esp;
 pub mod eventlog;
+#[cfg(feature = "tpm")]
+pub mod floor;
 pub mod measure;
 pub mod quote;
 #[cfg(feature = "tpm")]

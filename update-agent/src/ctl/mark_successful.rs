@@ -57,7 +57,18 @@ impl Args {
         slots
             .write(&mut *file)
             .with_context(|| format!("writing the partition table of {}", disk.display()))?;
+        // The booted slot is good: this node never boots below its
+        // security version again (the TPM's floor), unless an operator
+        // says so at the console.
+        let floor = if self.booted {
+            raise_floor(&disk, &file, &slots, slot)
+        } else {
+            None
+        };
         let out = SlotsJson::from_slots(&slots);
+        if let Some(line) = floor {
+            eprintln!("{line}");
+        }
         if self.json {
             println!("{}", serde_json::to_string(&out)?);
         } else {
@@ -66,4 +77,37 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Raises the TPM's security-version floor to the booted slot's signed
+/// security version; what happened, as a line for the journal (None: no
+/// TPM). A failure is reported, never fatal: the slot did boot.
+fn raise_floor(
+    disk: &std::path::Path,
+    file: &std::fs::File,
+    slots: &Slots,
+    slot: SlotId,
+) -> Option<String> {
+    use drover_core::measured::{floor, tpm};
+    tpm::device()?;
+    let st = slots.get(slot);
+    let raised = (|| -> anyhow::Result<u64> {
+        let keys = drover_core::keys::TrustedKeys::load(&[PathBuf::from(
+            drover_core::paths::SYSTEM_KEYS,
+        )])?;
+        let w = drover_core::slot_image::Window {
+            file,
+            offset: st.offset,
+        };
+        let v = drover_core::slot_image::open_verified(&w, st.size, disk, &keys)?;
+        let mut ctx = tpm::open_conf(tpm::tcti(tpm::AUTO)?)?;
+        Ok(floor::raise(
+            &mut ctx,
+            v.verified.manifest.os.security_version,
+        )?)
+    })();
+    Some(match raised {
+        Ok(f) => format!("security-version floor in the TPM: {f}"),
+        Err(e) => format!("warning: the TPM's security-version floor was not raised: {e:#}"),
+    })
 }
