@@ -97,11 +97,9 @@ pub fn choose_and_prepare(
                     offset: st.offset,
                 };
                 let v = slot_image::open_verified(&part, st.size, disk, keys)?;
-                let (f, overridden) = floor;
                 drover_core::measured::floor::allows(
                     v.verified.manifest.os.security_version,
-                    f,
-                    overridden,
+                    floor,
                 )
                 .map_err(anyhow::Error::msg)?;
                 check_and_prepare(
@@ -139,13 +137,9 @@ pub fn choose_and_prepare(
 }
 
 /// The security-version floor from the TPM (none without a TPM, or when it
-/// holds none), and whether the operator overrides it on the command line
-/// ([`drover_core::measured::floor::OVERRIDE_ARG`]). A TPM that cannot be
-/// read is said on the console and means no floor: the boot goes on.
-fn security_floor(start: Instant) -> (Option<u64>, bool) {
-    use drover_core::measured::floor::OVERRIDE_ARG;
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let overridden = cmdline.split_whitespace().any(|w| w == OVERRIDE_ARG);
+/// holds none). A TPM that cannot be read is said on the console and means
+/// no floor: the boot goes on.
+fn security_floor(start: Instant) -> Option<u64> {
     let floor = match drover_core::measured::tpm::device() {
         None => None,
         Some(dev) => match crate::tpm::floor(&dev) {
@@ -160,19 +154,9 @@ fn security_floor(start: Instant) -> (Option<u64>, bool) {
         },
     };
     if let Some(f) = floor {
-        step(
-            start,
-            &format!(
-                "security-version floor {f} (TPM){}",
-                if overridden {
-                    format!(", overridden by {OVERRIDE_ARG}")
-                } else {
-                    String::new()
-                }
-            ),
-        );
+        step(start, &format!("security-version floor {f} (TPM)"));
     }
-    (floor, overridden)
+    floor
 }
 
 /// Where a slot image is read from: a partition of the disk, or (live

@@ -71,11 +71,16 @@ fn the_floor_goes_up_and_never_down() {
     drop(ctx);
     let mut ctx = open(&t);
     assert_eq!(floor::read(&mut ctx).unwrap(), Some(5));
-    assert!(floor::allows(5, Some(5), false).is_ok());
-    let e = floor::allows(4, Some(5), false).unwrap_err();
+    assert!(floor::allows(5, Some(5)).is_ok());
+    let e = floor::allows(4, Some(5)).unwrap_err();
     assert!(e.contains("below this node's floor 5"), "{e}");
-    assert!(floor::allows(4, Some(5), true).is_ok(), "the override");
-    assert!(floor::allows(1, None, false).is_ok(), "no floor");
+    assert!(floor::allows(1, None).is_ok(), "no floor");
+    // The operator's deliberate downgrade: the floor removed, and set again
+    // by the next slot marked successful, at its own version.
+    assert!(floor::reset(&mut ctx).unwrap());
+    assert_eq!(floor::read(&mut ctx).unwrap(), None);
+    assert!(!floor::reset(&mut ctx).unwrap());
+    assert_eq!(floor::raise(&mut ctx, 2).unwrap(), 2);
 }
 
 #[test]
@@ -96,4 +101,24 @@ fn a_first_use_cut_short_is_completed() {
     assert_eq!(floor::read(&mut ctx).unwrap(), None);
     assert_eq!(floor::raise(&mut ctx, 1).unwrap(), 1);
     assert_eq!(floor::read(&mut ctx).unwrap(), Some(1));
+}
+
+#[test]
+fn droverctl_shows_and_resets_the_floor() {
+    let t = Swtpm::start();
+    let ctl = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_droverctl"))
+            .args(["security-floor", "--tpm", &t.tcti_name()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(ctl(&[]), "no security-version floor yet\n");
+    floor::raise(&mut open(&t), 3).unwrap();
+    assert_eq!(ctl(&[]), "security-version floor: 3\n");
+    let v: serde_json::Value = serde_json::from_str(&ctl(&["--reset", "--json"])).unwrap();
+    assert_eq!(v, serde_json::json!({"floor": null, "removed": true}));
+    assert_eq!(ctl(&[]), "no security-version floor yet\n");
 }

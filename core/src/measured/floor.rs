@@ -11,10 +11,14 @@
 //! successful ([`raise`]); the boot stage refuses a slot below it
 //! ([`read`], [`allows`]). Both indices are readable without
 //! authorization and written with the owner's (empty on a node whose
-//! owner hierarchy was not taken; the running system's root can do that,
-//! and can undefine them, as it can do anything with its own TPM: the
-//! floor protects against a disk changed offline, and against a release
-//! rolled back by a channel).
+//! owner hierarchy was not taken). What the floor stops is a disk changed
+//! offline (an older signed slot written and given priority): nothing on
+//! the disk can lower it, and there is deliberately no command-line
+//! switch, since the ESP's loader entry is on the disk too. The operator's
+//! override for a deliberate downgrade is on the running node, as root
+//! with the owner's authorization: [`reset`] (`droverctl security-floor
+//! --reset`) removes the floor; the next slot marked successful sets it
+//! again to its own security version.
 
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::nv_index_type::NvIndexType;
@@ -30,18 +34,13 @@ pub const COUNTER: u32 = 0x01D0_0D01;
 /// The base's NV index.
 pub const BASE: u32 = 0x01D0_0D02;
 
-/// On the stage's kernel command line: boot a slot below the floor (a
-/// deliberate downgrade by an operator at the console; the floor itself
-/// stays).
-pub const OVERRIDE_ARG: &str = "drover.allow-security-downgrade";
-
 /// Whether a slot of `security_version` may boot under `floor` (none: no
-/// floor was ever set on this node's TPM, or it has no TPM); `overridden`
-/// by [`OVERRIDE_ARG`]. The error says why not.
-pub fn allows(security_version: u64, floor: Option<u64>, overridden: bool) -> Result<(), String> {
+/// floor was ever set on this node's TPM, or it has no TPM). The error
+/// says why not.
+pub fn allows(security_version: u64, floor: Option<u64>) -> Result<(), String> {
     match floor {
-        Some(f) if security_version < f && !overridden => Err(format!(
-            "security version {security_version} is below this node's floor {f} (kept in the TPM; an operator boots it anyway with {OVERRIDE_ARG} on the boot stage's command line)"
+        Some(f) if security_version < f => Err(format!(
+            "security version {security_version} is below this node's floor {f}, kept in its TPM (a deliberate downgrade: `droverctl security-floor --reset` on the running node)"
         )),
         _ => Ok(()),
     }
@@ -135,4 +134,19 @@ pub fn raise(ctx: &mut Context, security_version: u64) -> tss_esapi::Result<u64>
         }
         increment(ctx, counter)?;
     }
+}
+
+/// Removes the floor (both indices), with the owner's authorization; true
+/// when there was one.
+pub fn reset(ctx: &mut Context) -> tss_esapi::Result<bool> {
+    let mut any = false;
+    for index in [COUNTER, BASE] {
+        if let Some(h) = handle(ctx, index)? {
+            ctx.execute_with_session(Some(AuthSession::Password), |c| {
+                c.nv_undefine_space(Provision::Owner, h)
+            })?;
+            any = true;
+        }
+    }
+    Ok(any)
 }

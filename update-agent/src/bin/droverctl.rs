@@ -36,6 +36,9 @@ enum Command {
     Rollback(ctl::rollback::Args),
     /// Record that a slot booted successfully.
     MarkSuccessful(ctl::mark_successful::Args),
+    /// Show, or remove for a deliberate downgrade, the security-version
+    /// floor the TPM keeps.
+    SecurityFloor(ctl::security_floor::Args),
     /// Write a newer release to the other slot (through the agent, or offline
     /// into a disk image).
     Update(ctl::update::Args),
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Slots(a) => a.run(),
         Command::Rollback(a) => a.run(),
         Command::MarkSuccessful(a) => a.run(),
+        Command::SecurityFloor(a) => a.run(),
         Command::Update(a) => a.run(),
         Command::VerifyBoot(a) => a.run(),
         Command::Attest(a) => a.run(),

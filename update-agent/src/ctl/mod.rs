@@ -5,6 +5,7 @@ pub mod lock;
 pub mod mark_successful;
 pub mod online;
 pub mod rollback;
+pub mod security_floor;
 pub mod slots;
 pub mod update;
 pub mod verify_boot;
