@@ -252,3 +252,71 @@ fn with_require_measured_boot_an_unverified_update_is_never_blessed_and_falls_ba
         ));
     }
 }
+
+/// Runs the host's `droverctl` on a disk image offline: (succeeded, output).
+fn droverctl_offline(args: &[&str]) -> (bool, String) {
+    let o = Command::new(image::target_dir().join("debug/droverctl"))
+        .args(args)
+        .output()
+        .expect("running droverctl");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// The security-version floor at boot (issue 18): 2.0.0 (security version
+/// 2) boots and is marked successful, which raises the TPM's floor to 2;
+/// then someone with the disk gives USR-A (1.0.0, security version 1,
+/// validly signed) priority offline. The stage refuses it for the floor
+/// and boots 2.0.0.
+#[test]
+fn a_slot_below_the_tpm_floor_is_refused_at_boot() {
+    let img = test_image();
+    let v2 = image::release_spec(
+        "sec2",
+        &image::spec("2.0.0", "").replace("security-version = 1", "security-version = 2"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let disk = img.fresh_disk(dir.path());
+    let (_, public) = image::keys();
+    let (ok, out) = droverctl_offline(&[
+        "update",
+        "--from",
+        v2.join("usr.img").to_str().unwrap(),
+        "--disk",
+        disk.to_str().unwrap(),
+        "--trust",
+        public.to_str().unwrap(),
+    ]);
+    assert!(ok, "droverctl update --disk: {out}");
+
+    let mut g = machine("floor", dir.path(), &disk).start().unwrap();
+    g.expect("DROVER-TEST-REPORT slot=USR-B version=2.0.0", BOOT);
+    g.wait_for_agent(Duration::from_secs(180))
+        .unwrap_or_else(|e| g.fail(&format!("{e:#}")));
+    g.wait_status(Duration::from_secs(300), "2.0.0 marked successful", |st| {
+        st["booted-successful"] == true
+    });
+    let floor = g.sh_ok("droverctl security-floor --json");
+    if !floor.contains("\"floor\":2") {
+        g.fail(&format!(
+            "the floor after 2.0.0 was marked successful: {floor}"
+        ));
+    }
+    g.stop();
+
+    // Offline, with the disk only: the older signed slot first.
+    let (ok, out) = droverctl_offline(&["rollback", "--disk", disk.to_str().unwrap()]);
+    assert!(ok && out.contains("USR-A boots next"), "{out}");
+    let mut g = machine("floor-refused", dir.path(), &disk).start().unwrap();
+    g.expect(
+        "USR-A REFUSED: security version 1 is below this node's floor 2",
+        BOOT,
+    );
+    g.expect("DROVER-TEST-REPORT slot=USR-B version=2.0.0", BOOT);
+}
