@@ -266,216 +266,36 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
-/// Root metadata `signed` (JSON) signed by `keys`: the canonical form is
-/// serde_json's compact output of a `Value` (maps sorted), as TUF's OLPC
-/// canonical JSON is for this metadata. An attacker's tool; a control
-/// below checks that a threshold of signatures made so is accepted.
-fn sign_root(signed: &serde_json::Value, keys: &[&drover_core::keys::SigningKey]) -> Vec<u8> {
-    let canonical = serde_json::to_vec(signed).unwrap();
-    let signatures: Vec<serde_json::Value> = keys
-        .iter()
-        .map(|k| {
-            let public = hex::encode(k.public_key().as_bytes());
-            let id_src = format!(
-                r#"{{"keytype":"ed25519","keyval":{{"public":"{public}"}},"scheme":"ed25519"}}"#
-            );
-            use sha2::Digest as _;
-            serde_json::json!({
-                "keyid": hex::encode(sha2::Sha256::digest(id_src.as_bytes())),
-                "sig": hex::encode(k.sign(&canonical)),
-            })
-        })
-        .collect();
-    serde_json::to_vec_pretty(&serde_json::json!({"signed": signed, "signatures": signatures}))
-        .unwrap()
+/// What `tests/data/tuf-attacks/FOLDER/case.json` says of an attack.
+#[derive(serde::Deserialize)]
+struct Case {
+    attack: String,
+    #[serde(default)]
+    publish: serde_json::Map<String, serde_json::Value>,
+    agent: String,
+    #[serde(rename = "python-tuf")]
+    python_tuf: String,
+    download: Vec<String>,
 }
 
-fn root_keys(c: &Chan) -> Vec<drover_core::keys::SigningKey> {
-    (1..=3)
-        .map(|i| drover_core::keys::SigningKey::load(c.keys.join(format!("root-{i}.pem"))).unwrap())
-        .collect()
-}
-
-/// Root version 2 made from version 1 by `edit`, signed by `keys`.
-fn forged_root(
-    c: &Chan,
-    keys: &[&drover_core::keys::SigningKey],
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> Vec<u8> {
-    let v1: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.metadata().join("1.root.json")).unwrap()).unwrap();
-    let mut signed = v1["signed"].clone();
-    signed["version"] = 2.into();
-    edit(&mut signed);
-    sign_root(&signed, keys)
-}
-
-/// What an attacker does, after the node checked the channel once while
-/// it held only 1.0.0; returns the directory nginx then serves.
-type Spoil = Box<dyn Fn(&Chan, &Path) -> PathBuf>;
-
+/// Every fixture of `tests/data/tuf-attacks/` (see its README): generated
+/// on a channel that the node and python-tuf checked once, then refused
+/// by both, USR-A byte-identical and USR-B unbootable.
 #[test]
 fn every_tuf_attack_is_refused_and_loses_nothing() {
-    let cases: Vec<(&str, &str, &str, &[&str], Spoil)> = vec![
-        (
-            "arbitrary installation: another signed payload in the target's place",
-            "does not match the signed channel metadata",
-            "LengthOrHashMismatchError",
-            &["releases/1.1.0/usr.img"],
-            Box::new(|c, v2| {
-                c.publish(v2, |a| a.no_blocks = true);
-                // Signed by the image key, same version and size, other bytes.
-                let other = c.fx.p("other.img");
-                drover_test_support::fake_fs(&other, 5 << 20, drover_test_support::Fill::Random(77));
-                drover_test_support::seal_release(
-                    &other,
-                    drover_test_support::release_input("1.1.0", 1, vec![7; 32]),
-                    &[&c.fx.key],
-                )
-                .unwrap();
-                assert_eq!(
-                    std::fs::metadata(&other).unwrap().len(),
-                    std::fs::metadata(v2).unwrap().len()
-                );
-                let dir = c.repo.join("tuf/stable/targets/releases/1.1.0");
-                for e in std::fs::read_dir(&dir).unwrap() {
-                    let p = e.unwrap().path();
-                    if p.to_string_lossy().ends_with(".usr.img") {
-                        std::fs::remove_file(&p).unwrap();
-                        std::fs::copy(&other, &p).unwrap();
-                    }
-                }
-                c.repo.clone()
-            }),
-        ),
-        (
-            "arbitrary installation: a frame of the delta altered",
-            "does not match its digest in the signed block index",
-            "LengthOrHashMismatchError",
-            &["releases/1.1.0/usr.blocks"],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                let dir = c.repo.join("tuf/stable/targets/releases/1.1.0");
-                for e in std::fs::read_dir(&dir).unwrap() {
-                    let p = e.unwrap().path();
-                    if p.to_string_lossy().ends_with(".usr.blocks") {
-                        let mut b = std::fs::read(&p).unwrap();
-                        std::fs::remove_file(&p).unwrap();
-                        let n = b.len();
-                        b[n - 100] ^= 0x40;
-                        std::fs::write(&p, b).unwrap();
-                    }
-                }
-                c.repo.clone()
-            }),
-        ),
-        (
-            "endless data: a 20 MiB timestamp",
-            "timestamp.json': more than 16777216 bytes",
-            "DownloadLengthMismatchError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                std::fs::write(c.metadata().join("timestamp.json"), vec![b' '; 20 << 20])
-                    .unwrap();
-                c.repo.clone()
-            }),
-        ),
-        (
-            "endless data: targets metadata grown to 20 MiB",
-            "3.targets.json': more than 16777216 bytes",
-            "DownloadLengthMismatchError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                let p = c.metadata().join("3.targets.json");
-                let mut b = std::fs::read(&p).unwrap();
-                b.resize(20 << 20, b' ');
-                std::fs::write(p, b).unwrap();
-                c.repo.clone()
-            }),
-        ),
-        (
-            "indefinite freeze: the timestamp expired",
-            "timestamp metadata is expired",
-            "ExpiredMetadataError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |a| a.timestamp_expires_hours = 0);
-                std::thread::sleep(std::time::Duration::from_millis(1100));
-                c.repo.clone()
-            }),
-        ),
-        (
-            "rollback: a mirror replays the metadata from before 1.0.0",
-            "Found version 1 of timestamp metadata when we had previously fetched version 2",
-            "BadVersionNumberError",
-            &[],
-            Box::new(|c, _| {
-                let mirror = c.fx.p("mirror");
-                std::fs::create_dir_all(mirror.join("tuf/stable")).unwrap();
-                copy_tree(
-                    &c.fx.p("metadata-at-init"),
-                    &mirror.join("tuf/stable/metadata"),
-                );
-                mirror
-            }),
-        ),
-        (
-            "mix-and-match: the targets of another snapshot under this one's name",
-            "Hash mismatch",
-            "LengthOrHashMismatchError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                std::fs::copy(
-                    c.metadata().join("2.targets.json"),
-                    c.metadata().join("3.targets.json"),
-                )
-                .unwrap();
-                c.repo.clone()
-            }),
-        ),
-        (
-            "malicious mirror: the snapshot lists another targets version",
-            "Hash mismatch for",
-            "LengthOrHashMismatchError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                let p = c.metadata().join("3.snapshot.json");
-                let s = std::fs::read_to_string(&p)
-                    .unwrap()
-                    .replace("\"version\": 3", "\"version\": 9");
-                std::fs::write(p, s).unwrap();
-                c.repo.clone()
-            }),
-        ),
-        (
-            "key compromise below the threshold: one root key signs a root with the attacker's targets key",
-            "Signature threshold of 2 not met for role root (1 valid signatures)",
-            "UnsignedMetadataError",
-            &[],
-            Box::new(|c, v2| {
-                c.publish(v2, |_| {});
-                let keys = root_keys(c);
-                let attacker = drover_core::keys::SigningKey::generate().unwrap().0;
-                let root = forged_root(c, &[&keys[0]], |s| {
-                    let public = hex::encode(attacker.public_key().as_bytes());
-                    let id = tuf_key_id_of(&attacker);
-                    s["keys"][&id] = serde_json::json!({
-                        "keytype": "ed25519", "scheme": "ed25519",
-                        "keyval": {"public": public}
-                    });
-                    s["roles"]["targets"]["keyids"] = serde_json::json!([id]);
-                });
-                std::fs::write(c.metadata().join("2.root.json"), root).unwrap();
-                c.repo.clone()
-            }),
-        ),
-    ];
     let python = python_tuf();
-    for (name, want, py_error, py_targets, spoil) in cases {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tuf-attacks");
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    folders.sort();
+    assert!(folders.len() >= 9, "{folders:?}");
+    for folder in folders {
+        let case: Case =
+            serde_json::from_slice(&std::fs::read(folder.join("case.json")).unwrap()).unwrap();
+        let name = case.attack.as_str();
         let c = Chan::new();
         copy_tree(&c.metadata(), &c.fx.p("metadata-at-init"));
         let v1 = c.fx.payload("v1.img", "1.0.0", 1, 4, &c.fx.key);
@@ -490,28 +310,79 @@ fn every_tuf_attack_is_refused_and_loses_nothing() {
             let r = python_client(&python, &c, &web.url(), &[]);
             assert_eq!(r["ok"], true, "{name}: python-tuf priming: {r}");
         }
-        let serve = spoil(&c, &v2);
+        c.publish(&v2, |a| {
+            for (k, v) in &case.publish {
+                match k.as_str() {
+                    "no-blocks" => a.no_blocks = v.as_bool().unwrap(),
+                    "timestamp-expires-hours" => {
+                        a.timestamp_expires_hours = v.as_u64().unwrap() as u32
+                    }
+                    other => panic!("{name}: case.json: unknown publish option {other}"),
+                }
+            }
+        });
+        // Another 1.1.0 of the same size, signed by the image key.
+        let other = c.fx.p("other.img");
+        drover_test_support::fake_fs(&other, 5 << 20, drover_test_support::Fill::Random(77));
+        drover_test_support::seal_release(
+            &other,
+            drover_test_support::release_input("1.1.0", 1, vec![7; 32]),
+            &[&c.fx.key],
+        )
+        .unwrap();
+        let work = c.fx.p("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let o = Command::new("sh")
+            .arg(folder.join("generate.sh"))
+            .env("REPO", &c.repo)
+            .env("KEYS", &c.keys)
+            .env("OTHER", &other)
+            .env("INIT_METADATA", c.fx.p("metadata-at-init"))
+            .env("WORK", &work)
+            .env("PYTHON", &python)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: generate.sh: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let serve = if work.join("mirror").is_dir() {
+            work.join("mirror")
+        } else {
+            c.repo.clone()
+        };
         let a_before = slot_bytes(&disk, SlotId::A);
         let web = Nginx::serve(&serve, None);
         let (ok, out) = c.update(&disk, &web.url(), &state);
         assert!(!ok, "{name}: accepted:\n{out}");
-        assert!(out.contains(want), "{name}: wanted '{want}' in:\n{out}");
+        assert!(
+            out.contains(&case.agent),
+            "{name}: wanted '{}' in:\n{out}",
+            case.agent
+        );
         assert_untouched(name, &disk, &a_before);
-        // The second opinion, from the same trusted state.
-        let r = python_client(&python, &c, &web.url(), py_targets);
+        // The second opinion, from its own trusted state.
+        let download: Vec<&str> = case.download.iter().map(String::as_str).collect();
+        let r = python_client(&python, &c, &web.url(), &download);
         assert_eq!(r["ok"], false, "{name}: python-tuf accepted it: {r}");
         let err = r["error"].as_str().unwrap_or_default();
         assert!(
-            err.starts_with(py_error),
-            "{name}: python-tuf refused it with '{err}', not {py_error}"
+            err.starts_with(&case.python_tuf),
+            "{name}: python-tuf refused it with '{err}', not {}",
+            case.python_tuf
         );
     }
 }
 
-/// python-tuf (the TUF reference implementation, from PyPI) in a virtual
-/// environment made once per target directory.
+/// python-tuf (the TUF reference implementation, from PyPI) and
+/// `cryptography` (for the fixtures' forged roots) in a virtual environment
+/// made once per target directory.
 fn python_tuf() -> PathBuf {
-    drover_test_support::python_venv(Path::new(env!("CARGO_TARGET_TMPDIR")), &["tuf==6.0.0"])
+    drover_test_support::python_venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["tuf==6.0.0", "cryptography==44.0.2"],
+    )
 }
 
 /// Runs python-tuf's `ngclient` (tests/data/python_tuf_client.py) against
@@ -581,11 +452,19 @@ fn python_tuf_follows_what_drover_publishes() {
 fn a_root_signed_by_a_threshold_of_keys_is_accepted() {
     let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |_| {});
-    let keys = root_keys(&c);
-    let root = forged_root(&c, &[&keys[0], &keys[2]], |s| {
-        s["roles"]["root"]["threshold"] = 2.into();
-    });
-    std::fs::write(c.metadata().join("2.root.json"), root).unwrap();
+    let o = Command::new(python_tuf())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/tuf-attacks/forge_root.py"
+        ))
+        .arg("--keep-targets")
+        .arg(c.metadata().join("1.root.json"))
+        .arg(c.keys.join("root-1.pem"))
+        .arg(c.keys.join("root-3.pem"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(c.metadata().join("2.root.json"), o.stdout).unwrap();
     let disk = c.fx.disk(&v1);
     let state = c.fx.p("state");
     let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
