@@ -131,10 +131,15 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
     }
     ensure_cargo_fuzz()?;
     let record_path = root().join("docs/campaigns/fuzz.json");
-    let mut records: BTreeMap<String, Record> = match std::fs::read_to_string(&record_path) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| record_path.display().to_string())?,
-        Err(_) => BTreeMap::new(),
+    // Read again before each write: two campaigns may run side by side
+    // (one per core, disjoint `--targets`) and each adds only its own.
+    let read_records = || -> anyhow::Result<BTreeMap<String, Record>> {
+        match std::fs::read_to_string(&record_path) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| record_path.display().to_string()),
+            Err(_) => Ok(BTreeMap::new()),
+        }
     };
+    read_records()?;
     let work = root().join("target/fuzz-campaign");
     let mut crashed = Vec::new();
     for target in &targets {
@@ -196,6 +201,7 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()))?;
         let corpus_files = std::fs::read_dir(&corpus)?.count();
+        let mut records = read_records()?;
         let r = records.entry(target.clone()).or_default();
         r.seconds += seconds;
         r.executions += executions;
@@ -217,7 +223,7 @@ pub fn campaign(args: &[String]) -> anyhow::Result<()> {
         std::fs::write(&record_path, serde_json::to_string_pretty(&records)? + "\n")?;
     }
     println!("{:<26} {:>10} {:>16}", "target", "seconds", "executions");
-    for (t, r) in &records {
+    for (t, r) in &read_records()? {
         println!("{t:<26} {:>10} {:>16}", r.seconds, r.executions);
     }
     if !crashed.is_empty() {
