@@ -207,10 +207,33 @@ pub fn load(
     .into_iter()
     .min()
     .expect("four roles");
+    let (releases, foreign) = releases_of(&loaded.targets().signed, name, os);
+    Ok(Offer {
+        meta: Metadata {
+            format: FORMAT,
+            channel: name.to_string(),
+            sequence: loaded.timestamp().signed.version.get(),
+            issued_at: 0,
+            expires_at: expires.as_second().max(0) as u64,
+            releases,
+        },
+        foreign,
+    })
+}
+
+/// The releases for this node among what the (verified) targets metadata
+/// lists, sorted by version, and the ones passed over with why: the
+/// payload targets whose custom metadata ([`ReleaseInfo`]) parses and names
+/// this node's channel `name`, `os` and [`ARCH`], with the consistent
+/// names, lengths and SHA-256 the metadata signs for their files.
+pub fn releases_of(
+    targets: &tough::schema::Targets,
+    name: &str,
+    os: &str,
+) -> (Vec<Release>, Vec<(String, String)>) {
+    let targets_rel = channel::tuf_targets_dir(name);
     let file_of = |target: &str| -> Option<(String, u64, String)> {
-        let t = loaded
-            .targets()
-            .signed
+        let t = targets
             .find_target(&TargetName::new(target).ok()?, false)
             .ok()?;
         let sha = hex::encode(t.hashes.sha256.as_ref());
@@ -222,7 +245,7 @@ pub fn load(
     };
     let mut releases = Vec::new();
     let mut foreign = Vec::new();
-    for (tname, t) in loaded.all_targets() {
+    for (tname, t) in targets.targets_iter() {
         let Some(custom) = t.custom.get(TUF_CUSTOM_KEY) else {
             continue;
         };
@@ -300,17 +323,7 @@ pub fn load(
         });
     }
     releases.sort_by(|a, b| channel::compare_versions(&a.version, &b.version));
-    Ok(Offer {
-        meta: Metadata {
-            format: FORMAT,
-            channel: name.to_string(),
-            sequence: loaded.timestamp().signed.version.get(),
-            issued_at: 0,
-            expires_at: expires.as_second().max(0) as u64,
-            releases,
-        },
-        foreign,
-    })
+    (releases, foreign)
 }
 
 /// An error and its causes on one line (`tough`'s errors nest the reason).

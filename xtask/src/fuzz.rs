@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::run;
 
 /// Every target, one per parser of untrusted bytes.
-pub const TARGETS: [&str; 14] = [
+pub const TARGETS: [&str; 16] = [
     "slot_header",
     "manifest",
     "locator_and_slot_reader",
@@ -29,6 +29,8 @@ pub const TARGETS: [&str; 14] = [
     "agent_config",
     "install_json",
     "block_index",
+    "tuf_metadata",
+    "bundle",
 ];
 
 fn root() -> PathBuf {
