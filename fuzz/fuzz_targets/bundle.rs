@@ -26,7 +26,11 @@ fn path() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let p = path();
     std::fs::write(p, data).expect("writing the input");
-    match Bundle::open(p) {
+    let opened = Bundle::open(p);
+    // The bundle keeps the file open; the name goes now (nothing is left
+    // behind in /dev/shm when the fuzzer stops).
+    std::fs::remove_file(p).expect("removing the input");
+    match opened {
         // Not a bundle: only when the magic is not there.
         Ok(None) => assert!(!data.starts_with(drover_core::blocks::BUNDLE_MAGIC)),
         Ok(Some(b)) => {
