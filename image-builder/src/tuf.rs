@@ -437,18 +437,19 @@ fn read_raw(dirs: &ChannelDirs) -> anyhow::Result<Raw> {
     })
 }
 
-/// The keys of `keys_dir` whose ids `role` of `root` lists.
-async fn role_keys(root: &Root, role: RoleType, keys_dir: &Path) -> anyhow::Result<Vec<KeyFile>> {
+/// The keys among `keys` (one scan of the key directory) whose ids `role`
+/// of `root` lists.
+fn role_keys<'a>(
+    root: &Root,
+    role: RoleType,
+    keys: &'a [KeyFile],
+) -> anyhow::Result<Vec<&'a KeyFile>> {
     let ids = &root
         .roles
         .get(&role)
         .with_context(|| format!("the root metadata has no {role} role"))?
         .keyids;
-    Ok(all_keys(keys_dir)
-        .await?
-        .into_iter()
-        .filter(|k| ids.contains(&k.id))
-        .collect())
+    Ok(keys.iter().filter(|k| ids.contains(&k.id)).collect())
 }
 
 /// Checks that the stored metadata is what this channel's keys signed,
@@ -468,20 +469,21 @@ fn verify_raw(dirs: &ChannelDirs, raw: &Raw, v: u64) -> anyhow::Result<()> {
 }
 
 /// The targets, snapshot and timestamp keys of `keys_dir` that `root`
-/// lists; an error names a role without one.
+/// lists (the directory read once); an error names a role without one.
 async fn online_keys(root: &Root, keys_dir: &Path) -> anyhow::Result<Vec<KeyFile>> {
-    let mut keys = Vec::new();
+    let all = all_keys(keys_dir).await?;
+    let mut ids = Vec::new();
     for role in [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp] {
-        let found = role_keys(root, role, keys_dir).await?;
+        let found = role_keys(root, role, &all)?;
         if found.is_empty() {
             bail!(
                 "{} holds no key the root metadata lists for the {role} role",
                 keys_dir.display()
             );
         }
-        keys.extend(found);
+        ids.extend(found.into_iter().map(|k| k.id.clone()));
     }
-    Ok(keys)
+    Ok(all.into_iter().filter(|k| ids.contains(&k.id)).collect())
 }
 
 /// Whether `drover publish --tuf-keys` can sign channel `name` of `repo`
@@ -635,7 +637,8 @@ pub fn refresh(
         let root = loaded.root().signed.clone();
         let holder = KeyHolder::Root(root.clone());
         let rng = SystemRandom::new();
-        let ts_keys = role_keys(&root, RoleType::Timestamp, keys_dir).await?;
+        let all = all_keys(keys_dir).await?;
+        let ts_keys = role_keys(&root, RoleType::Timestamp, &all)?;
         if ts_keys.is_empty() {
             bail!(
                 "{} holds no timestamp key of this channel",
@@ -651,7 +654,7 @@ pub fn refresh(
             .context("the timestamp lists no snapshot")?;
         let mut snapshot_version = loaded.snapshot().signed.version.get();
         if snapshot {
-            let s_keys = role_keys(&root, RoleType::Snapshot, keys_dir).await?;
+            let s_keys = role_keys(&root, RoleType::Snapshot, &all)?;
             if s_keys.is_empty() {
                 bail!(
                     "{} holds no snapshot key of this channel",
@@ -662,8 +665,7 @@ pub fn refresh(
             let mut s: Snapshot = loaded.snapshot().signed.clone();
             s.version = nz(snapshot_version);
             s.expires = in_days(exp.snapshot_days);
-            let refs: Vec<&KeyFile> = s_keys.iter().collect();
-            let signed = SignedRole::new(s, &holder, &sources(&refs), &rng).await?;
+            let signed = SignedRole::new(s, &holder, &sources(&s_keys), &rng).await?;
             put(
                 &dirs.metadata,
                 &format!("{snapshot_version}.snapshot.json"),
@@ -684,8 +686,7 @@ pub fn refresh(
         t.version = nz(timestamp_version);
         t.expires = in_hours(u64::from(exp.timestamp_hours));
         t.meta.insert("snapshot.json".into(), snap_meta);
-        let refs: Vec<&KeyFile> = ts_keys.iter().collect();
-        let signed = SignedRole::new(t, &holder, &sources(&refs), &rng).await?;
+        let signed = SignedRole::new(t, &holder, &sources(&ts_keys), &rng).await?;
         put(&dirs.metadata, "timestamp.json", signed.buffer())?;
         Ok(Published {
             targets_version: loaded.targets().signed.version.get(),

@@ -299,12 +299,18 @@ impl Args {
             .rsplit_once('/')
             .map(|(d, _)| d.to_string())
             .unwrap_or_default();
+        // The payload's size and digest are the release's (hashed once,
+        // when it was copied in); the other files are hashed here.
         let target = |file: &str| -> anyhow::Result<Option<crate::tuf::NewTarget>> {
             let path = self.repo.join(&rel_dir).join(file);
             if !path.is_file() {
                 return Ok(None);
             }
-            let (length, sha) = crate::build::sha256_file(&path)?;
+            let (length, sha) = if file == "usr.img" {
+                (r.size, r.sha256.clone())
+            } else {
+                crate::build::sha256_file(&path)?
+            };
             let mut sha256 = [0u8; 32];
             hex::decode_to_slice(&sha, &mut sha256)?;
             Ok(Some(crate::tuf::NewTarget {
