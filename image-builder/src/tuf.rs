@@ -539,7 +539,7 @@ pub fn add_targets(
     targets: &[NewTarget],
     exp: Expiries,
 ) -> anyhow::Result<Published> {
-    sign_targets(repo, name, keys_dir, targets, exp, false)
+    sign_targets(repo, name, keys_dir, targets, &[], exp, false)
 }
 
 /// [`add_targets`]; the metadata as it stands must verify with the newest
@@ -550,6 +550,7 @@ fn sign_targets(
     name: &str,
     keys_dir: &Path,
     targets: &[NewTarget],
+    remove: &[String],
     exp: Expiries,
     rotating: bool,
 ) -> anyhow::Result<Published> {
@@ -599,6 +600,9 @@ fn sign_targets(
                 _extra: HashMap::new(),
             };
             editor.add_target(TargetName::new(&t.name)?, target)?;
+        }
+        for r in remove {
+            editor.remove_target(&TargetName::new(r)?)?;
         }
         editor
             .targets_version(nz(versions.0))?
@@ -873,7 +877,7 @@ pub fn rotate_key(
     signed?;
     if role != Role::Root {
         // The role's metadata must carry the new key's signature now.
-        sign_targets(repo, name, keys_dir, &[], exp, true)?;
+        sign_targets(repo, name, keys_dir, &[], &[], exp, true)?;
     }
     Ok(Rotated {
         root_version: version + 1,
@@ -918,6 +922,77 @@ pub struct Show {
     pub roles: HashMap<String, RoleView>,
     /// Releases, oldest version first.
     pub releases: Vec<ReleaseView>,
+}
+
+/// What `drover channel withdraw` did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Withdrawn {
+    /// The versions withdrawn.
+    pub versions: Vec<String>,
+    /// The target names taken out of the targets metadata.
+    pub targets: Vec<String>,
+    /// The metadata versions signed.
+    #[serde(flatten)]
+    pub published: Published,
+}
+
+/// Takes releases `versions` out of the channel: their targets (payload,
+/// manifest, frames, block index) leave the targets metadata, and new
+/// targets, snapshot and timestamp are signed. Nodes that have not
+/// installed a withdrawn release no longer see it; nodes running it keep
+/// it (they never go back to an older version). The files stay in the
+/// repository: a node halfway through a download finishes reading what
+/// its metadata names, and the next check drops it.
+pub fn withdraw(
+    repo: &Path,
+    name: &str,
+    keys_dir: &Path,
+    versions: &[String],
+    exp: Expiries,
+) -> anyhow::Result<Withdrawn> {
+    let dirs = ChannelDirs::new(repo, name);
+    if !dirs.exists() {
+        bail!(
+            "channel {name} in {} is not a TUF repository: run `drover channel init` first",
+            repo.display()
+        );
+    }
+    let raw = read_raw(&dirs)?;
+    let listed = |n: &str| raw.targets.signed.targets.keys().any(|k| k.raw() == n);
+    let mut remove = Vec::new();
+    for v in versions {
+        let mut found = false;
+        for (tname, t) in &raw.targets.signed.targets {
+            let Some(info) = t
+                .custom
+                .get(channel::TUF_CUSTOM_KEY)
+                .and_then(|c| serde_json::from_value::<channel::ReleaseInfo>(c.clone()).ok())
+            else {
+                continue;
+            };
+            if &info.version != v {
+                continue;
+            }
+            found = true;
+            remove.push(tname.raw().to_string());
+            remove.push(info.manifest);
+            remove.extend(info.blocks);
+            remove.extend(info.block_index);
+        }
+        if !found {
+            bail!("channel {name} has no release {v} (`drover channel show` lists what it has)");
+        }
+    }
+    remove.retain(|r| listed(r));
+    remove.sort();
+    remove.dedup();
+    let published = sign_targets(repo, name, keys_dir, &[], &remove, exp, false)?;
+    Ok(Withdrawn {
+        versions: versions.to_vec(),
+        targets: remove,
+        published,
+    })
 }
 
 /// Reads the channel's metadata as it stands.

@@ -233,4 +233,18 @@ fn channel_commands_make_show_refresh_and_rotate_a_tuf_channel() {
     ));
     assert!(!ok && err.contains("no root key id starts with"), "{err}");
     assert!(!repo.join("tuf/stable/metadata/3.root.json").exists());
+
+    // Withdrawing a release the channel does not have: a clear error,
+    // nothing signed; no version at all: a usage error.
+    let (ok, _, err) = run(with(
+        &["channel", "withdraw", "1.0.0"],
+        &["--keys", s(&keys)],
+    ));
+    assert!(!ok && err.contains("has no release 1.0.0"), "{err}");
+    let (ok, _, err) = run(with(&["channel", "withdraw"], &["--keys", s(&keys)]));
+    assert!(!ok && err.contains("<VERSION>"), "{err}");
+    assert_eq!(
+        show()["roles"]["targets"]["version"],
+        v["roles"]["targets"]["version"]
+    );
 }

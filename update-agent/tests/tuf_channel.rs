@@ -520,6 +520,74 @@ fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
 /// metadata claims this OS but whose signed manifest is another's is
 /// refused when applied.
 #[test]
+fn a_withdrawn_release_is_not_installed_and_a_newer_one_is() {
+    let (c, v1, v2) = Chan::with_releases();
+    c.publish(&v2, |_| {});
+    let disk = c.fx.disk(&v1);
+    let a_before = slot_bytes(&disk, SlotId::A);
+
+    // An unknown version: a clear error, nothing signed.
+    let before = std::fs::read(c.metadata().join("timestamp.json")).unwrap();
+    let e = tuf::withdraw(
+        &c.repo,
+        "stable",
+        &c.keys,
+        &["9.9.9".into()],
+        Expiries::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("no release 9.9.9"), "{e:#}");
+    assert_eq!(
+        std::fs::read(c.metadata().join("timestamp.json")).unwrap(),
+        before
+    );
+
+    let w = tuf::withdraw(
+        &c.repo,
+        "stable",
+        &c.keys,
+        &["1.1.0".into()],
+        Expiries::default(),
+    )
+    .unwrap();
+    // The payload, its manifest, frames and block index.
+    assert_eq!(w.targets.len(), 4, "{:?}", w.targets);
+    assert!(w.targets.iter().all(|t| t.starts_with("releases/1.1.0/")));
+    let shown = tuf::show(&c.repo, "stable").unwrap();
+    let versions: Vec<&str> = shown
+        .releases
+        .iter()
+        .map(|r| r.info.version.as_str())
+        .collect();
+    assert_eq!(versions, ["1.0.0"]);
+
+    // A node on 1.0.0 does not install it.
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &c.fx.p("state"));
+    assert!(ok, "{out}");
+    assert!(out.contains("up-to-date"), "{out}");
+    assert_untouched("withdrawn", &disk, &a_before);
+
+    // python-tuf agrees: the target is gone from what the channel signs.
+    let python = python_tuf();
+    let web = Nginx::serve(&c.repo, None);
+    let report = python_client(&python, &c, &web.url(), &["releases/1.1.0/usr.img"]);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(
+        report["error"], "LookupError: no target releases/1.1.0/usr.img",
+        "{report}"
+    );
+
+    // A newer release moves the fleet on.
+    let v3 = c.fx.payload("v3.img", "1.2.0", 1, 6, &c.fx.key);
+    c.publish(&v3, |_| {});
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &c.fx.p("state"));
+    assert!(ok, "{out}");
+    let payload = std::fs::read(&v3).unwrap();
+    assert_eq!(&slot_bytes(&disk, SlotId::B)[..payload.len()], &payload[..]);
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+}
+
+#[test]
 fn wrong_software_is_passed_over_or_refused() {
     let (c, v1, v2) = Chan::with_releases();
     c.publish(&v2, |a| a.arch = "riscv64".into());

@@ -32,6 +32,16 @@ pub enum Command {
     /// lost or leaked one: its file need not exist). Nodes that missed any
     /// number of rotations walk the root versions in order.
     RotateKey(RotateArgs),
+    /// Withdraw releases: their targets leave the signed targets metadata
+    /// (new targets, snapshot and timestamp are signed), so nodes that have
+    /// not installed them no longer see them.
+    ///
+    /// Nodes already running a withdrawn release keep it: they never go
+    /// back to an older version. Publish a newer one to move them on. The
+    /// files stay in the repository (a download in flight completes; the
+    /// node's next check drops the release). Needs the targets, snapshot
+    /// and timestamp keys, as publishing does.
+    Withdraw(WithdrawArgs),
     /// Show the channel's roles (versions, expiries, thresholds, key ids)
     /// and releases.
     Show(ShowArgs),
@@ -146,6 +156,26 @@ pub struct RotateArgs {
     pub json: bool,
 }
 
+/// `drover channel withdraw`.
+#[derive(Debug, clap::Args)]
+pub struct WithdrawArgs {
+    /// Which channel.
+    #[command(flatten)]
+    pub at: Where,
+    /// The versions to withdraw.
+    #[arg(required = true, value_name = "VERSION")]
+    pub versions: Vec<String>,
+    /// The key directory (targets, snapshot and timestamp keys).
+    #[arg(long, value_name = "DIR")]
+    pub keys: PathBuf,
+    /// Expiries.
+    #[command(flatten)]
+    pub expiry: ExpiryArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `drover channel show`.
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
@@ -228,6 +258,26 @@ impl Command {
                         r.root_version,
                         r.new_key.display(),
                         r.retired
+                    )
+                })?;
+            }
+            Command::Withdraw(a) => {
+                let r = tuf::withdraw(
+                    &a.at.repo,
+                    &a.at.channel,
+                    &a.keys,
+                    &a.versions,
+                    (&a.expiry).into(),
+                )?;
+                emit(a.json, &r, || {
+                    format!(
+                        "channel {}: withdrew {} ({} targets); targets version {}, snapshot {}, timestamp {}",
+                        a.at.channel,
+                        r.versions.join(", "),
+                        r.targets.len(),
+                        r.published.targets_version,
+                        r.published.snapshot_version,
+                        r.published.timestamp_version
                     )
                 })?;
             }
