@@ -163,6 +163,56 @@ fn start_root(built_in: &[u8], datastore: &Path) -> Vec<u8> {
     }
 }
 
+/// Runs `load` on a scratch copy of the datastore and puts what it left
+/// there in place file by file, each durably (temporary file, fsync,
+/// rename, directory fsync), removing what it removed. `tough` writes its
+/// datastore in place without fsync; a power cut could leave a torn file,
+/// which it then reads as absent — the rollback protection of that role
+/// lost. Here a power cut leaves each file old or new, whole.
+fn with_durable_datastore<T>(datastore: &Path, load: impl FnOnce(&Path) -> T) -> anyhow::Result<T> {
+    let scratch = datastore.join(".loading");
+    let files = |dir: &Path| -> std::io::Result<Vec<std::ffi::OsString>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                out.push(e.file_name());
+            }
+        }
+        out.sort();
+        Ok(out)
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    for f in files(datastore)? {
+        std::fs::copy(datastore.join(&f), scratch.join(&f))?;
+    }
+    let out = load(&scratch);
+    // The root first: a newer root with an older timestamp is a state the
+    // client handles (it ignores a stored role the root does not verify).
+    let mut left = files(&scratch)?;
+    left.sort_by_key(|f| f != "root.json");
+    for f in &left {
+        let new = std::fs::read(scratch.join(f))?;
+        let at = datastore.join(f);
+        if std::fs::read(&at).ok().as_deref() != Some(&new[..]) {
+            drover_core::durable::replace(&at, &new, 0o644)?;
+        }
+    }
+    let mut removed = false;
+    for f in files(datastore)? {
+        if !left.contains(&f) {
+            std::fs::remove_file(datastore.join(&f))?;
+            removed = true;
+        }
+    }
+    if removed {
+        std::fs::File::open(datastore)?.sync_all()?;
+    }
+    std::fs::remove_dir_all(&scratch)?;
+    Ok(out)
+}
+
 /// Loads and verifies channel `name` of `repo` from the trusted root
 /// `root`, keeping what TUF says a client must remember (the newest root,
 /// timestamp, snapshot and targets) in `datastore`; returns the releases
@@ -180,23 +230,25 @@ pub fn load(
     let metadata_url = base_url(repo, &channel::tuf_metadata_dir(name))?;
     let targets_rel = channel::tuf_targets_dir(name);
     let start = start_root(root, datastore);
-    let loaded = tokio::runtime::Builder::new_current_thread()
+    let targets_url = base_url(repo, &targets_rel)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(
-            RepositoryLoader::new(&start, metadata_url.clone(), base_url(repo, &targets_rel)?)
-                .transport(Bounded {
-                    client: client.clone(),
-                })
-                .limits(LIMITS)
-                .datastore(datastore)
-                .expiration_enforcement(ExpirationEnforcement::Safe)
-                .load(),
-        )
-        .map_err(|e| anyhow::anyhow!("{}", chain(&e)))
-        .with_context(|| {
-            format!("the TUF metadata of channel {name} at {metadata_url} was refused")
-        })?;
+        .build()?;
+    let loaded = with_durable_datastore(datastore, |scratch| {
+        runtime
+            .block_on(
+                RepositoryLoader::new(&start, metadata_url.clone(), targets_url)
+                    .transport(Bounded {
+                        client: client.clone(),
+                    })
+                    .limits(LIMITS)
+                    .datastore(scratch)
+                    .expiration_enforcement(ExpirationEnforcement::Safe)
+                    .load(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}", chain(&e)))
+    })?
+    .with_context(|| format!("the TUF metadata of channel {name} at {metadata_url} was refused"))?;
 
     let expires = [
         loaded.root().signed.expires,
@@ -339,4 +391,41 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_datastore_is_put_in_place_with_what_the_client_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        for (n, b) in [
+            ("root.json", "r1"),
+            ("timestamp.json", "t1"),
+            ("snapshot.json", "s1"),
+        ] {
+            std::fs::write(p(n), b).unwrap();
+        }
+        let out = with_durable_datastore(d.path(), |scratch| {
+            assert_eq!(std::fs::read(scratch.join("root.json")).unwrap(), b"r1");
+            std::fs::write(scratch.join("root.json"), "r2").unwrap();
+            // A timestamp key rotation: the client forgets the timestamp.
+            std::fs::remove_file(scratch.join("timestamp.json")).unwrap();
+            std::fs::write(scratch.join("targets.json"), "x1").unwrap();
+            7
+        })
+        .unwrap();
+        assert_eq!(out, 7);
+        assert_eq!(std::fs::read(p("root.json")).unwrap(), b"r2");
+        assert!(!p("timestamp.json").exists());
+        assert_eq!(std::fs::read(p("snapshot.json")).unwrap(), b"s1");
+        assert_eq!(std::fs::read(p("targets.json")).unwrap(), b"x1");
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+    }
 }
