@@ -40,13 +40,42 @@ fn other(msg: String) -> io::Error {
     io::Error::other(msg)
 }
 
+/// The server has no such file (404 Not Found, 403 Forbidden, 410 Gone):
+/// what [`get_small`]'s error holds then (`e.downcast_ref::<NotFound>()`),
+/// for callers to whom an absent file is an answer (a TUF client asking
+/// for the next root version).
+#[derive(Debug, thiserror::Error)]
+#[error("GET {url}: {status}")]
+pub struct NotFound {
+    /// The URL asked for.
+    pub url: String,
+    /// What the server answered.
+    pub status: StatusCode,
+}
+
 /// GETs a small file whole (channel metadata, a manifest), at most `limit`
-/// bytes.
+/// bytes. A file the server does not have is a [`NotFound`] error.
 pub fn get_small(client: &Client, url: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
     let resp = client
         .get(url)
         .send()
-        .and_then(Response::error_for_status)
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    let status = resp.status();
+    if [
+        StatusCode::NOT_FOUND,
+        StatusCode::FORBIDDEN,
+        StatusCode::GONE,
+    ]
+    .contains(&status)
+    {
+        return Err(NotFound {
+            url: url.to_string(),
+            status,
+        }
+        .into());
+    }
+    let resp = resp
+        .error_for_status()
         .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
     let mut out = Vec::new();
     resp.take(limit + 1)

@@ -58,7 +58,6 @@ struct Bounded {
 }
 
 fn read_all(client: &reqwest::blocking::Client, url: &Url) -> Result<Vec<u8>, TransportError> {
-    use std::io::Read as _;
     let err = |kind, e: String| TransportError::new_with_cause(kind, url.as_str(), e);
     match url.scheme() {
         "file" => {
@@ -75,29 +74,14 @@ fn read_all(client: &reqwest::blocking::Client, url: &Url) -> Result<Vec<u8>, Tr
             })
         }
         "http" | "https" => {
-            let resp = client
-                .get(url.as_str())
-                .send()
-                .map_err(|e| err(TransportErrorKind::Other, e.to_string()))?;
-            let status = resp.status();
-            if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN
-            {
-                return Err(err(TransportErrorKind::FileNotFound, status.to_string()));
-            }
-            if !status.is_success() {
-                return Err(err(TransportErrorKind::Other, status.to_string()));
-            }
-            let mut out = Vec::new();
-            resp.take(READ_LIMIT + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| err(TransportErrorKind::Other, e.to_string()))?;
-            if out.len() as u64 > READ_LIMIT {
-                return Err(err(
-                    TransportErrorKind::Other,
-                    format!("more than {READ_LIMIT} bytes"),
-                ));
-            }
-            Ok(out)
+            drover_core::http::get_small(client, url.as_str(), READ_LIMIT).map_err(|e| {
+                let kind = if e.downcast_ref::<drover_core::http::NotFound>().is_some() {
+                    TransportErrorKind::FileNotFound
+                } else {
+                    TransportErrorKind::Other
+                };
+                err(kind, format!("{e:#}"))
+            })
         }
         _ => Err(TransportError::new(
             TransportErrorKind::UnsupportedUrlScheme,
