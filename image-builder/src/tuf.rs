@@ -82,6 +82,19 @@ impl ChannelDirs {
         }
     }
 
+    /// [`ChannelDirs::new`] of a channel that is a TUF repository; an error
+    /// that says to run `drover channel init` when it is not.
+    pub fn existing(repo: &Path, name: &str) -> anyhow::Result<Self> {
+        let dirs = Self::new(repo, name);
+        if !dirs.exists() {
+            bail!(
+                "channel {name} in {} is not a TUF repository: run `drover channel init` first",
+                repo.display()
+            );
+        }
+        Ok(dirs)
+    }
+
     /// Whether the channel was made a TUF repository (`drover channel init`).
     pub fn exists(&self) -> bool {
         self.metadata.join("1.root.json").is_file()
@@ -489,13 +502,7 @@ async fn online_keys(root: &Root, keys_dir: &Path) -> anyhow::Result<Vec<KeyFile
 /// Whether `drover publish --tuf-keys` can sign channel `name` of `repo`
 /// with the keys of `keys_dir`: checked before anything is written.
 pub fn check_publishable(repo: &Path, name: &str, keys_dir: &Path) -> anyhow::Result<()> {
-    let dirs = ChannelDirs::new(repo, name);
-    if !dirs.exists() {
-        bail!(
-            "channel {name} in {} is not a TUF repository: run `drover channel init` first",
-            repo.display()
-        );
-    }
+    let dirs = ChannelDirs::existing(repo, name)?;
     let (root_path, newest) = dirs.latest_root()?;
     verify_raw(&dirs, &read_raw(&dirs)?, newest)?;
     let root = root_of(&root_path)?.signed;
@@ -554,13 +561,7 @@ fn sign_targets(
     exp: Expiries,
     rotating: bool,
 ) -> anyhow::Result<Published> {
-    let dirs = ChannelDirs::new(repo, name);
-    if !dirs.exists() {
-        bail!(
-            "channel {name} in {} is not a TUF repository: run `drover channel init` first",
-            repo.display()
-        );
-    }
+    let dirs = ChannelDirs::existing(repo, name)?;
     for t in targets {
         let to = dirs
             .targets
@@ -951,13 +952,7 @@ pub fn withdraw(
     versions: &[String],
     exp: Expiries,
 ) -> anyhow::Result<Withdrawn> {
-    let dirs = ChannelDirs::new(repo, name);
-    if !dirs.exists() {
-        bail!(
-            "channel {name} in {} is not a TUF repository: run `drover channel init` first",
-            repo.display()
-        );
-    }
+    let dirs = ChannelDirs::existing(repo, name)?;
     let raw = read_raw(&dirs)?;
     let listed = |n: &str| raw.targets.signed.targets.keys().any(|k| k.raw() == n);
     let mut remove = Vec::new();

@@ -528,28 +528,16 @@ fn a_withdrawn_release_is_not_installed_and_a_newer_one_is() {
 
     // An unknown version: a clear error, nothing signed.
     let before = std::fs::read(c.metadata().join("timestamp.json")).unwrap();
-    let e = tuf::withdraw(
-        &c.repo,
-        "stable",
-        &c.keys,
-        &["9.9.9".into()],
-        Expiries::default(),
-    )
-    .unwrap_err();
+    let withdraw =
+        |v: &str| tuf::withdraw(&c.repo, "stable", &c.keys, &[v.into()], Expiries::default());
+    let e = withdraw("9.9.9").unwrap_err();
     assert!(format!("{e:#}").contains("no release 9.9.9"), "{e:#}");
     assert_eq!(
         std::fs::read(c.metadata().join("timestamp.json")).unwrap(),
         before
     );
 
-    let w = tuf::withdraw(
-        &c.repo,
-        "stable",
-        &c.keys,
-        &["1.1.0".into()],
-        Expiries::default(),
-    )
-    .unwrap();
+    let w = withdraw("1.1.0").unwrap();
     // The payload, its manifest, frames and block index.
     assert_eq!(w.targets.len(), 4, "{:?}", w.targets);
     assert!(w.targets.iter().all(|t| t.starts_with("releases/1.1.0/")));
