@@ -120,8 +120,19 @@ if len(sys.argv) > 1:
     # the locator then points past the end, which the readers must refuse.
     add("slot_header", head[:1024] + envelope)
     add("locator_and_slot_reader", head[:1024] + envelope)
+# Fleet coordination as etcd's JSON gateway and a FleetLock server send it.
+add("fleet_records", '{"max":2,"holders":[{"id":"4f1c","since":1765000000}]}')
+add("fleet_records", '{"version":"1.1.0","nodes":["4f1c","9a0b"],"groups":{"default":2}}')
+add(
+    "fleet_records",
+    '{"header":{"revision":"7"},"kvs":[{"key":"L2Ryb3Zlci9yZWJvb3QtbG9jay9kZWZhdWx0",'
+    '"value":"eyJtYXgiOjEsImhvbGRlcnMiOltdfQ==","mod_revision":"7"}],"count":"1"}',
+)
+add("fleet_records", '{"kind":"failed_lock","value":"semaphore is full"}')
 if len(sys.argv) > 2:
     for f in (Path(sys.argv[2]) / "channels").glob("*.json"):
         add("channel_metadata", f.read_bytes())
     for f in sorted((Path(sys.argv[2]) / "releases").glob("*/usr.blocks.idx"))[:2]:
         add("block_index", f.read_bytes())
+    for f in (Path(sys.argv[2]) / "tuf").glob("*/metadata/*.json"):
+        add("tuf_metadata", f.read_bytes())

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::run;
 
 /// Every target, one per parser of untrusted bytes.
-pub const TARGETS: [&str; 16] = [
+pub const TARGETS: [&str; 17] = [
     "slot_header",
     "manifest",
     "locator_and_slot_reader",
@@ -31,6 +31,7 @@ pub const TARGETS: [&str; 16] = [
     "block_index",
     "tuf_metadata",
     "bundle",
+    "fleet_records",
 ];
 
 fn root() -> PathBuf {

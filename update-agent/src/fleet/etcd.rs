@@ -62,6 +62,56 @@ pub struct Semaphore {
     pub holders: Vec<Holder>,
 }
 
+/// No etcd response is read past this (the largest is a list of every
+/// release's failure count).
+const RESPONSE_LIMIT: u64 = 16 << 20;
+
+/// A response body as JSON, read up to `limit` bytes.
+fn read_json(r: reqwest::blocking::Response, limit: u64) -> anyhow::Result<serde_json::Value> {
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, limit + 1), &mut body)?;
+    if body.len() as u64 > limit {
+        bail!("a response of more than {limit} bytes");
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The value and revision of the first key in an etcd range response
+/// (the JSON gateway's `/v3/kv/range`: base64 values, revisions as
+/// strings); no key is revision 0.
+pub fn range_value(v: &serde_json::Value) -> anyhow::Result<Versioned> {
+    let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else {
+        return Ok(Versioned {
+            value: None,
+            revision: 0,
+        });
+    };
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(kv["value"].as_str().unwrap_or(""))
+        .context("etcd sent a value that is not base64")?;
+    let revision = kv["mod_revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .context("etcd sent no mod_revision")?;
+    Ok(Versioned {
+        value: Some(value),
+        revision,
+    })
+}
+
+/// Every key and value of an etcd range response.
+pub fn range_list(v: &serde_json::Value) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let d = |s: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap_or(""))
+    };
+    let mut out = Vec::new();
+    for kv in v["kvs"].as_array().into_iter().flatten() {
+        let k = String::from_utf8(d(&kv["key"])?).context("a key that is not UTF-8")?;
+        out.push((k, d(&kv["value"])?));
+    }
+    Ok(out)
+}
+
 /// A value and the revision it was last changed at (0: no such key).
 #[derive(Clone, Debug)]
 pub struct Versioned {
@@ -171,7 +221,8 @@ impl Etcd {
                 .json(body)
                 .send()
                 .and_then(|r| r.error_for_status())
-                .and_then(|r| r.json::<serde_json::Value>());
+                .map_err(anyhow::Error::from)
+                .and_then(|r| read_json(r, RESPONSE_LIMIT));
             match r {
                 Ok(v) => {
                     self.preferred.store(k, Ordering::Relaxed);
@@ -189,24 +240,7 @@ impl Etcd {
 
     /// The value of `key` and its revision.
     pub fn get(&self, key: &str) -> anyhow::Result<Versioned> {
-        let v = self.call("/v3/kv/range", &json!({ "key": b64(key) }))?;
-        let Some(kv) = v["kvs"].as_array().and_then(|a| a.first()) else {
-            return Ok(Versioned {
-                value: None,
-                revision: 0,
-            });
-        };
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(kv["value"].as_str().unwrap_or(""))
-            .context("etcd sent a value that is not base64")?;
-        let revision = kv["mod_revision"]
-            .as_str()
-            .and_then(|r| r.parse().ok())
-            .context("etcd sent no mod_revision")?;
-        Ok(Versioned {
-            value: Some(value),
-            revision,
-        })
+        range_value(&self.call("/v3/kv/range", &json!({ "key": b64(key) }))?)
     }
 
     /// The keys under `prefix` and their values.
@@ -218,15 +252,7 @@ impl Etcd {
             "/v3/kv/range",
             &json!({ "key": b64(prefix), "range_end": end }),
         )?;
-        let d = |s: &serde_json::Value| {
-            base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap_or(""))
-        };
-        let mut out = Vec::new();
-        for kv in v["kvs"].as_array().into_iter().flatten() {
-            let k = String::from_utf8(d(&kv["key"])?).context("a key that is not UTF-8")?;
-            out.push((k, d(&kv["value"])?));
-        }
-        Ok(out)
+        range_list(&v)
     }
 
     /// Puts `value` at `key` if the key is still at `revision` (0: does not
@@ -343,6 +369,49 @@ impl EtcdLock {
     }
 }
 
+/// An acquire by `id` of group `group`'s semaphore as etcd holds it
+/// (`None`: never written): the value to swap in (`None`: unchanged) and
+/// what the node got. Holding a slot already is success.
+pub fn take_slot(
+    cur: Option<Semaphore>,
+    group: &str,
+    id: &str,
+    now: u64,
+) -> (Option<Semaphore>, Acquired) {
+    let mut s = cur.unwrap_or_else(new_semaphore);
+    if s.holders.iter().any(|h| h.id == id) {
+        return (None, Acquired::Held);
+    }
+    if s.holders.len() >= s.max as usize {
+        let status = LockStatus {
+            group: group.to_string(),
+            max: s.max,
+            holders: s.holders,
+        };
+        let why = format!("the reboot lock is full: {}", status.summary());
+        return (None, Acquired::Refused(why));
+    }
+    s.holders.push(Holder {
+        id: id.to_string(),
+        since: now,
+    });
+    (Some(s), Acquired::Held)
+}
+
+/// A release by `id`: the value to swap in (`None`: unchanged) and whether
+/// it held a slot.
+pub fn give_back(cur: Option<Semaphore>, id: &str) -> (Option<Semaphore>, bool) {
+    let Some(mut s) = cur else {
+        return (None, false);
+    };
+    let before = s.holders.len();
+    s.holders.retain(|h| h.id != id);
+    if s.holders.len() == before {
+        return (None, false);
+    }
+    (Some(s), true)
+}
+
 fn new_semaphore() -> Semaphore {
     Semaphore {
         max: 1,
@@ -367,34 +436,14 @@ impl Lock for EtcdLock {
         let now = drover_core::channel::now();
         self.etcd
             .update(&lock_key(&self.group), |cur: Option<Semaphore>| {
-                let mut s = cur.unwrap_or_else(new_semaphore);
-                if s.holders.iter().any(|h| h.id == id) {
-                    return Ok((None, Acquired::Held));
-                }
-                if s.holders.len() >= s.max as usize {
-                    let why = format!("the reboot lock is full: {}", self.status_of(s).summary());
-                    return Ok((None, Acquired::Refused(why)));
-                }
-                s.holders.push(Holder {
-                    id: id.to_string(),
-                    since: now,
-                });
-                Ok((Some(s), Acquired::Held))
+                Ok(take_slot(cur, &self.group, id, now))
             })
     }
 
     fn release(&self, id: &str) -> anyhow::Result<bool> {
         self.etcd
             .update(&lock_key(&self.group), |cur: Option<Semaphore>| {
-                let Some(mut s) = cur else {
-                    return Ok((None, false));
-                };
-                let before = s.holders.len();
-                s.holders.retain(|h| h.id != id);
-                if s.holders.len() == before {
-                    return Ok((None, false));
-                }
-                Ok((Some(s), true))
+                Ok(give_back(cur, id))
             })
     }
 

@@ -95,7 +95,10 @@ impl FleetLockClient {
         if status.is_success() {
             return Ok(Answer::Ok);
         }
-        let text = resp.text().unwrap_or_default();
+        // A reason is a line or two; a server that sends more is not read
+        // past 64 KiB.
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(resp, 64 << 10), &mut text);
         let why = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => format!("{} ({}): {}", status, e.kind, e.value),
             Err(_) if status.is_server_error() => {
