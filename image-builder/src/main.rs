@@ -27,7 +27,7 @@ enum Command {
     /// Add a built release to a signed update channel in a static directory.
     Publish(commands::publish::Args),
     /// The update channel as a TUF repository: init, refresh, rotate-key,
-    /// show.
+    /// withdraw, show.
     #[command(subcommand)]
     Channel(commands::channel::Command),
     /// Make a delta bundle (the frames nodes on an older build lack) for
