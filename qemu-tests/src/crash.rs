@@ -21,7 +21,8 @@
 //! stage does. The GPT must parse (primary or backup header). On a sample
 //! of states the agent's state file is read from the ROOT file system
 //! after `e2fsck` replays its journal (as a boot would): it must parse or
-//! be absent.
+//! be absent, and so must each role the agent's TUF client stored (its
+//! rollback protection).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -604,18 +605,39 @@ fn read_agent_state(
             String::from_utf8_lossy(&out.stdout).trim()
         );
     }
-    let out = Command::new("debugfs")
-        .args(["-R", "cat /var/lib/drover/agent-state.json"])
-        .arg(&fs)
-        .output()?;
-    let _ = std::fs::remove_file(&fs);
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("not found") {
-        return Ok(None);
+    let cat = |path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&fs)
+            .output()?;
+        if String::from_utf8_lossy(&out.stderr).contains("not found") {
+            return Ok(None);
+        }
+        Ok(Some(out.stdout))
+    };
+    let state = cat("/var/lib/drover/agent-state.json");
+    // What the TUF client stored (the rollback protection of each role):
+    // each role whole or absent, never torn.
+    let mut tuf = Ok(());
+    for role in ["root", "timestamp", "snapshot", "targets"] {
+        if let Some(b) = cat(&format!("/var/lib/drover/tuf/stable/{role}.json"))? {
+            let v: Result<serde_json::Value, _> = serde_json::from_slice(&b);
+            if !v.as_ref().is_ok_and(|v| v.get("signed").is_some()) {
+                tuf = Err(anyhow::anyhow!(
+                    "the TUF client's stored {role}.json is not whole ({} bytes)",
+                    b.len()
+                ));
+            }
+        }
     }
-    serde_json::from_slice(&out.stdout)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("the state file does not parse: {e}"))
+    let _ = std::fs::remove_file(&fs);
+    tuf?;
+    match state? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("the state file does not parse: {e}")),
+    }
 }
 
 /// A campaign's result, as `cargo xtask campaign crash` writes it.
