@@ -147,12 +147,27 @@ fn start_root(built_in: &[u8], datastore: &Path) -> Vec<u8> {
     }
 }
 
+/// What the agent keeps of `tough`'s datastore between checks.
+const KEPT: [&str; 4] = [
+    "root.json",
+    "timestamp.json",
+    "snapshot.json",
+    "targets.json",
+];
+
 /// Runs `load` on a scratch copy of the datastore and puts what it left
 /// there in place file by file, each durably (temporary file, fsync,
 /// rename, directory fsync), removing what it removed. `tough` writes its
 /// datastore in place without fsync; a power cut could leave a torn file,
 /// which it then reads as absent — the rollback protection of that role
 /// lost. Here a power cut leaves each file old or new, whole.
+///
+/// Only the four roles are kept ([`KEPT`]). Not `tough`'s
+/// `latest_known_time.json` (the newest system time it saw, and a refusal
+/// of any clock before it): kept, one boot with a wrong clock (an RTC
+/// that came up in 2099, set right by NTP a minute later) would refuse
+/// every update until that date. The TUF specification's client has no
+/// such rule; expiry is checked against the system clock, as it says.
 fn with_durable_datastore<T>(datastore: &Path, load: impl FnOnce(&Path) -> T) -> anyhow::Result<T> {
     let scratch = datastore.join(".loading");
     let files = |dir: &Path| -> std::io::Result<Vec<std::ffi::OsString>> {
@@ -168,13 +183,14 @@ fn with_durable_datastore<T>(datastore: &Path, load: impl FnOnce(&Path) -> T) ->
     };
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    for f in files(datastore)? {
+    let kept = |f: &std::ffi::OsString| KEPT.iter().any(|k| f == k);
+    for f in files(datastore)?.into_iter().filter(kept) {
         std::fs::copy(datastore.join(&f), scratch.join(&f))?;
     }
     let out = load(&scratch);
     // The root first: a newer root with an older timestamp is a state the
     // client handles (it ignores a stored role the root does not verify).
-    let mut left = files(&scratch)?;
+    let mut left: Vec<_> = files(&scratch)?.into_iter().filter(kept).collect();
     left.sort_by_key(|f| f != "root.json");
     for f in &left {
         let new = std::fs::read(scratch.join(f))?;
@@ -389,11 +405,15 @@ mod tests {
             ("root.json", "r1"),
             ("timestamp.json", "t1"),
             ("snapshot.json", "s1"),
+            // An earlier agent's: dropped.
+            ("latest_known_time.json", "\"2099-01-01T00:00:00Z\""),
         ] {
             std::fs::write(p(n), b).unwrap();
         }
         let out = with_durable_datastore(d.path(), |scratch| {
             assert_eq!(std::fs::read(scratch.join("root.json")).unwrap(), b"r1");
+            assert!(!scratch.join("latest_known_time.json").exists());
+            std::fs::write(scratch.join("latest_known_time.json"), "\"2026\"").unwrap();
             std::fs::write(scratch.join("root.json"), "r2").unwrap();
             // A timestamp key rotation: the client forgets the timestamp.
             std::fs::remove_file(scratch.join("timestamp.json")).unwrap();

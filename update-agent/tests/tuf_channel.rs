@@ -519,6 +519,30 @@ fn a_fast_forward_attack_is_undone_by_rotating_the_timestamp_key() {
 /// validly signed, are passed over with the reason; a payload whose
 /// metadata claims this OS but whose signed manifest is another's is
 /// refused when applied.
+/// A node whose clock once ran ahead (an RTC that came up in 2099 before
+/// NTP set it right) is not locked out of updates until then: the agent
+/// keeps the roles TUF says a client keeps, not tough's "latest known
+/// time" (which an earlier agent stored; it is dropped).
+#[test]
+fn a_clock_that_once_ran_ahead_does_not_lock_the_node_out() {
+    let (c, v1, v2) = Chan::with_releases();
+    c.publish(&v2, |_| {});
+    let disk = c.fx.disk(&v1);
+    let state = c.fx.p("state");
+    let store = state.join("tuf/stable");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(
+        store.join("latest_known_time.json"),
+        "\"2099-01-01T00:00:00Z\"",
+    )
+    .unwrap();
+    let (ok, out) = c.update(&disk, c.repo.to_str().unwrap(), &state);
+    assert!(ok, "{out}");
+    assert_eq!(bits(&disk, SlotId::B), (2, 1, false));
+    assert!(!store.join("latest_known_time.json").exists());
+    assert!(store.join("timestamp.json").is_file());
+}
+
 #[test]
 fn a_withdrawn_release_is_not_installed_and_a_newer_one_is() {
     let (c, v1, v2) = Chan::with_releases();
