@@ -284,10 +284,15 @@ pub fn releases_of(
     os: &str,
 ) -> (Vec<Release>, Vec<(String, String)>) {
     let targets_rel = channel::tuf_targets_dir(name);
+    // A target whose SHA-256 is not 32 bytes (signed, but nothing a
+    // download could match) is as good as absent.
     let file_of = |target: &str| -> Option<(String, u64, String)> {
         let t = targets
             .find_target(&TargetName::new(target).ok()?, false)
             .ok()?;
+        if t.hashes.sha256.len() != 32 {
+            return None;
+        }
         let sha = hex::encode(t.hashes.sha256.as_ref());
         Some((
             format!("{targets_rel}/{}", channel::tuf_target_file(target, &sha)),
@@ -337,12 +342,19 @@ pub fn releases_of(
             continue;
         }
         let Some((payload, size, sha256)) = file_of(&target) else {
+            foreign.push((
+                info.version.clone(),
+                format!("its payload target {target} has no usable SHA-256"),
+            ));
             continue;
         };
         let Some((manifest, _, manifest_sha256)) = file_of(&info.manifest) else {
             foreign.push((
                 info.version.clone(),
-                format!("its manifest target {} is not listed", info.manifest),
+                format!(
+                    "its manifest target {} is not listed or has no usable SHA-256",
+                    info.manifest
+                ),
             ));
             continue;
         };
@@ -396,6 +408,43 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Targets metadata with release 1.0.0 whose payload hash is `sha`.
+    fn targets_with(sha: &str) -> tough::schema::Targets {
+        let info = serde_json::json!({
+            "format": FORMAT, "channel": "stable", "os": "drover", "arch": ARCH,
+            "version": "1.0.0", "security-version": 1, "root-hash": "aa",
+            "rollout": {"start": 0, "hours": 0},
+            "manifest": "releases/1.0.0/manifest.json",
+        });
+        serde_json::from_value(serde_json::json!({
+            "_type": "targets", "spec_version": "1.0.0", "version": 1,
+            "expires": "2030-01-01T00:00:00Z",
+            "targets": {
+                "releases/1.0.0/usr.img": {
+                    "length": 10, "hashes": {"sha256": sha}, "custom": {"drover": info},
+                },
+                "releases/1.0.0/manifest.json": {
+                    "length": 2, "hashes": {"sha256": "ab".repeat(32)},
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    /// Found by the `tuf_metadata` fuzz target: a payload whose signed
+    /// SHA-256 is not 32 bytes was offered (and its download could only
+    /// fail); it is passed over with the reason.
+    #[test]
+    fn a_release_whose_hash_is_not_sha256_sized_is_passed_over() {
+        let (r, foreign) = releases_of(&targets_with(&"cd".repeat(32)), "stable", "drover");
+        assert_eq!(r.len(), 1, "{foreign:?}");
+        assert_eq!(r[0].sha256, "cd".repeat(32));
+        let (r, foreign) = releases_of(&targets_with(&"cd".repeat(53)), "stable", "drover");
+        assert!(r.is_empty());
+        assert_eq!(foreign.len(), 1);
+        assert!(foreign[0].1.contains("no usable SHA-256"), "{foreign:?}");
+    }
 
     #[test]
     fn the_datastore_is_put_in_place_with_what_the_client_removed() {
