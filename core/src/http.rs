@@ -77,12 +77,18 @@ pub fn get_small(client: &Client, url: &str, limit: u64) -> anyhow::Result<Vec<u
     let resp = resp
         .error_for_status()
         .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    read_body(resp, &format!("GET {url}"), limit)
+}
+
+/// A response's body whole, at most `limit` bytes; errors name the
+/// request as `what` (`GET URL`).
+pub fn read_body(resp: Response, what: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     resp.take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     if out.len() as u64 > limit {
-        anyhow::bail!("GET {url}: more than {limit} bytes, refusing it");
+        anyhow::bail!("{what}: more than {limit} bytes, refusing it");
     }
     Ok(out)
 }

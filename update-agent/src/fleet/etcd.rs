@@ -66,16 +66,6 @@ pub struct Semaphore {
 /// release's failure count).
 const RESPONSE_LIMIT: u64 = 16 << 20;
 
-/// A response body as JSON, read up to `limit` bytes.
-fn read_json(r: reqwest::blocking::Response, limit: u64) -> anyhow::Result<serde_json::Value> {
-    let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(r, limit + 1), &mut body)?;
-    if body.len() as u64 > limit {
-        bail!("a response of more than {limit} bytes");
-    }
-    Ok(serde_json::from_slice(&body)?)
-}
-
 /// The value and revision of the first key in an etcd range response
 /// (the JSON gateway's `/v3/kv/range`: base64 values, revisions as
 /// strings); no key is revision 0.
@@ -222,7 +212,11 @@ impl Etcd {
                 .send()
                 .and_then(|r| r.error_for_status())
                 .map_err(anyhow::Error::from)
-                .and_then(|r| read_json(r, RESPONSE_LIMIT));
+                .and_then(|r| {
+                    let body =
+                        drover_core::http::read_body(r, &format!("POST {url}"), RESPONSE_LIMIT)?;
+                    Ok(serde_json::from_slice::<serde_json::Value>(&body)?)
+                });
             match r {
                 Ok(v) => {
                     self.preferred.store(k, Ordering::Relaxed);
